@@ -1,0 +1,616 @@
+"""Every option of wsgipool, declared once.
+
+`PoolConfig` holds what shapes the worker pool (used by `ProcessExecutor`),
+`Config` what shapes the server (used by `serve()`).  The CLI builds its flags,
+and docs/configuration.md its tables, from the field metadata below, so a new
+option is one field here and nothing else.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+import os
+import re
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+__all__ = [
+    "Config",
+    "ConfigError",
+    "PoolConfig",
+    "parse_duration",
+    "parse_size",
+]
+
+
+class ConfigError(ValueError):
+    """A bad option value; the message is one line that names the option."""
+
+
+# -- value parsers -----------------------------------------------------------
+
+_SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kKmMgGtT]?)(?:i?[bB])?\s*$")
+_SIZE_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
+_DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
+_DURATION_UNITS = {None: 1.0, "ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+def parse_size(value: object) -> int:
+    """Bytes from an int or a string like ``"512M"`` (K, M, G, T are powers of 1024)."""
+    if isinstance(value, bool):
+        raise ValueError(f"expected a size, got {value!r}")
+    if isinstance(value, int):
+        if value < 0:
+            raise ValueError(f"a size cannot be negative: {value}")
+        return value
+    if isinstance(value, str):
+        match = _SIZE_RE.match(value)
+        if match:
+            return int(float(match.group(1)) * _SIZE_UNITS[match.group(2).lower()])
+    raise ValueError(f"invalid size {value!r}; use bytes or a K/M/G suffix, like 512M")
+
+
+def parse_duration(value: object) -> float:
+    """Seconds from a number or a string like ``"500ms"``, ``"30s"``, ``"2m"``, ``"1h"``."""
+    if isinstance(value, bool):
+        raise ValueError(f"expected a duration, got {value!r}")
+    if isinstance(value, int | float):
+        if value < 0:
+            raise ValueError(f"a duration cannot be negative: {value}")
+        return float(value)
+    if isinstance(value, str):
+        match = _DURATION_RE.match(value)
+        if match:
+            return float(match.group(1)) * _DURATION_UNITS[match.group(2)]
+    raise ValueError(f"invalid duration {value!r}; use seconds or a ms/s/m/h suffix, like 30s")
+
+
+def _parse_int(value: object) -> int:
+    if isinstance(value, bool):
+        raise ValueError(f"expected a whole number, got {value!r}")
+    if isinstance(value, int):
+        return value
+    if isinstance(value, str) and re.fullmatch(r"\s*-?\d+\s*", value):
+        return int(value)
+    raise ValueError(f"expected a whole number, got {value!r}")
+
+
+def _parse_octal(value: object) -> int:
+    """File permissions: an int (0o660) or an octal string ("660", "0660", "0o660")."""
+    if isinstance(value, bool):
+        raise ValueError(f"expected octal permissions, got {value!r}")
+    if isinstance(value, int):
+        number = value
+    elif isinstance(value, str) and re.fullmatch(r"(0o?)?[0-7]{1,4}", value.strip()):
+        text = value.strip()
+        number = int(text[2:] if text.startswith("0o") else text, 8)
+    else:
+        raise ValueError(f"expected octal permissions like 660, got {value!r}")
+    if not 0 <= number <= 0o7777:
+        raise ValueError(f"permissions out of range: {oct(number)}")
+    return number
+
+
+def _parse_optional(parse: Callable[[object], Any]) -> Callable[[object], Any]:
+    def parse_or_none(value: object) -> Any:
+        if value is None or (isinstance(value, str) and value.strip().lower() in ("", "none")):
+            return None
+        return parse(value)
+
+    return parse_or_none
+
+
+def _parse_str(value: object) -> str:
+    if not isinstance(value, str):
+        raise ValueError(f"expected a string, got {value!r}")
+    return value
+
+
+def _parse_bool(value: object) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.lower() in (
+        "1",
+        "true",
+        "yes",
+        "on",
+        "0",
+        "false",
+        "no",
+        "off",
+    ):
+        return value.lower() in ("1", "true", "yes", "on")
+    raise ValueError(f"expected true or false, got {value!r}")
+
+
+def _parse_binds(value: object) -> tuple[str, ...]:
+    items = (value,) if isinstance(value, str) else tuple(_iterable(value))
+    for item in items:
+        if not isinstance(item, str):
+            raise ValueError(f"expected HOST:PORT, unix:PATH or fd://N, got {item!r}")
+        parse_bind(item)
+    return tuple(items)
+
+
+def _parse_static(value: object) -> tuple[tuple[str, str], ...]:
+    out: list[tuple[str, str]] = []
+    for item in _iterable(value):
+        if isinstance(item, str):
+            url, sep, directory = item.partition("=")
+            if not sep:
+                raise ValueError(f"expected URL=DIR, got {item!r}")
+        elif isinstance(item, tuple | list) and len(item) == 2:
+            url, directory = str(item[0]), str(item[1])
+        else:
+            raise ValueError(f"expected (url, directory) or URL=DIR, got {item!r}")
+        url = format_path(url)
+        if not os.path.isdir(directory):
+            raise ValueError(f"static directory {directory!r} does not exist")
+        out.append((url, directory))
+    return tuple(out)
+
+
+def _parse_ips(value: object) -> tuple[str, ...]:
+    items = value.split(",") if isinstance(value, str) else list(_iterable(value))
+    out: list[str] = []
+    for raw in items:
+        item = str(raw).strip()
+        if not item:
+            continue
+        if item != "*":
+            try:
+                ipaddress.ip_network(item, strict=False)
+            except ValueError:
+                raise ValueError(f"{item!r} is not an IP address, a network or '*'") from None
+        out.append(item)
+    return tuple(out)
+
+
+def _parse_log_level(value: object) -> str:
+    level = _parse_str(value).lower()
+    if level not in ("critical", "error", "warning", "info", "debug"):
+        raise ValueError(f"expected critical, error, warning, info or debug, got {value!r}")
+    return level
+
+
+def _parse_script_name(value: object) -> str:
+    text = _parse_str(value)
+    if text in ("", "/"):
+        return ""
+    if not text.startswith("/"):
+        raise ValueError(f"must start with '/', got {text!r}")
+    return text.rstrip("/")
+
+
+def _parse_url_scheme(value: object) -> str:
+    text = _parse_str(value).lower()
+    if text not in ("http", "https"):
+        raise ValueError(f"expected http or https, got {value!r}")
+    return text
+
+
+def _iterable(value: object) -> Iterable[Any]:
+    if isinstance(value, str | bytes) or not isinstance(value, Iterable):
+        raise ValueError(f"expected a list, got {value!r}")
+    return value
+
+
+def format_path(path: str) -> str:
+    """A URL prefix as aiohttp routes want it: leading slash, no trailing slash."""
+    path = path.strip()
+    if not path.startswith("/"):
+        raise ValueError(f"URL path must start with '/', got {path!r}")
+    return path.rstrip("/") or "/"
+
+
+@dataclass(frozen=True, slots=True)
+class BindAddress:
+    """One listening address: TCP, a unix socket path, or an inherited descriptor."""
+
+    kind: str  # "tcp", "unix" or "fd"
+    host: str | None = None
+    port: int = 0
+    path: str = ""
+    fd: int = -1
+
+
+def parse_bind(text: str) -> BindAddress:
+    if text.startswith("unix:"):
+        path = text[5:]
+        if not path:
+            raise ValueError("unix: needs a path, like unix:/run/app.sock")
+        return BindAddress("unix", path=path)
+    if text.startswith("fd://"):
+        number = text[5:]
+        if not number.isdigit():
+            raise ValueError(f"fd:// needs a descriptor number, got {text!r}")
+        return BindAddress("fd", fd=int(number))
+    match = re.fullmatch(r"\[([0-9a-fA-F:.]+)\]:(\d+)|([^:\[\]]*):(\d+)|(\d+)", text)
+    if not match:
+        raise ValueError(f"expected HOST:PORT, [IPV6]:PORT, unix:PATH or fd://N, got {text!r}")
+    host = match.group(1) or match.group(3)
+    port = int(match.group(2) or match.group(4) or match.group(5))
+    if not 0 <= port <= 65535:
+        raise ValueError(f"port out of range: {port}")
+    return BindAddress("tcp", host=host or None, port=port)
+
+
+# -- option declaration ------------------------------------------------------
+
+
+def option(
+    default: Any,
+    parse: Callable[[object], Any],
+    help: str,
+    *,
+    flag: str | None = None,
+    metavar: str | None = None,
+    repeat: bool = False,
+    switch: bool = False,
+    default_text: str | None = None,
+) -> Any:
+    """A dataclass field carrying what the CLI and the docs need to know."""
+    meta = {
+        "parse": parse,
+        "help": help,
+        "flag": flag,
+        "metavar": metavar,
+        "repeat": repeat,
+        "switch": switch,
+        "default_text": default_text,
+    }
+    return field(default=default, metadata=meta)
+
+
+def _cpu_count() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+class _Validated:
+    """Shared parsing for the option dataclasses: normalise, then check relations."""
+
+    def _normalise(self) -> None:
+        for spec in fields(self):  # type: ignore[arg-type]
+            raw = getattr(self, spec.name)
+            try:
+                value = spec.metadata["parse"](raw)
+            except (ValueError, TypeError) as exc:
+                raise ConfigError(f"{describe(spec.name)}: {exc}") from None
+            object.__setattr__(self, spec.name, value)
+
+    @classmethod
+    def option_names(cls) -> frozenset[str]:
+        return frozenset(spec.name for spec in fields(cls))  # type: ignore[arg-type]
+
+
+def describe(name: str) -> str:
+    """How an option is named in messages: both the keyword and the CLI flag."""
+    return f"{name} (--{name.replace('_', '-')})"
+
+
+@dataclass(frozen=True, slots=True)
+class PoolConfig(_Validated):
+    """How many worker processes, how they are fed, and when they are recycled."""
+
+    workers: int = option(
+        _cpu_count(),
+        _parse_int,
+        "Worker processes. 0 runs the app in threads of the main process, like aiohttp-wsgi.",
+        metavar="N",
+        default_text="number of CPUs",
+    )
+    threads: int = option(
+        4,
+        _parse_int,
+        "Request threads per worker process (with --workers 0: threads of the main process).",
+        metavar="T",
+    )
+    queue_size: int = option(
+        1024,
+        _parse_int,
+        "Requests that may wait for a free worker thread; one more gets 503.",
+        metavar="N",
+    )
+    queue_timeout: float = option(
+        30.0,
+        parse_duration,
+        "How long a request may wait for a free worker thread before it gets 503.",
+        metavar="DURATION",
+    )
+    max_rss: int | None = option(
+        None,
+        _parse_optional(parse_size),
+        "Soft memory limit per worker: over it, a worker takes no new requests, "
+        "finishes what it has and is replaced.",
+        metavar="SIZE",
+    )
+    max_rss_hard: int | None = option(
+        None,
+        _parse_optional(parse_size),
+        "Hard memory limit per worker: over it, a worker is killed at once.",
+        metavar="SIZE",
+    )
+    max_requests: int = option(
+        0,
+        _parse_int,
+        "Recycle a worker after this many requests (0: never).",
+        metavar="N",
+    )
+    max_requests_jitter: int = option(
+        0,
+        _parse_int,
+        "Add 0..J to each worker's --max-requests so that workers do not recycle together.",
+        metavar="J",
+    )
+    max_lifetime: float | None = option(
+        None,
+        _parse_optional(parse_duration),
+        "Recycle a worker after it has run this long.",
+        metavar="DURATION",
+    )
+    max_lifetime_jitter: float | None = option(
+        None,
+        _parse_optional(parse_duration),
+        "Add 0..J to each worker's --max-lifetime.",
+        metavar="DURATION",
+        default_text="10% of --max-lifetime",
+    )
+    timeout: float | None = option(
+        None,
+        _parse_optional(parse_duration),
+        "A request whose app produces nothing for this long gets 504; "
+        "its stack is logged and its worker recycled.",
+        metavar="DURATION",
+    )
+    graceful_timeout: float = option(
+        30.0,
+        parse_duration,
+        "How long a worker being recycled, reloaded or stopped may take to finish "
+        "its requests before it is killed.",
+        metavar="DURATION",
+    )
+
+    def __post_init__(self) -> None:
+        self._normalise()
+        if self.workers < 0:
+            raise ConfigError(f"{describe('workers')}: must be 0 or more, got {self.workers}")
+        if self.threads < 1:
+            raise ConfigError(f"{describe('threads')}: must be 1 or more, got {self.threads}")
+        if self.queue_size < 0:
+            raise ConfigError(f"{describe('queue_size')}: must be 0 or more")
+        if self.max_requests < 0 or self.max_requests_jitter < 0:
+            raise ConfigError(f"{describe('max_requests')}: must be 0 or more")
+        if self.max_rss is not None and self.max_rss_hard is not None:
+            if self.max_rss_hard < self.max_rss:
+                raise ConfigError(
+                    f"{describe('max_rss_hard')}: must not be below max_rss "
+                    f"({self.max_rss_hard} < {self.max_rss})"
+                )
+        for name in ("max_rss", "max_rss_hard"):
+            value = getattr(self, name)
+            if value is not None and value < (16 << 20):
+                raise ConfigError(f"{describe(name)}: {value} bytes is too small; use at least 16M")
+        if self.max_lifetime is not None and self.max_lifetime <= 0:
+            raise ConfigError(f"{describe('max_lifetime')}: must be more than 0")
+        if self.timeout is not None and self.timeout <= 0:
+            raise ConfigError(f"{describe('timeout')}: must be more than 0")
+
+    @property
+    def lifetime_jitter(self) -> float:
+        if self.max_lifetime_jitter is not None:
+            return self.max_lifetime_jitter
+        return (self.max_lifetime or 0.0) * 0.1
+
+    def process_only_options(self) -> list[str]:
+        """Options set away from their default that only a worker pool can honour."""
+        names = (
+            "max_rss",
+            "max_rss_hard",
+            "max_requests",
+            "max_lifetime",
+            "timeout",
+        )
+        return [name for name in names if getattr(self, name) not in (None, 0)]
+
+
+@dataclass(frozen=True, slots=True)
+class Config(_Validated):
+    """The server: where it listens, how it reads requests, how it logs and stops."""
+
+    bind: tuple[str, ...] = option(
+        (),
+        _parse_binds,
+        "Listen on HOST:PORT, [IPV6]:PORT, unix:PATH or fd://N (inherited socket). "
+        "Repeat to listen on several. Overrides --host/--port/--unix-socket.",
+        metavar="ADDRESS",
+        repeat=True,
+    )
+    host: str | None = option(
+        None,
+        _parse_optional(_parse_str),
+        "Host interface to listen on (aiohttp-wsgi style).",
+        metavar="HOST",
+        default_text="all interfaces",
+    )
+    port: int = option(8080, _parse_int, "TCP port to listen on.", metavar="PORT")
+    unix_socket: str | None = option(
+        None,
+        _parse_optional(_parse_str),
+        "Path of a unix socket to listen on instead of TCP.",
+        metavar="PATH",
+    )
+    unix_socket_perms: int = option(
+        0o600,
+        _parse_octal,
+        "Permissions of the unix socket, in octal; it has them from the moment it exists.",
+        metavar="MODE",
+        default_text="600",
+    )
+    backlog: int = option(1024, _parse_int, "Listen backlog of each socket.", metavar="N")
+    static: tuple[tuple[str, str], ...] = option(
+        (),
+        _parse_static,
+        "Serve the files of DIR under URL (repeatable), beside the app.",
+        metavar="URL=DIR",
+        repeat=True,
+    )
+    static_cors: str | None = option(
+        None,
+        _parse_optional(_parse_str),
+        "Access-Control-Allow-Origin value for static files ('*' for any origin).",
+        metavar="ORIGIN",
+    )
+    script_name: str = option(
+        "",
+        _parse_script_name,
+        "URL prefix the app is mounted under; it serves PREFIX and PREFIX/... only.",
+        metavar="PREFIX",
+    )
+    url_scheme: str | None = option(
+        None,
+        _parse_optional(_parse_url_scheme),
+        "Force wsgi.url_scheme (http or https).",
+        metavar="SCHEME",
+        default_text="from the connection",
+    )
+    inbuf_overflow: int = option(
+        524288,
+        parse_size,
+        "Request bodies larger than this are spooled to a temporary file.",
+        metavar="SIZE",
+    )
+    max_request_body_size: int = option(
+        1073741824,
+        parse_size,
+        "Largest request body accepted; a larger one gets 413.",
+        metavar="SIZE",
+    )
+    shutdown_timeout: float = option(
+        60.0,
+        parse_duration,
+        "On SIGTERM or SIGINT, how long requests in flight may take to finish.",
+        metavar="DURATION",
+    )
+    forwarded_allow_ips: tuple[str, ...] = option(
+        ("127.0.0.1", "::1"),
+        _parse_ips,
+        "Peers whose X-Forwarded-For and X-Forwarded-Proto are trusted "
+        "(comma-separated addresses or networks, or '*').",
+        metavar="IPS",
+        default_text="127.0.0.1,::1",
+    )
+    header_timeout: float = option(
+        10.0,
+        parse_duration,
+        "Deadline for a client to send a complete request head; then 408.",
+        metavar="DURATION",
+    )
+    keepalive_timeout: float = option(
+        75.0,
+        parse_duration,
+        "How long an idle keep-alive connection stays open.",
+        metavar="DURATION",
+    )
+    limit_request_line: int = option(
+        8190,
+        _parse_int,
+        "Longest request line in bytes; a longer one gets 414.",
+        metavar="BYTES",
+    )
+    limit_request_fields: int = option(
+        100,
+        _parse_int,
+        "Most header fields in a request; more gets 431.",
+        metavar="N",
+    )
+    limit_request_field_size: int = option(
+        8190,
+        _parse_int,
+        "Longest header field in bytes; a longer one gets 431.",
+        metavar="BYTES",
+    )
+    log_level: str = option(
+        "info", _parse_log_level, "Log level: debug, info, warning, error.", metavar="LEVEL"
+    )
+    access_log: bool = option(
+        False, _parse_bool, "Log one line per request to stderr.", switch=True
+    )
+
+    def __post_init__(self) -> None:
+        self._normalise()
+        if not 0 <= self.port <= 65535:
+            raise ConfigError(f"{describe('port')}: out of range: {self.port}")
+        if self.backlog < 1:
+            raise ConfigError(f"{describe('backlog')}: must be 1 or more")
+        for name in ("limit_request_line", "limit_request_fields", "limit_request_field_size"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{describe(name)}: must be 1 or more")
+        if self.header_timeout <= 0:
+            raise ConfigError(f"{describe('header_timeout')}: must be more than 0")
+
+    def binds(self) -> tuple[BindAddress, ...]:
+        """The addresses to listen on, from --bind or the aiohttp-wsgi style options."""
+        if self.bind:
+            return tuple(parse_bind(text) for text in self.bind)
+        if self.unix_socket is not None:
+            return (BindAddress("unix", path=self.unix_socket),)
+        return (BindAddress("tcp", host=self.host, port=self.port),)
+
+
+def split_options(
+    kwargs: Mapping[str, Any],
+) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
+    """Sort flat keyword arguments into server, pool and other (handler) options."""
+    server: dict[str, Any] = {}
+    pool: dict[str, Any] = {}
+    rest: dict[str, Any] = {}
+    server_names = Config.option_names()
+    pool_names = PoolConfig.option_names()
+    for key, value in kwargs.items():
+        if key in server_names:
+            server[key] = value
+        elif key in pool_names:
+            pool[key] = value
+        else:
+            rest[key] = value
+    return server, pool, rest
+
+
+def option_fields() -> list[tuple[type, dataclasses.Field[Any]]]:
+    """Every option with the class that declares it, in the order of the docs and --help."""
+    return [(cls, spec) for cls in (Config, PoolConfig) for spec in fields(cls)]
+
+
+def reference_markdown() -> str:
+    """The option tables of docs/configuration.md, generated from the declarations."""
+    lines: list[str] = []
+    for cls, title in ((Config, "Server options (`serve()`)"), (PoolConfig, "Pool options")):
+        lines += [
+            f"### {title}",
+            "",
+            "| CLI flag | keyword | default | meaning |",
+            "|---|---|---|---|",
+        ]
+        for spec in fields(cls):
+            meta = spec.metadata
+            flag = "--" + spec.name.replace("_", "-")
+            if meta["metavar"]:
+                flag += " " + meta["metavar"]
+            default = meta["default_text"] or _default_text(spec.default)
+            help_text = meta["help"] + (" Repeatable." if meta["repeat"] else "")
+            lines.append(f"| `{flag}` | `{spec.name}` | {default} | {help_text} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def _default_text(value: object) -> str:
+    if value is None or value == ():
+        return "unset"
+    if isinstance(value, bool):
+        return "off" if not value else "on"
+    return f"`{value}`"
