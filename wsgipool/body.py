@@ -1,0 +1,118 @@
+"""Request bodies: held in memory while small, then spooled to an unnamed temporary file.
+
+The whole body is read before the app runs, as aiohttp-wsgi does: the app gets
+an exact CONTENT_LENGTH even for chunked uploads, and a slow upload never holds
+a worker thread.  Writes to the file happen in the default executor so a large
+upload does not stall the event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import os
+import tempfile
+from typing import IO
+
+from aiohttp import web
+
+__all__ = ["Body", "BodyTooLarge", "read_body"]
+
+_FILE_WRITE_BATCH = 256 * 1024
+
+
+class BodyTooLarge(Exception):
+    def __init__(self, limit: int) -> None:
+        super().__init__(f"request body exceeds {limit} bytes")
+        self.limit = limit
+
+
+class Body:
+    """A request body: `data` when in memory, else `file` (positioned at 0)."""
+
+    __slots__ = ("data", "file", "length")
+
+    def __init__(self, data: bytes = b"", file: IO[bytes] | None = None, length: int = 0) -> None:
+        self.data = data
+        self.file = file
+        self.length = length
+
+    def stream(self) -> IO[bytes]:
+        """A readable wsgi.input; the caller closes it."""
+        if self.file is not None:
+            file, self.file = self.file, None
+            return file
+        return io.BytesIO(self.data)
+
+    def close(self) -> None:
+        if self.file is not None:
+            self.file.close()
+            self.file = None
+
+
+EMPTY = Body()
+
+
+async def read_body(request: web.BaseRequest, memory_limit: int, max_size: int) -> Body:
+    """Read the whole body; over `memory_limit` bytes it goes to a temporary file."""
+    if not request.body_exists:
+        return EMPTY
+    content = request.content
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        chunk = await content.readany()
+        if not chunk:
+            break
+        size += len(chunk)
+        if size > max_size:
+            raise BodyTooLarge(max_size)
+        chunks.append(chunk)
+        if size > memory_limit:
+            return await _spool(request, chunks, size, max_size)
+    if not chunks:
+        return EMPTY
+    data = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+    return Body(data=data, length=size)
+
+
+async def _spool(request: web.BaseRequest, chunks: list[bytes], size: int, max_size: int) -> Body:
+    loop = asyncio.get_running_loop()
+    file = await loop.run_in_executor(None, _open_temp)
+    try:
+        content = request.content
+        pending = chunks
+        pending_size = sum(len(c) for c in pending)
+        while True:
+            chunk = await content.readany()
+            if chunk:
+                size += len(chunk)
+                if size > max_size:
+                    raise BodyTooLarge(max_size)
+                pending.append(chunk)
+                pending_size += len(chunk)
+            if pending and (pending_size >= _FILE_WRITE_BATCH or not chunk):
+                batch = pending
+                pending = []
+                pending_size = 0
+                await loop.run_in_executor(None, _write_all, file, batch)
+            if not chunk:
+                break
+        file.seek(0)
+        return Body(file=file, length=size)
+    except BaseException:
+        file.close()
+        raise
+
+
+def _open_temp() -> IO[bytes]:
+    return tempfile.TemporaryFile(prefix="wsgipool-body-")
+
+
+def _write_all(file: IO[bytes], chunks: list[bytes]) -> None:
+    fd = file.fileno()
+    for chunk in chunks:
+        view = memoryview(chunk)
+        while view:
+            written = os.write(fd, view)
+            view = view[written:]

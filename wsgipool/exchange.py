@@ -1,0 +1,147 @@
+"""One request in flight, as the handler sees it, whichever executor runs the app.
+
+An executor feeds events into an `Exchange` (from a worker's frames, or from an
+app thread through the event loop); the handler takes them out in order and
+turns them into the HTTP response.  Credit and cancellation flow back through
+the exchange's `Backend`.  Everything here runs on the event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections import deque
+from typing import Any, Final, Protocol
+
+__all__ = [
+    "END",
+    "ERROR",
+    "FILE",
+    "START",
+    "Backend",
+    "Exchange",
+]
+
+# Event kinds.  START: (code, reason, headers); DATA: bytes;
+# FILE: (fd, offset, count or None); END: None; ERROR: (http status, message).
+START: Final = 1
+DATA: Final = 2
+FILE: Final = 3
+END: Final = 4
+ERROR: Final = 5
+
+Event = tuple[int, Any]
+
+
+class Backend(Protocol):
+    """What an exchange needs from whatever runs its app."""
+
+    def grant(self, exchange: Exchange, amount: int) -> None: ...
+
+    def cancel(self, exchange: Exchange) -> None: ...
+
+
+class Exchange:
+    __slots__ = (
+        "_events",
+        "_waiter",
+        "backend",
+        "closed",
+        "finished",
+        "granted",
+        "label",
+        "last_progress",
+        "loop",
+        "owner",
+        "received",
+        "rid",
+        "started",
+    )
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, backend: Backend, rid: int = 0) -> None:
+        self.loop = loop
+        self.backend = backend
+        self.rid = rid
+        self._events: deque[Event] = deque()
+        self._waiter: asyncio.Future[None] | None = None
+        #: The executor has said END or ERROR: nothing more will come.
+        self.finished = False
+        #: The handler is done with it (response sent, or client gone).
+        self.closed = False
+        #: Whatever runs the app (a worker handle, or the thread output).
+        self.owner: Any = None
+        self.started = loop.time()
+        self.last_progress = self.started
+        #: Response bytes received from, and credit granted to, a worker (flow control).
+        self.received = 0
+        self.granted = 0
+        #: "METHOD /path" for log lines.
+        self.label = ""
+
+    # -- executor side ---------------------------------------------------------
+
+    def feed(self, kind: int, value: Any = None) -> None:
+        if self.finished or self.closed:
+            if kind >= END:
+                self.finished = True
+            if kind == FILE:  # a descriptor nobody will use
+                os.close(value[0])
+            return
+        if kind >= END:
+            self.finished = True
+        self.last_progress = self.loop.time()
+        self._events.append((kind, value))
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def feed_many(self, events: list[Event]) -> None:
+        for kind, value in events:
+            self.feed(kind, value)
+
+    # -- handler side ----------------------------------------------------------
+
+    @property
+    def waiting(self) -> bool:
+        """The handler is waiting for the app (not busy writing to the client)."""
+        return self._waiter is not None
+
+    async def next(self) -> Event:
+        events = self._events
+        while not events:
+            # The app's silence counts from here: before, the handler was the bottleneck.
+            self.last_progress = self.loop.time()
+            waiter = self._waiter = self.loop.create_future()
+            try:
+                await waiter
+            finally:
+                self._waiter = None
+        return events.popleft()
+
+    def push_back(self, kind: int, value: Any) -> None:
+        """Return an event taken with `next` so that it is taken again first."""
+        self._events.appendleft((kind, value))
+
+    def grant(self, amount: int) -> None:
+        if not self.finished:
+            self.granted += amount
+            self.backend.grant(self, amount)
+
+    def abort(self, status: int, message: str) -> None:
+        """Give up on the app (timeout, client gone): stop it and wake the handler."""
+        if self.finished:
+            return
+        self.backend.cancel(self)
+        self.feed(ERROR, (status, message))
+
+    def close(self) -> None:
+        """The handler is done: stop the app if it is still producing, drop leftovers."""
+        if self.closed:
+            return
+        self.closed = True
+        if not self.finished:
+            self.backend.cancel(self)
+        while self._events:
+            kind, value = self._events.popleft()
+            if kind == FILE:
+                os.close(value[0])

@@ -1,0 +1,158 @@
+"""WSGIHandler: the aiohttp handler that runs a WSGI app, a drop-in for aiohttp-wsgi's.
+
+    handler = WSGIHandler(app)                                         # threads
+    handler = WSGIHandler(app, executor=ProcessExecutor(workers=4))    # processes
+    aiohttp_app.router.add_route("*", "/{path_info:.*}", handler)
+
+The handler reads the body, builds the environ, hands both to the executor and
+writes what comes back.  Where the app runs is the executor's business alone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Iterable
+from concurrent.futures import Executor
+from typing import IO, TYPE_CHECKING, Any
+
+from aiohttp import web
+
+from wsgipool import exchange as ev
+from wsgipool.body import BodyTooLarge, read_body
+from wsgipool.environ import EnvironBuilder
+from wsgipool.loader import load_app
+from wsgipool.response import error_response, write_response
+from wsgipool.threaded import ThreadBackend
+
+if TYPE_CHECKING:
+    from wsgipool.executor import ProcessExecutor
+
+__all__ = ["WSGIHandler"]
+
+logger = logging.getLogger("wsgipool.handler")
+
+#: Bytes of response a worker or app thread may send ahead of the client.
+RESPONSE_WINDOW = 1024 * 1024
+#: Bodies up to this size travel inside the request frame to a worker.
+INLINE_BODY_LIMIT = 4 * 1024 * 1024
+_WATCH_INTERVAL = 0.5
+
+
+class Unavailable(Exception):
+    """No worker thread became free in time, or the waiting queue is full: 503."""
+
+
+class WSGIHandler:
+    """An aiohttp handler running a WSGI application; aiohttp-wsgi's keywords and defaults.
+
+    `application` is a WSGI callable or an import string ("pkg.module:app").
+    `executor` decides where the app runs: None (the event loop's default
+    executor) or any thread-based `concurrent.futures.Executor` runs it in this
+    process; a `wsgipool.ProcessExecutor` runs it in supervised worker processes.
+    """
+
+    def __init__(
+        self,
+        application: Callable[..., Any] | str,
+        *,
+        url_scheme: str | None = None,
+        stderr: IO[str] | None = None,
+        inbuf_overflow: int = 524288,
+        max_request_body_size: int = 1073741824,
+        executor: Executor | ProcessExecutor | None = None,
+        forwarded_allow_ips: Iterable[str] = ("127.0.0.1", "::1"),
+    ) -> None:
+        for name, value in (
+            ("inbuf_overflow", inbuf_overflow),
+            ("max_request_body_size", max_request_body_size),
+        ):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise ValueError(f"{name} must be an int >= 0, got {value!r}")
+        if url_scheme is not None and url_scheme not in ("http", "https"):
+            raise ValueError(f"url_scheme must be 'http' or 'https', got {url_scheme!r}")
+        from wsgipool.executor import ProcessExecutor
+
+        self._max_body = max_request_body_size
+        self._environ = EnvironBuilder(
+            url_scheme=url_scheme, forwarded_allow_ips=forwarded_allow_ips
+        )
+        self._executor = executor
+        self._watch = _DisconnectWatch()
+        self._backend: ThreadBackend | ProcessExecutor
+        if isinstance(executor, ProcessExecutor):
+            executor.bind(application)
+            self._backend = executor
+            self._memory_limit = min(inbuf_overflow, INLINE_BODY_LIMIT)
+            self._in_process = False
+        else:
+            app = load_app(application) if isinstance(application, str) else application
+            if not callable(app):
+                raise TypeError(f"application must be callable, got {type(app).__name__}")
+            self._backend = ThreadBackend(app, executor, stderr=stderr, window=RESPONSE_WINDOW)
+            self._memory_limit = inbuf_overflow
+            self._in_process = True
+
+    @property
+    def executor(self) -> Executor | ProcessExecutor | None:
+        return self._executor
+
+    async def handle_request(self, request: web.BaseRequest) -> web.StreamResponse:
+        declared = request.content_length
+        if declared is not None and declared > self._max_body:
+            return error_response(413, close=True)
+        try:
+            body = await read_body(request, self._memory_limit, self._max_body)
+        except BodyTooLarge:
+            return error_response(413, close=True)
+        environ, scheme = self._environ.build(request, body.length)
+        environ["wsgi.url_scheme"] = scheme
+        extras: dict[str, Any] = {}
+        if self._in_process:
+            extras = {"aiohttp.request": request, "asyncio.executor": self._executor}
+        try:
+            exchange = await self._backend.submit(environ, body, extras)
+        except Unavailable as exc:
+            body.close()
+            logger.warning("%s %s: 503, %s", request.method, request.path, exc)
+            return error_response(503, retry_after=1)
+        self._watch.add(exchange, request)
+        try:
+            return await write_response(request, exchange)
+        finally:
+            self._watch.discard(exchange)
+            exchange.close()
+
+    __call__ = handle_request
+
+
+class _DisconnectWatch:
+    """Notices clients that went away while their app is still running.
+
+    aiohttp does not cancel handlers on disconnect by default, and an app that
+    is thinking writes nothing that could fail; so every half second the
+    connections of running requests are looked at, and a gone client stops its
+    app (the iterable's close() is called) within a second.
+    """
+
+    def __init__(self) -> None:
+        self._active: dict[ev.Exchange, web.BaseRequest] = {}
+        self._timer: asyncio.TimerHandle | None = None
+
+    def add(self, exchange: ev.Exchange, request: web.BaseRequest) -> None:
+        self._active[exchange] = request
+        if self._timer is None:
+            self._timer = exchange.loop.call_later(_WATCH_INTERVAL, self._check, exchange.loop)
+
+    def discard(self, exchange: ev.Exchange) -> None:
+        self._active.pop(exchange, None)
+
+    def _check(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._timer = None
+        for exchange, request in list(self._active.items()):
+            transport = request.transport
+            if transport is None or transport.is_closing():
+                del self._active[exchange]
+                exchange.abort(499, "client disconnected")
+        if self._active:
+            self._timer = loop.call_later(_WATCH_INTERVAL, self._check, loop)

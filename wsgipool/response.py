@@ -1,0 +1,257 @@
+"""Turn an exchange's events into the HTTP response, keeping the connection in sync.
+
+The rules a client depends on live here: hop-by-hop headers are dropped, a
+declared Content-Length is honoured (a longer body is cut, a shorter one closes
+the connection so the client cannot mistake the next response for the rest of
+this one), HEAD, 204 and 304 carry no body, and an app that fails after its
+headers went out gets a cut connection, never a second response.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from typing import IO, Any
+
+from aiohttp import web
+
+from wsgipool import exchange as ev
+
+__all__ = ["error_response", "write_response"]
+
+logger = logging.getLogger("wsgipool.handler")
+
+HOP_BY_HOP = frozenset(
+    {
+        "connection",
+        "keep-alive",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "te",
+        "trailer",
+        "trailers",
+        "transfer-encoding",
+        "upgrade",
+    }
+)
+_REASONS = {
+    413: "Payload Too Large",
+    500: "Internal Server Error",
+    502: "Bad Gateway",
+    503: "Service Unavailable",
+    504: "Gateway Timeout",
+}
+_CREDIT_BATCH = 64 * 1024
+_FALLBACK_CHUNK = 256 * 1024
+
+
+class _Response(web.StreamResponse):
+    """A StreamResponse whose headers leave with the first body bytes: one write, not two."""
+
+    _send_headers_immediately = False
+
+
+def error_response(
+    status: int, *, close: bool = False, retry_after: int | None = None
+) -> web.Response:
+    reason = _REASONS.get(status, "Error")
+    response = web.Response(
+        status=status, text=f"{status} {reason}\n", headers={"Content-Type": "text/plain"}
+    )
+    if retry_after is not None:
+        response.headers["Retry-After"] = str(retry_after)
+    if close:
+        response.force_close()
+    return response
+
+
+async def write_response(request: web.BaseRequest, exchange: ev.Exchange) -> web.StreamResponse:
+    kind, value = await exchange.next()
+    if kind == ev.ERROR:
+        return error_response(value[0])
+    code, reason, headers = value
+    response = _Response(status=code, reason=reason)
+    out = response.headers
+    length: int | None = None
+    for name, header_value in headers:
+        lower = name.lower()
+        if lower in HOP_BY_HOP:
+            continue
+        if lower == "content-length":
+            declared = int(header_value.strip())
+            if length is not None and declared != length:
+                logger.error("app sent conflicting Content-Length headers for %s", request.path)
+                exchange.close()
+                return error_response(500)
+            length = declared
+            continue
+        out.add(name, header_value)
+    if request.method == "HEAD" or code in (204, 304):
+        exchange.close()  # nothing of the body will be sent: stop producing it
+        if length is not None and code != 204:
+            out["Content-Length"] = str(length)
+        await response.prepare(request)
+        await response.write_eof()
+        return response
+    if exchange.finished:
+        return await _write_buffered(request, exchange, response, length)
+    return await _write_streamed(request, exchange, response, length)
+
+
+async def _write_buffered(
+    request: web.BaseRequest,
+    exchange: ev.Exchange,
+    response: _Response,
+    length: int | None,
+) -> web.StreamResponse:
+    """Everything is here already (the common small response): one write."""
+    parts: list[bytes] = []
+    while True:
+        kind, value = await exchange.next()
+        if kind == ev.DATA:
+            parts.append(value)
+        elif kind == ev.END:
+            break
+        else:
+            # A file, or an error after data: the general path knows how.
+            exchange.push_back(kind, value)
+            return await _write_streamed(request, exchange, response, length, parts)
+    body = parts[0] if len(parts) == 1 else b"".join(parts)
+    if length is None:
+        response.content_length = len(body)
+    else:
+        response.content_length = length
+        if len(body) < length:
+            _short_body(request, response, length, len(body))
+        elif len(body) > length:
+            body = body[:length]
+    await response.prepare(request)
+    await response.write_eof(body)
+    return response
+
+
+async def _write_streamed(
+    request: web.BaseRequest,
+    exchange: ev.Exchange,
+    response: _Response,
+    length: int | None,
+    early: list[bytes] | None = None,
+) -> web.StreamResponse:
+    written = 0
+    owed = 0
+    if length is not None:
+        response.content_length = length
+    prepared = False
+    queue: list[tuple[int, Any]] = [(ev.DATA, chunk) for chunk in early or ()]
+    while True:
+        if queue:
+            kind, value = queue.pop(0)
+        else:
+            kind, value = await exchange.next()
+        if kind == ev.DATA:
+            if length is not None:
+                room = length - written
+                if room <= 0:
+                    continue
+                if len(value) > room:
+                    value = value[:room]
+            if not prepared:
+                await response.prepare(request)
+                prepared = True
+            await response.write(value)
+            written += len(value)
+            owed += len(value)
+            if owed >= _CREDIT_BATCH:
+                exchange.grant(owed)
+                owed = 0
+            if length is not None and written >= length:
+                exchange.close()  # the declared length is reached: the rest is cut
+        elif kind == ev.FILE:
+            fd, offset, count = value
+            if length is not None:
+                count = max(0, length - written) if count is None else min(count, length - written)
+            elif not prepared and count is not None:
+                response.content_length = length = count
+            if not prepared:
+                await response.prepare(request)
+                prepared = True
+            written += await _send_file(request, response, fd, offset, count)
+        elif kind == ev.END:
+            break
+        else:  # ERROR after the headers were decided: the client must see a broken response
+            if not prepared:
+                return error_response(value[0])
+            logger.warning("response to %s %s cut: %s", request.method, request.path, value[1])
+            _abort(request)
+            return response
+    if length is not None and written < length:
+        _short_body(request, response, length, written)
+    if not prepared:
+        await response.prepare(request)
+    await response.write_eof()
+    return response
+
+
+def _short_body(
+    request: web.BaseRequest, response: web.StreamResponse, length: int, got: int
+) -> None:
+    logger.warning(
+        "%s %s: app declared Content-Length %d but sent %d bytes; closing the connection",
+        request.method,
+        request.path,
+        length,
+        got,
+    )
+    # After the short body the connection must end: nothing else may follow it.
+    response.force_close()
+
+
+def _abort(request: web.BaseRequest) -> None:
+    transport = request.transport
+    if transport is not None and not transport.is_closing():
+        transport.close()
+
+
+async def _send_file(
+    request: web.BaseRequest, response: web.StreamResponse, fd: int, offset: int, count: int | None
+) -> int:
+    """sendfile() the descriptor straight to the client socket; the fd is ours to close."""
+    file: IO[bytes] = os.fdopen(fd, "rb", buffering=0)
+    try:
+        if count is None:
+            count = max(os.fstat(fd).st_size - offset, 0)
+        if count == 0:
+            return 0
+        writer = response._payload_writer
+        transport = request.transport
+        if transport is None:
+            raise ConnectionResetError("connection lost")
+        loop = asyncio.get_running_loop()
+        if writer is not None and not getattr(writer, "chunked", False):
+            writer.send_headers()
+            await writer.drain()
+            try:
+                sent: int = await loop.sendfile(transport, file, offset, count, fallback=False)
+                writer.output_size += sent
+                return sent
+            except (NotImplementedError, AttributeError, asyncio.SendfileNotAvailableError):
+                pass
+        return await _send_file_fallback(response, file, offset, count)
+    finally:
+        file.close()
+
+
+async def _send_file_fallback(
+    response: web.StreamResponse, file: IO[bytes], offset: int, count: int
+) -> int:
+    loop = asyncio.get_running_loop()
+    sent = 0
+    while sent < count:
+        size = min(_FALLBACK_CHUNK, count - sent)
+        chunk = await loop.run_in_executor(None, os.pread, file.fileno(), size, offset + sent)
+        if not chunk:
+            break
+        await response.write(chunk)
+        sent += len(chunk)
+    return sent

@@ -1,0 +1,128 @@
+"""The in-process executor: the app runs in threads of the main process, as in aiohttp-wsgi.
+
+Any `concurrent.futures.Executor` that runs callables in threads works (None
+means the event loop's default executor).  The app thread hands its output to
+the event loop in batches, and waits for credit like a worker does, so a
+streamed response is never buffered whole here either.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import sys
+from concurrent.futures import Executor, ProcessPoolExecutor
+from typing import IO, Any
+
+from wsgipool import exchange as ev
+from wsgipool.body import Body
+from wsgipool.protocol import validate_status
+from wsgipool.wsgicall import ResponseOutput, WSGIApp, complete_environ, run_wsgi
+
+__all__ = ["ThreadBackend"]
+
+logger = logging.getLogger("wsgipool.handler")
+
+_HOLD_LIMIT = 64 * 1024
+
+
+class _LoopOutput(ResponseOutput):
+    __slots__ = ("_exchange", "_loop", "_pending", "_pending_size")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, exchange: ev.Exchange, credit: int) -> None:
+        super().__init__(credit)
+        self._loop = loop
+        self._exchange = exchange
+        self._pending: list[ev.Event] = []
+        self._pending_size = 0
+
+    def start(self, status: str, headers: list[tuple[str, str]]) -> None:
+        code, reason = validate_status(status)
+        self._pending.append((ev.START, (code, reason, list(headers))))
+
+    def body(self, data: bytes, more: bool) -> None:
+        if not self.take_credit(len(data)):
+            self._pending.clear()
+            return
+        self._pending.append((ev.DATA, data))
+        self._pending_size += len(data)
+        if more or self._pending_size > _HOLD_LIMIT:
+            self._flush()
+
+    def send_file(self, fd: int, offset: int, count: int | None) -> None:
+        # Our own descriptor: the app may close its file as soon as we return.
+        self._pending.append((ev.FILE, (os.dup(fd), offset, count)))
+        self._flush()
+
+    def end(self) -> None:
+        self._pending.append((ev.END, None))
+        self._flush()
+
+    def fail(self, message: str) -> None:
+        self._pending.clear()
+        self._pending.append((ev.ERROR, (500, message)))
+        self._flush()
+
+    def _flush(self) -> None:
+        events = self._pending
+        self._pending = []
+        self._pending_size = 0
+        try:
+            self._loop.call_soon_threadsafe(self._exchange.feed_many, events)
+        except RuntimeError:  # the loop is closed: the server is gone
+            self.cancel()
+
+
+class ThreadBackend:
+    """Runs the app in an executor's threads; implements `exchange.Backend`."""
+
+    def __init__(
+        self,
+        app: WSGIApp,
+        executor: Executor | None,
+        *,
+        stderr: IO[str] | None,
+        window: int,
+    ) -> None:
+        if isinstance(executor, ProcessPoolExecutor):
+            raise TypeError(
+                "a ProcessPoolExecutor cannot run WSGI requests (the environ cannot be pickled); "
+                "use wsgipool.ProcessExecutor"
+            )
+        self.app = app
+        self.executor = executor
+        self.stderr = stderr
+        self.window = window
+
+    async def submit(
+        self, environ: dict[str, Any], body: Body, extras: dict[str, Any]
+    ) -> ev.Exchange:
+        loop = asyncio.get_running_loop()
+        exchange = ev.Exchange(loop, self)
+        output = _LoopOutput(loop, exchange, self.window)
+        exchange.owner = output
+        stream = body.stream()
+        complete_environ(environ, stream, self.stderr or sys.stderr, multiprocess=False)
+        environ.update(extras)
+        future = loop.run_in_executor(self.executor, _run, self.app, environ, output, stream)
+        future.add_done_callback(_log_failure)
+        return exchange
+
+    def grant(self, exchange: ev.Exchange, amount: int) -> None:
+        exchange.owner.grant(amount)
+
+    def cancel(self, exchange: ev.Exchange) -> None:
+        exchange.owner.cancel()
+
+
+def _run(app: WSGIApp, environ: dict[str, Any], output: _LoopOutput, stream: IO[bytes]) -> None:
+    try:
+        run_wsgi(app, environ, output)
+    finally:
+        stream.close()
+
+
+def _log_failure(future: asyncio.Future[None]) -> None:
+    if not future.cancelled() and future.exception() is not None:
+        logger.error("request thread failed", exc_info=future.exception())
