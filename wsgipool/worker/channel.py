@@ -1,0 +1,66 @@
+"""The worker's end of its socketpair: blocking reads by one thread, locked writes by many.
+
+Descriptors arrive with SCM_RIGHTS and are queued in arrival order; a frame
+that says it carries one takes the oldest.  The kernel delivers a descriptor
+with the first byte of the sendmsg() that carried it, so the order matches.
+"""
+
+from __future__ import annotations
+
+import array
+import socket
+import threading
+from collections import deque
+
+from wsgipool import protocol as p
+
+__all__ = ["BlockingChannel", "ChannelClosed"]
+
+_RECV_SIZE = 256 * 1024
+_MAX_FDS = 32
+_ANC_SIZE = socket.CMSG_SPACE(_MAX_FDS * array.array("i").itemsize)
+
+
+class ChannelClosed(Exception):
+    """The main process went away, or a descriptor was lost."""
+
+
+class BlockingChannel:
+    def __init__(self, sock: socket.socket) -> None:
+        sock.setblocking(True)
+        self.sock = sock
+        self.fds: deque[int] = deque()
+        self._lock = threading.Lock()
+
+    def recv(self) -> bytes:
+        """The next bytes from the main process; descriptors go to `fds`."""
+        data, ancdata, flags, _ = self.sock.recvmsg(_RECV_SIZE, _ANC_SIZE)
+        for level, kind, payload in ancdata:
+            if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+                fds = array.array("i")
+                fds.frombytes(payload[: len(payload) - (len(payload) % fds.itemsize)])
+                self.fds.extend(fds)
+        if flags & socket.MSG_CTRUNC:
+            raise ChannelClosed("a descriptor sent by the main process was truncated")
+        if not data:
+            raise ChannelClosed("the main process closed the connection")
+        return data
+
+    def send(self, parts: list[bytes], fd: int | None = None) -> None:
+        """Send frames whole; with `fd`, the descriptor leaves with their first byte."""
+        if len(parts) > 256:  # stay far below IOV_MAX
+            parts = [b"".join(parts)]
+        with self._lock:
+            if fd is not None:
+                anc = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [fd]).tobytes())]
+                sent = self.sock.sendmsg(parts, anc)
+                parts = p.unsent(parts, sent)
+            while parts:
+                sent = self.sock.sendmsg(parts)
+                parts = p.unsent(parts, sent)
+
+    def take_fd(self) -> int:
+        try:
+            return self.fds.popleft()
+        except IndexError:
+            raise ChannelClosed("a frame announced a descriptor that did not arrive") from None

@@ -1,0 +1,260 @@
+"""The life of one worker process: a reader, `threads` request threads, frames out.
+
+The main thread reads frames and hands requests to the request threads through
+a queue; each request thread runs one WSGI call at a time and writes its own
+frames (the channel serialises writes).  The worker never decides policy: the
+supervisor in the main process tells it to stop, and kills it if it must.
+"""
+
+from __future__ import annotations
+
+import faulthandler
+import io
+import itertools
+import logging
+import os
+import queue
+import signal
+import sys
+import threading
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, NoReturn
+
+from wsgipool import protocol as p
+from wsgipool.worker.channel import BlockingChannel, ChannelClosed
+from wsgipool.worker.output import FrameOutput
+from wsgipool.wsgicall import complete_environ, run_wsgi
+
+__all__ = ["WorkerSettings", "run_worker"]
+
+logger = logging.getLogger("wsgipool.worker")
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerSettings:
+    """What a worker needs to know; policy stays in the main process."""
+
+    threads: int
+    max_rss: int | None = None
+    max_rss_hard: int | None = None
+    log_level: str = "info"
+
+
+class _Job:
+    __slots__ = ("body", "body_fd", "environ", "output", "rid", "thread")
+
+    def __init__(
+        self, rid: int, environ: dict[str, Any], body: bytes, body_fd: int, output: FrameOutput
+    ) -> None:
+        self.rid = rid
+        self.environ = environ
+        self.body = body
+        self.body_fd = body_fd
+        self.output = output
+        self.thread = 0
+
+
+class _RssProbe:
+    """Resident memory of this process from /proc, cheap enough to read per request."""
+
+    def __init__(self) -> None:
+        self._page = os.sysconf("SC_PAGE_SIZE")
+        try:
+            self._fd = os.open("/proc/self/statm", os.O_RDONLY)
+        except OSError:
+            self._fd = -1
+
+    def read(self) -> int:
+        if self._fd < 0:
+            import resource
+
+            return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+        fields = os.pread(self._fd, 128, 0).split()
+        return int(fields[1]) * self._page
+
+
+class Worker:
+    def __init__(
+        self,
+        app: Callable[..., Any],
+        channel: BlockingChannel,
+        settings: WorkerSettings,
+    ) -> None:
+        self.app = app
+        self.channel = channel
+        self.settings = settings
+        self.pid = os.getpid()
+        self.jobs: dict[int, _Job] = {}
+        self.queue: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
+        self.stopping = False
+        self._reported_rss = False
+        self._rss = _RssProbe() if settings.max_rss or settings.max_rss_hard else None
+        self._served = itertools.count(1)
+        self._decoder = p.FrameDecoder(p.TO_WORKER)
+        self._lock = threading.Lock()
+
+    # -- lifecycle -----------------------------------------------------------
+
+    def run(self) -> NoReturn:
+        self._install_signals()
+        for index in range(self.settings.threads):
+            thread = threading.Thread(
+                target=self._request_loop, name=f"wsgipool-request-{index}", daemon=True
+            )
+            thread.start()
+        try:
+            self.channel.send(
+                [p.frame(p.HELLO, 0, p.encode_hello(self.pid, self.settings.threads))]
+            )
+            while True:
+                data = self.channel.recv()
+                for kind, rid, payload in self._decoder.feed(data):
+                    self._on_frame(kind, rid, payload)
+        except ChannelClosed as exc:
+            if not self.stopping:
+                logger.info("worker %d: %s; exiting", self.pid, exc)
+            self.exit(0)
+        except p.ProtocolError as exc:
+            logger.error("worker %d: bad frame from the main process: %s", self.pid, exc)
+            self.exit(3)
+        except OSError as exc:
+            logger.error("worker %d: channel error: %s", self.pid, exc)
+            self.exit(3)
+
+    def exit(self, code: int) -> NoReturn:
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except Exception:
+                pass
+        os._exit(code)
+
+    def _install_signals(self) -> None:
+        signal.set_wakeup_fd(-1)
+        for sig in (signal.SIGINT, signal.SIGHUP, signal.SIGTTIN, signal.SIGTTOU):
+            signal.signal(sig, signal.SIG_IGN)
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+        signal.signal(signal.SIGTERM, lambda *_: self._stop(30.0))
+        signal.signal(signal.SIGQUIT, lambda *_: self.exit(0))
+        faulthandler.register(signal.SIGUSR1, all_threads=True)
+
+    def _stop(self, grace: float) -> None:
+        """Finish what is in flight, then exit; the main process sends nothing new."""
+        self.stopping = True
+        with self._lock:
+            idle = not self.jobs
+        if idle:
+            self.exit(0)
+        timer = threading.Timer(grace, self._stop_overdue)
+        timer.daemon = True
+        timer.start()
+
+    def _stop_overdue(self) -> None:
+        logger.warning(
+            "worker %d: %d request(s) still running at the end of the graceful timeout; exiting",
+            self.pid,
+            len(self.jobs),
+        )
+        self.exit(0)
+
+    # -- frames from the main process ------------------------------------------
+
+    def _on_frame(self, kind: int, rid: int, payload: bytes) -> None:
+        if kind == p.REQUEST:
+            credit, flags, environ, body = p.decode_request(payload)
+            body_fd = self.channel.take_fd() if flags & p.FLAG_BODY_FD else -1
+            job = _Job(
+                rid,
+                environ,
+                body,
+                body_fd,
+                FrameOutput(self.channel, rid, credit, self._end_report),
+            )
+            with self._lock:
+                self.jobs[rid] = job
+            self.queue.put(job)
+        elif kind == p.CREDIT:
+            pending = self.jobs.get(rid)
+            if pending is not None:
+                pending.output.grant(p.decode_u32(payload, "CREDIT"))
+        elif kind == p.CANCEL:
+            pending = self.jobs.get(rid)
+            if pending is not None:
+                pending.output.cancel()
+        elif kind == p.DUMP:
+            self._dump(rid)
+        elif kind == p.STOP:
+            self._stop(p.decode_u32(payload, "STOP") / 1000.0)
+
+    def _dump(self, rid: int) -> None:
+        job = self.jobs.get(rid)
+        frame = sys._current_frames().get(job.thread) if job is not None and job.thread else None
+        if frame is None:
+            text = "(the request is no longer running)"
+        else:
+            text = "".join(traceback.format_stack(frame))
+        self.channel.send([p.frame(p.STACK, rid, text.encode("utf-8", "replace"))])
+
+    # -- request threads -------------------------------------------------------
+
+    def _request_loop(self) -> None:
+        ident = threading.get_ident()
+        while True:
+            job = self.queue.get()
+            if job is None:
+                return
+            job.thread = ident
+            try:
+                self._serve(job)
+            except ChannelClosed:
+                self.exit(0)
+            except OSError as exc:  # the channel broke under us: nothing left to talk to
+                logger.error("worker %d: cannot write a response: %s", self.pid, exc)
+                self.exit(3)
+            with self._lock:
+                self.jobs.pop(job.rid, None)
+                done = self.stopping and not self.jobs
+            if done:
+                self.exit(0)
+
+    def _serve(self, job: _Job) -> None:
+        if job.body_fd >= 0:
+            os.lseek(job.body_fd, 0, os.SEEK_SET)
+            body: Any = io.open(job.body_fd, "rb", buffering=65536)  # noqa: UP020 - from a descriptor
+        else:
+            body = io.BytesIO(job.body)
+        environ = complete_environ(job.environ, body, sys.stderr, multiprocess=True)
+        environ["wsgipool.worker_pid"] = self.pid
+        try:
+            run_wsgi(self.app, environ, job.output)
+        finally:
+            body.close()
+
+    def _end_report(self) -> bytes:
+        """A STATUS frame to send before END when this worker is over a memory limit.
+
+        Sent before END so the supervisor stops dispatching to the worker before
+        it sees the slot free up.
+        """
+        served = next(self._served)
+        if self._rss is None:
+            return b""
+        rss = self._rss.read()
+        hard = self.settings.max_rss_hard
+        soft = self.settings.max_rss
+        flags = 0
+        if hard is not None and rss > hard:
+            flags = p.FLAG_OVER_RSS_HARD
+        elif soft is not None and rss > soft and not self._reported_rss:
+            self._reported_rss = True
+            flags = p.FLAG_OVER_RSS
+        if not flags:
+            return b""
+        return p.frame(p.STATUS, 0, p.encode_status(rss, served, flags))
+
+
+def run_worker(app: Callable[..., Any], sock: Any, settings: WorkerSettings) -> NoReturn:
+    """Entry point in a freshly forked worker; never returns."""
+    Worker(app, BlockingChannel(sock), settings).run()
