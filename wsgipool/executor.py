@@ -1,0 +1,215 @@
+"""ProcessExecutor: run a WSGI app in a supervised pool of worker processes.
+
+    executor = ProcessExecutor(workers=4, threads=4, max_rss="512M", timeout="30s")
+    handler = WSGIHandler("myproject.wsgi:application", executor=executor)
+
+It starts on first use (or explicitly, with ``await executor.start()`` or
+``app.cleanup_ctx.append(executor.lifespan)``, which also stops it cleanly
+with the aiohttp app).  It takes the pool options of `PoolConfig` as keywords.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+from wsgipool import exchange as ev
+from wsgipool import protocol as p
+from wsgipool.body import Body
+from wsgipool.config import ConfigError, PoolConfig
+from wsgipool.dispatch import Dispatcher, QueueFull, QueueTimeout
+from wsgipool.loader import AppImportError, find_import_name
+from wsgipool.supervisor.handle import WorkerHandle
+from wsgipool.supervisor.supervisor import Supervisor
+
+__all__ = ["ProcessExecutor"]
+
+logger = logging.getLogger("wsgipool.executor")
+
+#: Bytes of response a worker may send ahead of the client, per request.
+RESPONSE_WINDOW = 1024 * 1024
+_CANCEL = p.frame(p.CANCEL, 0)
+
+
+class ProcessExecutor:
+    """A pool of worker processes for `WSGIHandler`; keywords as in `PoolConfig`."""
+
+    def __init__(
+        self,
+        application: Callable[..., Any] | str | None = None,
+        *,
+        log_level: str = "info",
+        **options: Any,
+    ) -> None:
+        self.config = PoolConfig(**options)
+        if self.config.workers < 1:
+            raise ConfigError("ProcessExecutor needs workers >= 1 (workers=0 means no pool)")
+        if self.config.max_rss is None and self.config.max_rss_hard is None:
+            pass
+        self.log_level = log_level
+        self._app_ref: str | bytes | None = None
+        self._dispatcher = Dispatcher(self.config.queue_size, self.config.queue_timeout)
+        self._supervisor: Supervisor | None = None
+        self._starting: asyncio.Future[None] | None = None
+        self._next_rid = 0
+        self._stopped = False
+        if application is not None:
+            self.bind(application)
+
+    # -- the app --------------------------------------------------------------------
+
+    def bind(self, application: Callable[..., Any] | str) -> None:
+        """Say which app the workers run (WSGIHandler does this); checked here, not at a request."""
+        ref = _app_reference(application)
+        if self._app_ref is not None and self._app_ref != ref:
+            raise ValueError("this ProcessExecutor already runs another application")
+        self._app_ref = ref
+
+    # -- lifecycle ------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Import the app once in a template process and start the workers.
+
+        Raises AppImportError with a one-line message if the app cannot be imported.
+        """
+        if self._supervisor is not None:
+            return
+        if self._starting is None:
+            self._starting = asyncio.ensure_future(self._start())
+        await asyncio.shield(self._starting)
+
+    async def _start(self) -> None:
+        if self._app_ref is None:
+            raise RuntimeError("ProcessExecutor has no application: pass it to WSGIHandler")
+        supervisor = Supervisor(self._app_ref, self.config, self, log_level=self.log_level)
+        try:
+            await supervisor.start()
+        except AppImportError:
+            self._starting = None
+            raise
+        self._supervisor = supervisor
+
+    async def shutdown(self, timeout: float | None = None) -> None:
+        """Let the workers finish their requests (up to `timeout`, default graceful_timeout)."""
+        self._stopped = True
+        if self._supervisor is not None:
+            grace = self.config.graceful_timeout if timeout is None else timeout
+            await self._supervisor.shutdown(grace)
+
+    def kill(self) -> None:
+        """Stop every worker at once (SIGQUIT)."""
+        self._stopped = True
+        if self._supervisor is not None:
+            self._supervisor.kill_all()
+
+    async def lifespan(self, _app: object) -> AsyncIterator[None]:
+        """For ``aiohttp_app.cleanup_ctx``: start with the app, stop gracefully with it."""
+        await self.start()
+        yield
+        await self.shutdown()
+
+    async def reload(self) -> bool:
+        """Re-import the app and replace the workers one at a time (what SIGHUP does)."""
+        if self._supervisor is None:
+            return False
+        return await self._supervisor.reload()
+
+    def scale(self, delta: int) -> int:
+        """Add (or with a negative delta remove) workers; returns the new target."""
+        if self._supervisor is None:
+            raise RuntimeError("the executor is not running")
+        return self._supervisor.scale(delta)
+
+    @property
+    def workers(self) -> list[WorkerHandle]:
+        """The live worker handles (for introspection and tests)."""
+        return [] if self._supervisor is None else list(self._supervisor.workers)
+
+    @property
+    def template_pids(self) -> list[int]:
+        supervisor = self._supervisor
+        if supervisor is None:
+            return []
+        templates = [supervisor.template, *supervisor.retired_templates]
+        return [t.pid for t in templates if t is not None and t.alive]
+
+    # -- requests (the handler's side) --------------------------------------------------
+
+    async def submit(
+        self, environ: dict[str, str], body: Body, _extras: object = None
+    ) -> ev.Exchange:
+        from wsgipool.handler import Unavailable
+
+        if self._supervisor is None:
+            if self._stopped:
+                body.close()
+                raise Unavailable("the server is shutting down")
+            await self.start()
+        try:
+            worker = await self._dispatcher.acquire()
+        except (QueueFull, QueueTimeout) as exc:
+            raise Unavailable(str(exc)) from None
+        loop = asyncio.get_running_loop()
+        self._next_rid = rid = (self._next_rid % 0xFFFFFFFF) + 1
+        exchange = ev.Exchange(loop, self, rid)
+        exchange.owner = worker
+        exchange.label = f"{environ.get('REQUEST_METHOD', '')} {environ.get('PATH_INFO', '')}"
+        file = body.file
+        try:
+            frame = p.encode_request(
+                rid, RESPONSE_WINDOW, environ.items(), body.data, body_fd=file is not None
+            )
+            worker.send_request(rid, exchange, frame, file.fileno() if file is not None else -1)
+        finally:
+            body.close()
+        assert self._supervisor is not None
+        self._supervisor.on_dispatched(worker)
+        return exchange
+
+    def grant(self, exchange: ev.Exchange, amount: int) -> None:
+        worker: WorkerHandle = exchange.owner
+        if exchange.rid in worker.inflight:
+            worker.send(p.CREDIT, exchange.rid, p.encode_u32(amount))
+
+    def cancel(self, exchange: ev.Exchange) -> None:
+        worker: WorkerHandle = exchange.owner
+        if exchange.rid in worker.inflight:
+            worker.send(p.CANCEL, exchange.rid)
+
+    # -- the pool (called by the supervisor) ---------------------------------------------
+
+    def add(self, worker: WorkerHandle) -> None:
+        self._dispatcher.add(worker)
+
+    def remove(self, worker: WorkerHandle) -> None:
+        self._dispatcher.remove(worker)
+
+    def on_slot_free(self, worker: WorkerHandle) -> None:
+        self._dispatcher.on_slot_free(worker)
+
+
+def _app_reference(application: Callable[..., Any] | str) -> str | bytes:
+    """How the template finds the app: an import string, else the callable pickled by dill."""
+    if isinstance(application, str):
+        if not application.partition(":")[0].strip():
+            raise AppImportError(f"{application!r} is not MODULE:ATTR")
+        return application
+    if not callable(application):
+        raise TypeError(
+            f"application must be callable or 'module:attr', got {type(application).__name__}"
+        )
+    name = find_import_name(application)
+    if name is not None:
+        return name
+    try:
+        import dill
+
+        return bytes(dill.dumps(application, recurse=True))
+    except Exception as exc:
+        raise TypeError(
+            f"cannot send {application!r} to the worker processes: it cannot be imported by name "
+            f"and dill cannot pickle it ({type(exc).__name__}: {exc}); "
+            "define it at module level or pass 'module:attr'"
+        ) from None

@@ -1,0 +1,1 @@
+"""Worker lifecycle in the main process: spawn through a template, monitor, recycle, reload."""

@@ -1,0 +1,184 @@
+"""The main process's end of a worker (or template) socketpair, driven by the event loop.
+
+Frames written during one loop iteration leave together in one sendmsg(), which
+under load is many requests per system call.  Reads take whatever is there in
+one recvmsg() and hand every whole frame to the owner at once.  Anything the
+peer sends that is not a valid frame closes the channel: the owner decides what
+that means for the peer (a worker is killed and replaced).
+"""
+
+from __future__ import annotations
+
+import array
+import asyncio
+import errno
+import os
+import socket
+from collections import deque
+from collections.abc import Callable
+
+from wsgipool import protocol as p
+
+__all__ = ["AsyncChannel"]
+
+_RECV_SIZE = 256 * 1024
+_MAX_FDS = 32
+_ANC_SIZE = socket.CMSG_SPACE(_MAX_FDS * array.array("i").itemsize)
+_BLOCKED = (BlockingIOError, InterruptedError)
+
+FrameHandler = Callable[[list[tuple[int, int, bytes]]], None]
+CloseHandler = Callable[[BaseException | None], None]
+
+
+class AsyncChannel:
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        sock: socket.socket,
+        accept: frozenset[int],
+        on_frames: FrameHandler,
+        on_close: CloseHandler,
+    ) -> None:
+        sock.setblocking(False)
+        self._loop = loop
+        self._sock = sock
+        self._fileno = sock.fileno()
+        self._decoder = p.FrameDecoder(accept)
+        self._on_frames = on_frames
+        self._on_close = on_close
+        # Outgoing segments; a segment with a descriptor must start its own sendmsg().
+        self._out: deque[list[bytes]] = deque()
+        self._out_fds: deque[int] = deque()  # descriptor of the segment at the same index, or -1
+        self._flush_scheduled = False
+        self._writing = False
+        self.fds: deque[int] = deque()
+        self.closed = False
+        loop.add_reader(self._fileno, self._on_readable)
+
+    # -- writing -----------------------------------------------------------------
+
+    def send(self, data: bytes) -> None:
+        """Queue frames; they leave at the end of this loop iteration."""
+        if self.closed:
+            return
+        if self._out and self._out_fds[-1] < 0:
+            self._out[-1].append(data)
+        else:
+            self._out.append([data])
+            self._out_fds.append(-1)
+        self._schedule_flush()
+
+    def send_fd(self, data: bytes, fd: int) -> None:
+        """Queue a frame that carries a copy of `fd`; the caller keeps its own."""
+        if self.closed:
+            return
+        self._out.append([data])
+        self._out_fds.append(os.dup(fd))
+        self._schedule_flush()
+
+    def _schedule_flush(self) -> None:
+        if not self._flush_scheduled and not self._writing:
+            self._flush_scheduled = True
+            self._loop.call_soon(self._flush)
+
+    def _flush(self) -> None:
+        self._flush_scheduled = False
+        out = self._out
+        fds = self._out_fds
+        try:
+            while out:
+                parts = out[0]
+                fd = fds[0]
+                if len(parts) > 256:
+                    parts = [b"".join(parts)]
+                if fd >= 0:
+                    anc = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [fd]).tobytes())]
+                    sent = self._sock.sendmsg(parts, anc)
+                    os.close(fd)
+                    fds[0] = -1
+                else:
+                    sent = self._sock.sendmsg(parts)
+                rest = p.unsent(parts, sent)
+                if rest:
+                    out[0] = rest
+                    self._wait_writable()
+                    return
+                out.popleft()
+                fds.popleft()
+        except _BLOCKED:
+            self._wait_writable()
+            return
+        except OSError as exc:
+            self._close(exc)
+            return
+        if self._writing:
+            self._writing = False
+            self._loop.remove_writer(self._fileno)
+
+    def _wait_writable(self) -> None:
+        if not self._writing:
+            self._writing = True
+            self._loop.add_writer(self._fileno, self._flush)
+
+    # -- reading -----------------------------------------------------------------
+
+    def _on_readable(self) -> None:
+        try:
+            data, ancdata, flags, _ = self._sock.recvmsg(_RECV_SIZE, _ANC_SIZE)
+        except _BLOCKED:
+            return
+        except OSError as exc:
+            self._close(exc)
+            return
+        for level, kind, payload in ancdata:
+            if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+                received = array.array("i")
+                received.frombytes(payload[: len(payload) - (len(payload) % received.itemsize)])
+                self.fds.extend(received)
+        if flags & socket.MSG_CTRUNC:
+            self._close(p.ProtocolError("descriptors from the peer were truncated"))
+            return
+        if not data:
+            self._close(None)
+            return
+        try:
+            frames = self._decoder.feed(data)
+        except p.ProtocolError as exc:
+            self._close(exc)
+            return
+        if frames:
+            self._on_frames(frames)
+
+    def take_fd(self) -> int:
+        try:
+            return self.fds.popleft()
+        except IndexError:
+            raise p.ProtocolError("a frame announced a descriptor that did not arrive") from None
+
+    # -- closing -----------------------------------------------------------------
+
+    def _close(self, exc: BaseException | None) -> None:
+        if self.closed:
+            return
+        self.close()
+        self._on_close(exc)
+
+    def close(self) -> None:
+        """Stop reading and writing; queued frames are dropped, descriptors closed."""
+        if self.closed:
+            return
+        self.closed = True
+        self._loop.remove_reader(self._fileno)
+        if self._writing:
+            self._loop.remove_writer(self._fileno)
+        for fd in list(self._out_fds) + list(self.fds):
+            if fd >= 0:
+                try:
+                    os.close(fd)
+                except OSError as exc:
+                    if exc.errno != errno.EBADF:
+                        raise
+        self._out.clear()
+        self._out_fds.clear()
+        self.fds.clear()
+        self._sock.close()

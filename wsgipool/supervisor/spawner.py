@@ -1,0 +1,185 @@
+"""The main process's handle on a template process: start it, ask it for workers.
+
+The template is started through multiprocess with the "spawn" method.  While it
+starts, ``__main__`` is hidden from multiprocess so that the new interpreter
+does not re-run the main module (the CLI, or a user's script) and never imports
+aiohttp; the app reaches it as an import string, or as dill bytes made here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import socket
+import sys
+import types
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from wsgipool import protocol as p
+from wsgipool.loader import AppImportError
+from wsgipool.supervisor.channel import AsyncChannel
+from wsgipool.supervisor.template import template_main
+from wsgipool.worker.process import WorkerSettings
+
+__all__ = ["SpawnError", "TemplateProcess"]
+
+logger = logging.getLogger("wsgipool.supervisor")
+
+ExitHandler = Callable[[int, int, int], None]
+
+
+class SpawnError(Exception):
+    """The template could not fork a worker (it is gone, or did not answer)."""
+
+
+class TemplateProcess:
+    def __init__(
+        self,
+        app_ref: str | bytes,
+        settings: WorkerSettings,
+        on_exited: ExitHandler,
+        on_lost: Callable[[TemplateProcess], None],
+        generation: int,
+    ) -> None:
+        self.app_ref = app_ref
+        self.settings = settings
+        self.generation = generation
+        self._on_exited = on_exited
+        self._on_lost = on_lost
+        self._process: Any = None
+        self._channel: AsyncChannel | None = None
+        self._ready: asyncio.Future[int] | None = None
+        self._spawns: dict[int, asyncio.Future[int]] = {}
+        self._next_spawn = 0
+        self.pid = 0
+        self.alive = False
+        self.stopping = False
+
+    async def start(self, timeout: float = 120.0) -> None:
+        """Start the process and wait until it imported the app; AppImportError if it could not."""
+        import multiprocess
+
+        loop = asyncio.get_running_loop()
+        ours, theirs = socket.socketpair()
+        context = multiprocess.get_context("spawn")
+        process = context.Process(
+            target=template_main,
+            args=(self.app_ref, theirs, self.settings),
+            name="wsgipool-template",
+            daemon=True,
+        )
+        with _main_module_hidden():
+            process.start()
+        theirs.close()
+        self._process = process
+        self._ready = loop.create_future()
+        self._channel = AsyncChannel(loop, ours, p.FROM_TEMPLATE, self._on_frames, self._on_close)
+        self.alive = True
+        try:
+            self.pid = await asyncio.wait_for(asyncio.shield(self._ready), timeout)
+        except TimeoutError:
+            self.kill()
+            raise AppImportError(
+                f"the app did not finish importing within {timeout:.0f}s"
+            ) from None
+        except AppImportError:
+            self.reap()
+            raise
+
+    async def spawn(self, timeout: float = 30.0) -> tuple[int, socket.socket]:
+        """Fork a worker; returns its pid and the main process's end of its socketpair."""
+        if not self.alive or self._channel is None:
+            raise SpawnError("the template process is not running")
+        loop = asyncio.get_running_loop()
+        self._next_spawn = (self._next_spawn + 1) & 0xFFFFFFFF
+        token = self._next_spawn
+        future: asyncio.Future[int] = loop.create_future()
+        self._spawns[token] = future
+        ours, theirs = socket.socketpair()
+        try:
+            self._channel.send_fd(p.frame(p.SPAWN, token), theirs.fileno())
+        finally:
+            theirs.close()
+        try:
+            pid = await asyncio.wait_for(future, timeout)
+        except BaseException:
+            ours.close()
+            self._spawns.pop(token, None)
+            raise
+        return pid, ours
+
+    def shutdown(self) -> None:
+        """Ask the template to exit (its workers must be gone already)."""
+        self.stopping = True
+        if self._channel is not None and not self._channel.closed:
+            self._channel.send(p.frame(p.SHUTDOWN, 0))
+
+    def kill(self) -> None:
+        self.stopping = True
+        if self._process is not None and self._process.is_alive():
+            self._process.kill()
+        self.reap()
+
+    def reap(self) -> None:
+        if self._channel is not None:
+            self._channel.close()
+        if self._process is not None:
+            self._process.join(5.0)
+        self.alive = False
+
+    def _on_frames(self, frames: list[tuple[int, int, bytes]]) -> None:
+        for kind, rid, payload in frames:
+            try:
+                if kind == p.SPAWNED:
+                    future = self._spawns.pop(rid, None)
+                    pid = p.decode_u32(payload, "SPAWNED")
+                    if future is not None and not future.done():
+                        future.set_result(pid)
+                elif kind == p.EXITED:
+                    self._on_exited(*p.decode_exited(payload))
+                elif kind == p.READY:
+                    if self._ready is not None and not self._ready.done():
+                        self._ready.set_result(p.decode_u32(payload, "READY"))
+                elif kind == p.FAILED:
+                    if self._ready is not None and not self._ready.done():
+                        self._ready.set_exception(AppImportError(p.decode_text(payload)))
+            except p.ProtocolError as exc:
+                logger.error("template %d sent a bad frame: %s; killing it", self.pid, exc)
+                self.kill()
+                return
+
+    def _on_close(self, exc: BaseException | None) -> None:
+        self.alive = False
+        for future in self._spawns.values():
+            if not future.done():
+                future.set_exception(SpawnError("the template process exited"))
+        self._spawns.clear()
+        if self._ready is not None and not self._ready.done():
+            self._ready.set_exception(
+                AppImportError("the template process exited while importing the app")
+            )
+        loop = asyncio.get_running_loop()
+        loop.run_in_executor(None, self._join_quietly)
+        if not self.stopping:
+            logger.error("template process %d exited unexpectedly (%s)", self.pid, exc or "EOF")
+            self._on_lost(self)
+
+    def _join_quietly(self) -> None:
+        if self._process is not None:
+            self._process.join(10.0)
+
+
+@contextlib.contextmanager
+def _main_module_hidden() -> Iterator[None]:
+    """Keep multiprocess from re-running ``__main__`` in the new interpreter."""
+    real = sys.modules.get("__main__")
+    stand_in = types.ModuleType("__main__")
+    stand_in.__spec__ = None
+    sys.modules["__main__"] = stand_in
+    try:
+        yield
+    finally:
+        if real is not None:
+            sys.modules["__main__"] = real

@@ -1,0 +1,553 @@
+"""The supervision loop: keeps the right number of healthy workers, on the event loop.
+
+It owns the template process(es) and every worker handle.  Workers leave for a
+reason (crash, memory, max-requests, lifetime, timeout, reload, scale) and
+`_reconcile` brings the count of serving workers back to the target: a crash
+is replaced after the restart backoff, a planned recycle gets its replacement
+ready before the old worker stops taking requests.  Nothing here blocks: memory
+samples run in a thread, processes are started by the template.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import signal
+import time
+from collections import deque
+from typing import Any, Protocol
+
+from wsgipool import protocol as p
+from wsgipool.config import PoolConfig
+from wsgipool.supervisor import policy
+from wsgipool.supervisor.handle import WorkerHandle, WorkerState
+from wsgipool.supervisor.monitor import RssMonitor
+from wsgipool.supervisor.spawner import SpawnError, TemplateProcess
+from wsgipool.worker.process import WorkerSettings
+
+__all__ = ["Supervisor"]
+
+logger = logging.getLogger("wsgipool.supervisor")
+
+_EXIT_STATUS_WAIT = 1.0
+_MIB = 1048576.0
+
+
+class Pool(Protocol):
+    """Where ready workers are offered to requests (the dispatcher)."""
+
+    def add(self, worker: WorkerHandle) -> None: ...
+
+    def remove(self, worker: WorkerHandle) -> None: ...
+
+    def on_slot_free(self, worker: WorkerHandle) -> None: ...
+
+
+class Supervisor:
+    def __init__(
+        self,
+        app_ref: str | bytes,
+        config: PoolConfig,
+        pool: Pool,
+        *,
+        log_level: str = "info",
+        stack_wanted: set[tuple[int, int]] | None = None,
+    ) -> None:
+        self.app_ref = app_ref
+        self.config = config
+        self.pool = pool
+        self.settings = WorkerSettings(
+            threads=config.threads,
+            max_rss=config.max_rss,
+            max_rss_hard=config.max_rss_hard,
+            log_level=log_level,
+        )
+        self.target = config.workers
+        self.workers: list[WorkerHandle] = []
+        self.template: TemplateProcess | None = None
+        self.retired_templates: list[TemplateProcess] = []
+        self.backoff = policy.RestartBackoff()
+        self.stopping = False
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._rng = random.Random()
+        self._numbers = 0
+        self._generation = 0
+        self._scheduled = 0  # spawns decided but not yet started (backoff delays)
+        self._tasks: set[asyncio.Future[Any]] = set()
+        self._planned: deque[WorkerHandle] = deque()  # marked to leave once replaced
+        self._exits: dict[int, tuple[int, int]] = {}  # exit statuses that came before the death
+        self._awaiting_exit: dict[int, tuple[WorkerHandle, str, asyncio.TimerHandle]] = {}
+        self._monitor = RssMonitor()
+        self._template_task: asyncio.Future[None] | None = None
+        self._template_failures = 0
+
+    # -- lifecycle ---------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Import the app in a template and start the workers; AppImportError if it fails."""
+        self._loop = asyncio.get_running_loop()
+        self.template = await self._new_template()
+        self._reconcile()
+        deadline = time.monotonic() + 60.0
+        while time.monotonic() < deadline:
+            ready = sum(1 for w in self.workers if w.state is WorkerState.READY)
+            if ready >= self.target:
+                break
+            await asyncio.sleep(0.005)
+        self._keep(self._loop.create_task(self._monitor_loop()))
+        if self.config.timeout is not None:
+            self._keep(self._loop.create_task(self._timeout_loop(self.config.timeout)))
+
+    async def shutdown(self, grace: float) -> None:
+        """Let every worker finish within `grace` seconds, then kill what remains."""
+        self.stopping = True
+        for task in list(self._tasks):
+            task.cancel()
+        for worker in list(self.workers):
+            self.pool.remove(worker)
+            worker.stop(grace)
+        deadline = time.monotonic() + grace + 2.0
+        while any(w.alive for w in self.workers) and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        for worker in self.workers:
+            if worker.alive:
+                worker.kill(signal.SIGKILL)
+        await asyncio.sleep(0)
+        for template in [self.template, *self.retired_templates]:
+            if template is not None:
+                template.shutdown()
+        await asyncio.sleep(0.05)
+        for template in [self.template, *self.retired_templates]:
+            if template is not None:
+                await asyncio.get_running_loop().run_in_executor(None, template.reap)
+        for _pid, (_worker, _text, timer) in self._awaiting_exit.items():
+            timer.cancel()
+        self._flush_exit_logs()
+
+    def kill_all(self) -> None:
+        """SIGQUIT: stop at once, no grace."""
+        self.stopping = True
+        for task in list(self._tasks):
+            task.cancel()
+        for worker in self.workers:
+            worker.kill(signal.SIGKILL)
+        for template in [self.template, *self.retired_templates]:
+            if template is not None:
+                template.kill()
+
+    # -- spawning ------------------------------------------------------------------
+
+    async def _new_template(self) -> TemplateProcess:
+        self._generation += 1
+        template = TemplateProcess(
+            self.app_ref, self.settings, self._on_exited, self._on_template_lost, self._generation
+        )
+        started = time.monotonic()
+        await template.start()
+        logger.info(
+            "template %d imported the app in %.0f ms (generation %d)",
+            template.pid,
+            (time.monotonic() - started) * 1000,
+            template.generation,
+        )
+        return template
+
+    def _serving(self) -> list[WorkerHandle]:
+        """Workers that count towards the target: alive and not on their way out."""
+        return [w for w in self.workers if w.alive and w.recycle_reason is None]
+
+    def _reconcile(self, delay: float = 0.0) -> None:
+        """Spawn or drain until the serving workers (and those on their way) match the target."""
+        if self.stopping or self._loop is None:
+            return
+        missing = self.target - len(self._serving()) - self._scheduled
+        for _ in range(max(0, missing)):
+            self._scheduled += 1
+            self._keep(self._loop.create_task(self._spawn(delay)))
+        while len(self._serving()) > self.target:
+            ready = [w for w in self._serving() if w.state is WorkerState.READY]
+            if not ready:
+                break
+            self._retire_now(min(ready, key=lambda w: w.busy), "scale")
+
+    async def _spawn(self, delay: float) -> None:
+        try:
+            if delay > 0:
+                await asyncio.sleep(delay)
+            template = await self._wait_template()
+            if self.stopping:
+                return
+            pid, sock = await template.spawn()
+        except SpawnError as exc:
+            self._scheduled -= 1
+            logger.error("could not spawn a worker: %s", exc)
+            self._reconcile(self.backoff.on_death(0.0, 0))
+            return
+        except BaseException:
+            self._scheduled -= 1
+            raise
+        self._scheduled -= 1
+        assert self._loop is not None
+        self._numbers += 1
+        worker = WorkerHandle(
+            self._loop, self._numbers, pid, sock, template, self, self.config.threads, "spawn"
+        )
+        worker.request_limit = policy.jittered_request_limit(
+            self.config.max_requests, self.config.max_requests_jitter, self._rng
+        )
+        worker.lifetime_limit = policy.jittered_lifetime(
+            self.config.max_lifetime, self.config.lifetime_jitter, self._rng
+        )
+        self.workers.append(worker)
+        try:
+            await asyncio.wait_for(asyncio.shield(worker.ready_future), 60.0)
+        except TimeoutError:
+            logger.error("worker %d did not become ready within 60s; killing it", pid)
+            worker.kill()
+        except RuntimeError:
+            pass  # it died while starting: on_death has dealt with it
+
+    async def _wait_template(self) -> TemplateProcess:
+        while True:
+            template = self.template
+            if template is not None and template.alive:
+                return template
+            if self._template_task is None:
+                raise SpawnError("no template process")
+            await asyncio.shield(self._template_task)
+
+    # -- worker events (WorkerEvents) ---------------------------------------------
+
+    def on_ready(self, worker: WorkerHandle) -> None:
+        started = (worker.ready_at or time.monotonic()) - worker.spawned_at
+        logger.info(
+            "worker %d ready in %.1f ms (%d threads, generation %d)",
+            worker.pid,
+            started * 1000,
+            worker.threads,
+            worker.template.generation,
+        )
+        if self.stopping:
+            worker.stop(self.config.graceful_timeout)
+            return
+        self.pool.add(worker)
+        # A replacement is serving: the oldest worker waiting for one may go now.
+        while self._planned:
+            old = self._planned.popleft()
+            if old.alive and old.state is WorkerState.READY:
+                self._drain(old)
+                break
+        self._check_planned()
+
+    def on_slot_free(self, worker: WorkerHandle) -> None:
+        if worker.completed == 1:
+            self.backoff.on_success()
+        self.pool.on_slot_free(worker)
+
+    def on_dispatched(self, worker: WorkerHandle) -> None:
+        """A request went to `worker`: is this the one that reaches its max-requests?"""
+        limit = worker.request_limit
+        if (
+            limit is not None
+            and worker.dispatched >= limit
+            and worker.recycle_reason is None
+            and self._planned_room()
+        ):
+            self._plan(worker, "max-requests")
+
+    def on_status(self, worker: WorkerHandle, rss: int, flags: int) -> None:
+        if flags & p.FLAG_OVER_RSS_HARD:
+            self._kill_for_memory(worker, rss)
+        elif flags & p.FLAG_OVER_RSS:
+            self._over_soft_limit(worker, rss, "reported by the worker after a request")
+
+    def on_stack(self, worker: WorkerHandle, rid: int, text: str) -> None:
+        logger.error(
+            "stack of the timed-out request %d on worker %d:\n%s", rid, worker.pid, text.rstrip()
+        )
+
+    def on_death(self, worker: WorkerHandle, reason: str) -> None:
+        self.pool.remove(worker)
+        try:
+            self.workers.remove(worker)
+        except ValueError:
+            pass
+        if worker in self._planned:
+            self._planned.remove(worker)
+        expected = self._expected(worker)
+        delay = 0.0
+        if expected:
+            text = f"worker {worker.pid} stopped ({worker.recycle_reason or 'shutdown'})"
+        else:
+            age = time.monotonic() - (worker.ready_at or worker.spawned_at)
+            delay = self.backoff.on_death(age, worker.completed)
+            text = f"worker {worker.pid} died ({reason})"
+            if not self.stopping:
+                if delay > 0.1:
+                    text_tail = (
+                        f"; restarting in {delay:.1f}s (crash backoff: "
+                        f"{self.backoff.failures} early deaths in a row)"
+                    )
+                else:
+                    text_tail = "; restarting"
+                text += text_tail
+        self._log_exit_when_known(worker, text, error=not expected)
+        self._reconcile(delay)
+        self._check_planned()
+        self._retire_idle_templates()
+
+    def _on_exited(self, pid: int, kind: int, code: int) -> None:
+        pending = self._awaiting_exit.pop(pid, None)
+        if pending is None:
+            self._exits[pid] = (kind, code)
+            if len(self._exits) > 1024:  # pids of workers we never knew
+                self._exits.pop(next(iter(self._exits)))
+            return
+        worker, text, timer = pending
+        timer.cancel()
+        worker.exit_status = (kind, code)
+        self._log_exit(worker, text, error=not self._expected(worker))
+
+    def _log_exit_when_known(self, worker: WorkerHandle, text: str, error: bool) -> None:
+        status = self._exits.pop(worker.pid, None)
+        if status is not None or self._loop is None:
+            worker.exit_status = status
+            self._log_exit(worker, text, error)
+            return
+        timer = self._loop.call_later(_EXIT_STATUS_WAIT, self._exit_status_overdue, worker.pid)
+        self._awaiting_exit[worker.pid] = (worker, text, timer)
+
+    def _exit_status_overdue(self, pid: int) -> None:
+        pending = self._awaiting_exit.pop(pid, None)
+        if pending is not None:
+            worker, text, _timer = pending
+            self._log_exit(worker, text, error=not self._expected(worker))
+
+    def _flush_exit_logs(self) -> None:
+        for pid in list(self._awaiting_exit):
+            self._exit_status_overdue(pid)
+
+    def _expected(self, worker: WorkerHandle) -> bool:
+        """Whether the supervisor meant this worker to go (a recycle, a shutdown)."""
+        return self.stopping or worker.stop_requested or worker.recycle_reason == "max-rss-hard"
+
+    def _log_exit(self, worker: WorkerHandle, text: str, error: bool) -> None:
+        head, sep, tail = text.partition("; ")
+        line = f"{head}: {worker.describe_exit()}; {worker.describe()}{sep}{tail}"
+        (logger.error if error else logger.info)(line)
+
+    # -- recycling -------------------------------------------------------------------
+
+    def _plan(self, worker: WorkerHandle, reason: str) -> None:
+        """Replace a healthy worker: its replacement is ready before it stops taking requests."""
+        if worker.recycle_reason is not None or not worker.alive:
+            return
+        worker.recycle_reason = reason
+        worker.replacement_pending = True
+        self._planned.append(worker)
+        logger.info(
+            "worker %d recycling (%s): %s", worker.pid, reason, self._limit_text(worker, reason)
+        )
+        self._reconcile()
+
+    def _drain(self, worker: WorkerHandle) -> None:
+        """Stop giving `worker` requests; it exits when its requests are done."""
+        self.pool.remove(worker)
+        worker.stop(self.config.graceful_timeout)
+
+    def _retire_now(self, worker: WorkerHandle, reason: str) -> None:
+        """Take `worker` out of service now (memory, timeout, scale); a replacement follows."""
+        if worker.recycle_reason is None:
+            worker.recycle_reason = reason
+        if worker in self._planned:
+            self._planned.remove(worker)
+        self._drain(worker)
+        self._reconcile()
+
+    def _over_soft_limit(self, worker: WorkerHandle, rss: int, how: str) -> None:
+        if worker.recycle_reason is not None or not worker.alive:
+            return
+        limit = self.config.max_rss or 0
+        logger.warning(
+            "worker %d over the memory limit (%s): rss %.1f MiB > %.1f MiB; %s; recycling it",
+            worker.pid,
+            how,
+            rss / _MIB,
+            limit / _MIB,
+            worker.describe(),
+        )
+        self._retire_now(worker, "max-rss")
+
+    def _kill_for_memory(self, worker: WorkerHandle, rss: int) -> None:
+        if not worker.alive or worker.recycle_reason == "max-rss-hard":
+            return
+        limit = self.config.max_rss_hard or 0
+        logger.error(
+            "worker %d over the hard memory limit: rss %.1f MiB > %.1f MiB; "
+            "killing it (%d request(s) in flight)",
+            worker.pid,
+            rss / _MIB,
+            limit / _MIB,
+            len(worker.inflight),
+        )
+        worker.recycle_reason = "max-rss-hard"
+        self.pool.remove(worker)
+        worker.kill(signal.SIGKILL)
+        self._reconcile()
+
+    def _limit_text(self, worker: WorkerHandle, reason: str) -> str:
+        if reason == "max-requests":
+            limit = worker.request_limit
+            return f"{worker.dispatched} requests dispatched, limit {limit}; {worker.describe()}"
+        if reason == "max-lifetime":
+            return f"lifetime limit {worker.lifetime_limit:.1f}s; {worker.describe()}"
+        return worker.describe()
+
+    # -- periodic checks ---------------------------------------------------------------
+
+    async def _monitor_loop(self) -> None:
+        limits = self.config.max_rss is not None or self.config.max_rss_hard is not None
+        interval = 0.5 if limits else 2.0
+        while not self.stopping:
+            await asyncio.sleep(interval)
+            workers = [w for w in self.workers if w.alive and w.state is not WorkerState.STARTING]
+            samples = await self._monitor.sample(w.pid for w in workers)
+            for worker in workers:
+                rss = samples.get(worker.pid)
+                if rss is None or not worker.alive:
+                    continue
+                worker.rss = rss
+                verdict = policy.rss_verdict(
+                    rss, self.config.max_rss, self.config.max_rss_hard, worker.rss_over
+                )
+                worker.rss_over = verdict.over_count
+                if verdict.action == "kill":
+                    self._kill_for_memory(worker, rss)
+                elif verdict.action == "recycle":
+                    self._over_soft_limit(worker, rss, f"{verdict.over_count} samples in a row")
+            self._check_planned()
+
+    def _check_planned(self) -> None:
+        """Start the planned recycles that are due, as many as may run at once."""
+        for worker in self._serving():
+            if worker.state is not WorkerState.READY:
+                continue
+            facts = policy.WorkerFacts(
+                dispatched=worker.dispatched,
+                request_limit=worker.request_limit,
+                age=worker.age,
+                lifetime_limit=worker.lifetime_limit,
+            )
+            reason = policy.planned_recycle_reason(facts)
+            if reason is not None:
+                if not self._planned_room():
+                    return
+                self._plan(worker, reason)
+
+    def _planned_room(self) -> bool:
+        return len(self._planned) < max(1, self.target // 4)
+
+    async def _timeout_loop(self, timeout: float) -> None:
+        assert self._loop is not None
+        interval = min(1.0, timeout / 4)
+        while not self.stopping:
+            await asyncio.sleep(interval)
+            now = self._loop.time()
+            for worker in list(self.workers):
+                for rid, exchange in list(worker.inflight.items()):
+                    if exchange.finished or not exchange.waiting:
+                        continue
+                    if now - exchange.last_progress > timeout:
+                        self._timed_out(worker, rid, exchange.label, now - exchange.started)
+                        exchange.abort(504, f"no response within {timeout:g}s")
+
+    def _timed_out(self, worker: WorkerHandle, rid: int, label: str, elapsed: float) -> None:
+        logger.error(
+            "request %s on worker %d timed out after %.1fs; asking for its stack, "
+            "recycling the worker",
+            label,
+            worker.pid,
+            elapsed,
+        )
+        worker.send(p.DUMP, rid)
+        if worker.recycle_reason is None or worker in self._planned:
+            self._retire_now(worker, "timeout")
+
+    # -- reload and scale ---------------------------------------------------------------
+
+    async def reload(self) -> bool:
+        """Re-import the app in a new template and replace the workers one at a time."""
+        if self.stopping:
+            return False
+        try:
+            template = await self._new_template()
+        except Exception as exc:
+            logger.error("reload failed, the running workers keep serving: %s", exc)
+            return False
+        old = self.template
+        self.template = template
+        if old is not None:
+            self.retired_templates.append(old)
+        old_workers = [w for w in self._serving() if w.template is not template]
+        logger.info("reloading: replacing %d worker(s) one at a time", len(old_workers))
+        self._keep(asyncio.get_running_loop().create_task(self._roll(old_workers)))
+        return True
+
+    async def _roll(self, old_workers: list[WorkerHandle]) -> None:
+        for worker in old_workers:
+            if self.stopping:
+                return
+            if not worker.alive or worker.recycle_reason is not None:
+                continue
+            self._plan(worker, "reload")
+            while worker.alive and worker.state is WorkerState.READY and not self.stopping:
+                await asyncio.sleep(0.01)
+
+    def scale(self, delta: int) -> int:
+        """SIGTTIN/SIGTTOU: one worker more or less (never fewer than one)."""
+        self.target = max(1, self.target + delta)
+        logger.info("scaling to %d worker(s)", self.target)
+        self._reconcile()
+        return self.target
+
+    # -- templates -------------------------------------------------------------------------
+
+    def _on_template_lost(self, template: TemplateProcess) -> None:
+        if self.stopping or template is not self.template:
+            return
+        if self._template_task is None or self._template_task.done():
+            assert self._loop is not None
+            self._template_task = self._loop.create_task(self._restart_template())
+            self._keep(self._template_task)
+
+    async def _restart_template(self) -> None:
+        while not self.stopping:
+            delay = min(30.0, 0.5 * 2**self._template_failures)
+            await asyncio.sleep(delay)
+            try:
+                self.template = await self._new_template()
+                self._template_failures = 0
+                return
+            except Exception as exc:
+                self._template_failures += 1
+                logger.error("could not restart the template process: %s", exc)
+
+    def _retire_idle_templates(self) -> None:
+        for template in list(self.retired_templates):
+            if not any(w.template is template for w in self.workers):
+                self.retired_templates.remove(template)
+                template.shutdown()
+                assert self._loop is not None
+                self._loop.run_in_executor(None, template.reap)
+
+    # -- helpers --------------------------------------------------------------------------
+
+    def _keep(self, task: asyncio.Future[Any]) -> None:
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+
+    def _task_done(self, task: asyncio.Future[Any]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            logger.error("supervisor task failed", exc_info=task.exception())
