@@ -20,7 +20,7 @@ from wsgipool import __version__
 if TYPE_CHECKING:
     from aiohttp import web
 
-__all__ = ["SERVER_SOFTWARE", "EnvironBuilder", "http_key"]
+__all__ = ["SERVER_SOFTWARE", "EnvironBuilder", "NotMounted", "http_key"]
 
 SERVER_SOFTWARE = f"wsgipool/{__version__}"
 _SCHEMES = frozenset({"http", "https"})
@@ -39,6 +39,10 @@ def http_key(name: bytes) -> str | None:
     if key in ("CONTENT_LENGTH", "CONTENT_TYPE"):
         return ""
     return "HTTP_" + key
+
+
+class NotMounted(Exception):
+    """The path is outside the prefix the app is mounted under (404)."""
 
 
 class TrustedPeers:
@@ -81,9 +85,11 @@ class EnvironBuilder:
         *,
         url_scheme: str | None = None,
         forwarded_allow_ips: Iterable[str] = ("127.0.0.1", "::1"),
+        script_name: str = "",
     ) -> None:
         self._url_scheme = url_scheme
         self._trusted = TrustedPeers(forwarded_allow_ips)
+        self._mount = script_name.rstrip("/").encode("utf-8")
 
     def build(self, request: web.BaseRequest, content_length: int) -> tuple[dict[str, str], str]:
         """(CGI environ, wsgi.url_scheme) for `request` whose body has `content_length` bytes."""
@@ -95,7 +101,10 @@ class EnvironBuilder:
         if b"#" in path:
             path = path.partition(b"#")[0]
         path_bytes = unquote_to_bytes(path) if b"%" in path else path
-        script_name, path_info = _split_script_name(request, path_bytes)
+        if self._mount:
+            script_name, path_info = _split_mount(self._mount, path_bytes)
+        else:
+            script_name, path_info = _split_script_name(request, path_bytes)
 
         transport = request.transport
         sockname = transport.get_extra_info("sockname") if transport is not None else None
@@ -176,6 +185,14 @@ def _origin_path(target: bytes) -> bytes:
     except ValueError:
         return b"/"
     return (parts.path or "/").encode("latin-1")
+
+
+def _split_mount(mount: bytes, path: bytes) -> tuple[str, str]:
+    """SCRIPT_NAME and PATH_INFO under a fixed mount prefix; NotMounted outside it."""
+    size = len(mount)
+    if path.startswith(mount) and (len(path) == size or path[size] == 0x2F):
+        return mount.decode("latin-1"), path[size:].decode("latin-1")
+    raise NotMounted(path)
 
 
 def _split_script_name(request: web.BaseRequest, path: bytes) -> tuple[str, str]:

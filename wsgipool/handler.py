@@ -20,7 +20,7 @@ from aiohttp import web
 
 from wsgipool import exchange as ev
 from wsgipool.body import BodyTooLarge, read_body
-from wsgipool.environ import EnvironBuilder
+from wsgipool.environ import EnvironBuilder, NotMounted
 from wsgipool.loader import load_app
 from wsgipool.response import error_response, write_response
 from wsgipool.threaded import ThreadBackend
@@ -50,6 +50,8 @@ class WSGIHandler:
     `executor` decides where the app runs: None (the event loop's default
     executor) or any thread-based `concurrent.futures.Executor` runs it in this
     process; a `wsgipool.ProcessExecutor` runs it in supervised worker processes.
+    `script_name` mounts the app under a prefix when the handler is used without
+    a router (aiohttp's low-level server); on a router, the route decides.
     """
 
     def __init__(
@@ -62,6 +64,7 @@ class WSGIHandler:
         max_request_body_size: int = 1073741824,
         executor: Executor | ProcessExecutor | None = None,
         forwarded_allow_ips: Iterable[str] = ("127.0.0.1", "::1"),
+        script_name: str = "",
     ) -> None:
         for name, value in (
             ("inbuf_overflow", inbuf_overflow),
@@ -75,7 +78,7 @@ class WSGIHandler:
 
         self._max_body = max_request_body_size
         self._environ = EnvironBuilder(
-            url_scheme=url_scheme, forwarded_allow_ips=forwarded_allow_ips
+            url_scheme=url_scheme, forwarded_allow_ips=forwarded_allow_ips, script_name=script_name
         )
         self._executor = executor
         self._watch = _DisconnectWatch()
@@ -105,7 +108,11 @@ class WSGIHandler:
             body = await read_body(request, self._memory_limit, self._max_body)
         except BodyTooLarge:
             return error_response(413, close=True)
-        environ, scheme = self._environ.build(request, body.length)
+        try:
+            environ, scheme = self._environ.build(request, body.length)
+        except NotMounted:
+            body.close()
+            return error_response(404)
         environ["wsgi.url_scheme"] = scheme
         extras: dict[str, Any] = {}
         if self._in_process:

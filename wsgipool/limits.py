@@ -2,9 +2,11 @@
 
 aiohttp limits line and header sizes but answers every overflow with 400, and
 gives a client that trickles a request head byte by byte as long as it likes.
-`GuardedAppRunner` swaps in a request handler that closes such connections
-with 408 after ``header_timeout`` and answers an overlong request line with 414
-and overlong or too many headers with 431.
+`GuardedServer` (and `GuardedAppRunner` for a full aiohttp Application) uses a
+request handler that answers an overlong request line with 414, overlong or too
+many headers with 431, and a head not complete within ``header_timeout`` with
+408.  The deadline is enforced by one sweep per server, not a timer per
+request, so keep-alive traffic pays nothing for it.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from aiohttp import web
 from aiohttp.http_exceptions import BadHttpMessage, LineTooLong
 from aiohttp.web_protocol import RequestHandler
 
-__all__ = ["GuardedAppRunner"]
+__all__ = ["GuardedAppRunner", "GuardedServer"]
 
 _TIMEOUT_RESPONSE = (
     b"HTTP/1.1 408 Request Timeout\r\nConnection: close\r\n"
@@ -25,56 +27,48 @@ _TIMEOUT_RESPONSE = (
 
 
 class _GuardedRequestHandler(RequestHandler):
-    __slots__ = ("_head_bytes", "_head_line", "_head_timeout", "_head_timer")
+    __slots__ = ("_head_bytes", "_head_line", "_head_mark")
 
-    def __init__(self, manager: web.Server, *, header_timeout: float, **kwargs: Any) -> None:
+    def __init__(self, manager: web.Server, **kwargs: Any) -> None:
         super().__init__(manager, **kwargs)
-        self._head_timeout = header_timeout
-        self._head_timer: asyncio.TimerHandle | None = None
         self._head_line: bool | None = False  # request line complete? None: unknown
-        self._head_bytes = 0
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        super().connection_made(transport)
-        self._arm()
+        self._head_bytes = 0  # bytes of a head not yet complete
+        self._head_mark: tuple[int, float] | None = None  # (requests parsed, first seen at)
 
     def data_received(self, data: bytes) -> None:
         before = self._request_count
-        if self._head_timer is None and self._current_request is None and not self._messages:
-            self._arm()
         if self._head_line is False and b"\n" in data:
             self._head_line = True
-        self._head_bytes += len(data)
         super().data_received(data)
-        if self._request_count != before:
-            # A whole head arrived; what follows in `data` is of unknown shape.
-            self._disarm()
-            self._head_line = None if data.rfind(b"\n") > 0 else False
+        if self._request_count == before:
+            self._head_bytes += len(data)
+        else:
+            # A whole head arrived; what may follow it in `data` is of unknown shape.
             self._head_bytes = 0
+            self._head_line = None if data.rfind(b"\n") > 0 else False
 
-    def connection_lost(self, exc: BaseException | None) -> None:
-        self._disarm()
-        super().connection_lost(exc)
-
-    def _arm(self) -> None:
-        self._head_bytes = 0
-        self._head_line = False
-        self._head_timer = self._loop.call_later(self._head_timeout, self._head_overdue)
-
-    def _disarm(self) -> None:
-        if self._head_timer is not None:
-            self._head_timer.cancel()
-            self._head_timer = None
-
-    def _head_overdue(self) -> None:
-        self._head_timer = None
+    def head_overdue(self, now: float, timeout: float) -> bool:
+        """Called by the sweep: close the connection if a head has been pending too long."""
+        if self._current_request is not None or self._messages or self.transport is None:
+            self._head_mark = None
+            return False
+        if self._request_count and not self._head_bytes:
+            self._head_mark = None  # idle keep-alive: keepalive_timeout's business
+            return False
+        # The same head is pending as long as no request completes, however many
+        # bytes trickle in: a slow client cannot reset the deadline by sending more.
+        mark = self._head_mark
+        if mark is None or mark[0] != self._request_count:
+            self._head_mark = (self._request_count, now)
+            return False
+        if now - mark[1] < timeout:
+            return False
         transport = self.transport
-        if transport is None or self._current_request is not None or self._messages:
-            return
         if self._head_bytes:
             transport.write(_TIMEOUT_RESPONSE)
         self.force_close()
         transport.close()
+        return True
 
     def handle_error(
         self,
@@ -101,19 +95,42 @@ class _GuardedRequestHandler(RequestHandler):
         return 400
 
 
-class _GuardedServer(web.Server):
+class GuardedServer(web.Server):
+    """aiohttp's low-level server with the head deadline and precise 4xx statuses."""
+
     def __init__(self, *args: Any, header_timeout: float, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._header_timeout = header_timeout
+        self._sweep: asyncio.TimerHandle | None = None
 
     def __call__(self) -> RequestHandler:
-        return _GuardedRequestHandler(
-            self, loop=self._loop, header_timeout=self._header_timeout, **self._kwargs
-        )
+        if self._sweep is None:
+            self._schedule()
+        return _GuardedRequestHandler(self, loop=self._loop, **self._kwargs)
+
+    def _schedule(self) -> None:
+        interval = min(1.0, max(0.05, self._header_timeout / 4))
+        self._sweep = self._loop.call_later(interval, self._sweep_heads)
+
+    def _sweep_heads(self) -> None:
+        self._sweep = None
+        now = self._loop.time()
+        connections = self.connections
+        for handler in connections:
+            if isinstance(handler, _GuardedRequestHandler):
+                handler.head_overdue(now, self._header_timeout)
+        if connections:
+            self._schedule()
+
+    async def shutdown(self, timeout: float | None = None) -> None:
+        if self._sweep is not None:
+            self._sweep.cancel()
+            self._sweep = None
+        await super().shutdown(timeout)
 
 
 class GuardedAppRunner(web.AppRunner):
-    """An AppRunner whose connections have a head deadline and precise 4xx for oversize heads."""
+    """An AppRunner (static routes, middlewares) whose server is a `GuardedServer`."""
 
     def __init__(self, app: web.Application, *, header_timeout: float, **kwargs: Any) -> None:
         super().__init__(app, **kwargs)
@@ -121,7 +138,7 @@ class GuardedAppRunner(web.AppRunner):
 
     async def _make_server(self) -> web.Server:
         plain = await super()._make_server()
-        return _GuardedServer(
+        return GuardedServer(
             plain.request_handler,
             request_factory=plain.request_factory,
             handler_cancellation=plain.handler_cancellation,

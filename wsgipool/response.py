@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-from typing import IO, Any
+from typing import IO
 
 from aiohttp import web
 
@@ -36,6 +36,7 @@ HOP_BY_HOP = frozenset(
     }
 )
 _REASONS = {
+    404: "Not Found",
     413: "Payload Too Large",
     500: "Internal Server Error",
     502: "Bad Gateway",
@@ -70,64 +71,63 @@ async def write_response(request: web.BaseRequest, exchange: ev.Exchange) -> web
     kind, value = await exchange.next()
     if kind == ev.ERROR:
         return error_response(value[0])
-    code, reason, headers = value
-    response = _Response(status=code, reason=reason)
-    out = response.headers
+    try:
+        headers, length = _clean_headers(value[2])
+    except ValueError as exc:
+        logger.error("%s %s: %s", request.method, request.path, exc)
+        exchange.close()
+        return error_response(500)
+    code = value[0]
+    if kind == ev.RESPONSE:
+        return _whole(request, code, value[1], headers, length, value[3])
+    response = _Response(status=code, reason=value[1], headers=headers)
+    if request.method == "HEAD" or code in (204, 304):
+        exchange.close()  # nothing of the body will be sent: stop producing it
+        if length is not None and code != 204:
+            response.headers["Content-Length"] = str(length)
+        await response.prepare(request)
+        await response.write_eof()
+        return response
+    return await _write_streamed(request, exchange, response, length)
+
+
+def _clean_headers(headers: list[tuple[str, str]]) -> tuple[list[tuple[str, str]], int | None]:
+    """The app's headers without hop-by-hop ones and Content-Length, and the length declared."""
+    out: list[tuple[str, str]] = []
     length: int | None = None
-    for name, header_value in headers:
+    for name, value in headers:
         lower = name.lower()
         if lower in HOP_BY_HOP:
             continue
         if lower == "content-length":
-            declared = int(header_value.strip())
+            declared = int(value.strip())
             if length is not None and declared != length:
-                logger.error("app sent conflicting Content-Length headers for %s", request.path)
-                exchange.close()
-                return error_response(500)
+                raise ValueError(f"conflicting Content-Length headers: {length} and {declared}")
             length = declared
             continue
-        out.add(name, header_value)
-    if request.method == "HEAD" or code in (204, 304):
-        exchange.close()  # nothing of the body will be sent: stop producing it
-        if length is not None and code != 204:
-            out["Content-Length"] = str(length)
-        await response.prepare(request)
-        await response.write_eof()
-        return response
-    if exchange.finished:
-        return await _write_buffered(request, exchange, response, length)
-    return await _write_streamed(request, exchange, response, length)
+        out.append((name, value))
+    return out, length
 
 
-async def _write_buffered(
+def _whole(
     request: web.BaseRequest,
-    exchange: ev.Exchange,
-    response: _Response,
+    code: int,
+    reason: str,
+    headers: list[tuple[str, str]],
     length: int | None,
-) -> web.StreamResponse:
-    """Everything is here already (the common small response): one write."""
-    parts: list[bytes] = []
-    while True:
-        kind, value = await exchange.next()
-        if kind == ev.DATA:
-            parts.append(value)
-        elif kind == ev.END:
-            break
-        else:
-            # A file, or an error after data: the general path knows how.
-            exchange.push_back(kind, value)
-            return await _write_streamed(request, exchange, response, length, parts)
-    body = parts[0] if len(parts) == 1 else b"".join(parts)
-    if length is None:
-        response.content_length = len(body)
-    else:
-        response.content_length = length
-        if len(body) < length:
-            _short_body(request, response, length, len(body))
-        elif len(body) > length:
-            body = body[:length]
-    await response.prepare(request)
-    await response.write_eof(body)
+    body: bytes,
+) -> web.Response:
+    """A response that arrived whole: aiohttp sends it in one write."""
+    response = web.Response(status=code, reason=reason, headers=headers, body=body)
+    if length is not None:
+        if len(body) > length:
+            response.body = body[:length]
+        elif len(body) < length:
+            if request.method == "HEAD" or code in (204, 304):
+                response.headers["Content-Length"] = str(length)
+            else:
+                _short_body(request, response, length, len(body))
+                response.headers["Content-Length"] = str(length)
     return response
 
 
@@ -136,19 +136,14 @@ async def _write_streamed(
     exchange: ev.Exchange,
     response: _Response,
     length: int | None,
-    early: list[bytes] | None = None,
 ) -> web.StreamResponse:
     written = 0
     owed = 0
     if length is not None:
         response.content_length = length
     prepared = False
-    queue: list[tuple[int, Any]] = [(ev.DATA, chunk) for chunk in early or ()]
     while True:
-        if queue:
-            kind, value = queue.pop(0)
-        else:
-            kind, value = await exchange.next()
+        kind, value = await exchange.next()
         if kind == ev.DATA:
             if length is not None:
                 room = length - written
@@ -167,6 +162,7 @@ async def _write_streamed(
                 owed = 0
             if length is not None and written >= length:
                 exchange.close()  # the declared length is reached: the rest is cut
+                break
         elif kind == ev.FILE:
             fd, offset, count = value
             if length is not None:

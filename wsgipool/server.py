@@ -26,7 +26,7 @@ from aiohttp import web
 from wsgipool.config import BindAddress, Config, ConfigError, PoolConfig, split_options
 from wsgipool.executor import ProcessExecutor
 from wsgipool.handler import WSGIHandler
-from wsgipool.limits import GuardedAppRunner
+from wsgipool.limits import GuardedAppRunner, GuardedServer
 from wsgipool.loader import load_app
 
 __all__ = ["Server", "serve"]
@@ -67,7 +67,7 @@ class Server:
         self.pool = pool
         self.stderr = stderr
         self.executor: ProcessExecutor | ThreadPoolExecutor | None = None
-        self.runner: web.AppRunner | None = None
+        self.runner: web.BaseRunner | None = None
         self.sockets: list[socket.socket] = []
         self._unix_paths: list[str] = []
         self._stop: asyncio.Future[str] | None = None
@@ -104,19 +104,7 @@ class Server:
         handler = self._make_handler()
         if isinstance(self.executor, ProcessExecutor):
             await self.executor.start()  # imports the app: fails before any socket exists
-        app = self._make_app(handler)
-        self.runner = GuardedAppRunner(
-            app,
-            header_timeout=self.config.header_timeout,
-            handle_signals=False,
-            access_log=logging.getLogger("aiohttp.access") if self.config.access_log else None,
-            keepalive_timeout=self.config.keepalive_timeout,
-            max_line_size=self.config.limit_request_line,
-            max_field_size=self.config.limit_request_field_size,
-            max_headers=self.config.limit_request_fields,
-            shutdown_timeout=self.config.shutdown_timeout,
-            handler_cancellation=True,
-        )
+        self.runner = self._make_runner(handler)
         await self.runner.setup()
         try:
             for address in self.config.binds():
@@ -157,6 +145,36 @@ class Server:
             max_request_body_size=config.max_request_body_size,
             executor=self.executor,
             forwarded_allow_ips=config.forwarded_allow_ips,
+            script_name="" if config.static else config.script_name,
+        )
+
+    def _make_runner(self, handler: WSGIHandler) -> web.BaseRunner:
+        """aiohttp's low-level server when the app is all there is, else an Application."""
+        config = self.config
+        protocol_options: dict[str, Any] = {
+            "access_log": logging.getLogger("aiohttp.access") if config.access_log else None,
+            "keepalive_timeout": config.keepalive_timeout,
+            "max_line_size": config.limit_request_line,
+            "max_field_size": config.limit_request_field_size,
+            "max_headers": config.limit_request_fields,
+        }
+        if config.static:
+            return GuardedAppRunner(
+                self._make_app(handler),
+                header_timeout=config.header_timeout,
+                handle_signals=False,
+                shutdown_timeout=config.shutdown_timeout,
+                handler_cancellation=True,
+                **protocol_options,
+            )
+        server = GuardedServer(
+            handler.handle_request,
+            header_timeout=config.header_timeout,
+            handler_cancellation=True,
+            **protocol_options,
+        )
+        return web.ServerRunner(
+            server, handle_signals=False, shutdown_timeout=config.shutdown_timeout
         )
 
     def _make_app(self, handler: WSGIHandler) -> web.Application:
