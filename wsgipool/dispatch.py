@@ -64,13 +64,20 @@ class Dispatcher:
                 best, best_free = worker, free
         return best
 
+    def try_acquire(self) -> WorkerHandle | None:
+        """A worker with a slot taken, if one is free and nobody is queued before us."""
+        if self._waiters:
+            return None
+        worker = self._pick()
+        if worker is not None:
+            worker.busy += 1
+        return worker
+
     async def acquire(self) -> WorkerHandle:
         """A worker with a slot taken for one request; QueueFull or QueueTimeout if none."""
-        if not self._waiters:
-            worker = self._pick()
-            if worker is not None:
-                worker.busy += 1
-                return worker
+        worker = self.try_acquire()
+        if worker is not None:
+            return worker
         if len(self._waiters) >= self.queue_size:
             raise QueueFull(f"{len(self._waiters)} requests already waiting for a worker")
         loop = asyncio.get_running_loop()

@@ -14,21 +14,26 @@ from collections import deque
 from typing import Any, Final, Protocol
 
 __all__ = [
+    "DATA",
     "END",
     "ERROR",
     "FILE",
+    "RESPONSE",
     "START",
     "Backend",
     "Exchange",
 ]
 
 # Event kinds.  START: (code, reason, headers); DATA: bytes;
-# FILE: (fd, offset, count or None); END: None; ERROR: (http status, message).
+# FILE: (fd, offset, count or None); END: None; ERROR: (http status, message);
+# RESPONSE: (code, reason, headers, body), a whole response at once.
+# Kinds from END on are final: nothing follows them.
 START: Final = 1
 DATA: Final = 2
 FILE: Final = 3
 END: Final = 4
 ERROR: Final = 5
+RESPONSE: Final = 6
 
 Event = tuple[int, Any]
 

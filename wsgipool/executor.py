@@ -147,10 +147,12 @@ class ProcessExecutor:
                 body.close()
                 raise Unavailable("the server is shutting down")
             await self.start()
-        try:
-            worker = await self._dispatcher.acquire()
-        except (QueueFull, QueueTimeout) as exc:
-            raise Unavailable(str(exc)) from None
+        worker = self._dispatcher.try_acquire()
+        if worker is None:
+            try:
+                worker = await self._dispatcher.acquire()
+            except (QueueFull, QueueTimeout) as exc:
+                raise Unavailable(str(exc)) from None
         loop = asyncio.get_running_loop()
         self._next_rid = rid = (self._next_rid % 0xFFFFFFFF) + 1
         exchange = ev.Exchange(loop, self, rid)

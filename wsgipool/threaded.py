@@ -28,18 +28,19 @@ _HOLD_LIMIT = 64 * 1024
 
 
 class _LoopOutput(ResponseOutput):
-    __slots__ = ("_exchange", "_loop", "_pending", "_pending_size")
+    __slots__ = ("_exchange", "_loop", "_pending", "_pending_size", "_start")
 
     def __init__(self, loop: asyncio.AbstractEventLoop, exchange: ev.Exchange, credit: int) -> None:
         super().__init__(credit)
         self._loop = loop
         self._exchange = exchange
+        self._start: tuple[int, str, list[tuple[str, str]]] | None = None  # not handed over yet
         self._pending: list[ev.Event] = []
         self._pending_size = 0
 
     def start(self, status: str, headers: list[tuple[str, str]]) -> None:
         code, reason = validate_status(status)
-        self._pending.append((ev.START, (code, reason, list(headers))))
+        self._start = (code, reason, list(headers))
 
     def body(self, data: bytes, more: bool) -> None:
         if not self.take_credit(len(data)):
@@ -56,16 +57,27 @@ class _LoopOutput(ResponseOutput):
         self._flush()
 
     def end(self) -> None:
-        self._pending.append((ev.END, None))
+        start = self._start
+        if start is not None:  # nothing handed over yet: the whole response as one event
+            self._start = None
+            body = b"".join([data for _, data in self._pending])
+            self._pending = [(ev.RESPONSE, (*start, body))]
+        else:
+            self._pending.append((ev.END, None))
         self._flush()
 
     def fail(self, message: str) -> None:
+        self._start = None
         self._pending.clear()
         self._pending.append((ev.ERROR, (500, message)))
         self._flush()
 
     def _flush(self) -> None:
         events = self._pending
+        start = self._start
+        if start is not None:
+            self._start = None
+            events.insert(0, (ev.START, start))
         self._pending = []
         self._pending_size = 0
         try:

@@ -53,6 +53,8 @@ class AsyncChannel:
         self._writing = False
         self.fds: deque[int] = deque()
         self.closed = False
+        self._inbox = bytearray(_RECV_SIZE)
+        self._inbox_view = memoryview(self._inbox)
         loop.add_reader(self._fileno, self._on_readable)
 
     # -- writing -----------------------------------------------------------------
@@ -124,7 +126,7 @@ class AsyncChannel:
 
     def _on_readable(self) -> None:
         try:
-            data, ancdata, flags, _ = self._sock.recvmsg(_RECV_SIZE, _ANC_SIZE)
+            size, ancdata, flags, _ = self._sock.recvmsg_into([self._inbox_view], _ANC_SIZE)
         except _BLOCKED:
             return
         except OSError as exc:
@@ -138,11 +140,11 @@ class AsyncChannel:
         if flags & socket.MSG_CTRUNC:
             self._close(p.ProtocolError("descriptors from the peer were truncated"))
             return
-        if not data:
+        if not size:
             self._close(None)
             return
         try:
-            frames = self._decoder.feed(data)
+            frames = self._decoder.feed(self._inbox_view[:size])
         except p.ProtocolError as exc:
             self._close(exc)
             return

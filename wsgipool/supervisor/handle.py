@@ -15,7 +15,7 @@ import os
 import signal
 import socket
 import time
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from wsgipool import exchange as ev
 from wsgipool import protocol as p
@@ -27,6 +27,20 @@ if TYPE_CHECKING:
 __all__ = ["WorkerHandle", "WorkerState"]
 
 logger = logging.getLogger("wsgipool.supervisor")
+
+
+#: Frames after which a request is over on the worker's side: its slot is free.
+_FINAL = frozenset({p.RESPONSE, p.END, p.ERROR})
+
+
+def _final_event(kind: int, payload: bytes) -> tuple[int, Any]:
+    if kind == p.RESPONSE:
+        return ev.RESPONSE, p.decode_response(payload)
+    if kind == p.END:
+        if payload:
+            raise p.ProtocolError("END with a payload")
+        return ev.END, None
+    return ev.ERROR, (500, p.decode_text(payload))
 
 
 class WorkerState(enum.Enum):
@@ -165,7 +179,16 @@ class WorkerHandle:
         inflight = self.inflight
         try:
             for kind, rid, payload in frames:
-                if kind == p.DATA:
+                if kind in _FINAL:  # RESPONSE first: the common case, a whole response
+                    event = _final_event(kind, payload)
+                    exchange = inflight.pop(rid, None)
+                    if exchange is None:
+                        continue
+                    exchange.feed(*event)
+                    self.busy -= 1
+                    self.completed += 1
+                    self.events.on_slot_free(self)
+                elif kind == p.DATA:
                     exchange = inflight.get(rid)
                     if exchange is not None:
                         exchange.received += len(payload)
@@ -175,19 +198,6 @@ class WorkerHandle:
                     exchange = inflight.get(rid)
                     if exchange is not None:
                         exchange.feed(ev.START, start)
-                elif kind in (p.END, p.ERROR):
-                    if payload and kind == p.END:
-                        raise p.ProtocolError("END with a payload")
-                    exchange = inflight.pop(rid, None)
-                    if exchange is None:
-                        continue
-                    if kind == p.END:
-                        exchange.feed(ev.END)
-                    else:
-                        exchange.feed(ev.ERROR, (500, p.decode_text(payload)))
-                    self.busy -= 1
-                    self.completed += 1
-                    self.events.on_slot_free(self)
                 elif kind == p.FILE:
                     offset, count = p.decode_file(payload)
                     fd = self.channel.take_fd()

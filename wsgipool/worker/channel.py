@@ -31,10 +31,11 @@ class BlockingChannel:
         self.sock = sock
         self.fds: deque[int] = deque()
         self._lock = threading.Lock()
+        self._inbox = memoryview(bytearray(_RECV_SIZE))
 
-    def recv(self) -> bytes:
-        """The next bytes from the main process; descriptors go to `fds`."""
-        data, ancdata, flags, _ = self.sock.recvmsg(_RECV_SIZE, _ANC_SIZE)
+    def recv(self) -> memoryview:
+        """The next bytes from the main process (valid until the next call); fds go to `fds`."""
+        size, ancdata, flags, _ = self.sock.recvmsg_into([self._inbox], _ANC_SIZE)
         for level, kind, payload in ancdata:
             if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
                 fds = array.array("i")
@@ -42,9 +43,9 @@ class BlockingChannel:
                 self.fds.extend(fds)
         if flags & socket.MSG_CTRUNC:
             raise ChannelClosed("a descriptor sent by the main process was truncated")
-        if not data:
+        if not size:
             raise ChannelClosed("the main process closed the connection")
-        return data
+        return self._inbox[:size]
 
     def send(self, parts: list[bytes], fd: int | None = None) -> None:
         """Send frames whole; with `fd`, the descriptor leaves with their first byte."""

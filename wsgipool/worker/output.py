@@ -1,8 +1,9 @@
 """A response leaving a worker as frames, in as few writes as the app allows.
 
-START waits for the first body chunk (PEP 3333 sends headers with it), and a
-chunk the app says is the last waits for END, so a typical small response is
-one sendmsg() of START + DATA + END.
+Headers wait for the first body chunk (PEP 3333 sends them with it), and a
+chunk the app says is the last waits for the end.  A response that is whole
+by then leaves as one RESPONSE frame, in one sendmsg(); a streamed one as
+START, DATA... and END, each chunk flushed as soon as the app yields it.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ _HOLD_LIMIT = 64 * 1024
 
 
 class FrameOutput(ResponseOutput):
-    __slots__ = ("_before_end", "_channel", "_pending", "_pending_size", "_rid", "_started")
+    __slots__ = ("_before_end", "_channel", "_held", "_held_size", "_rid", "_start")
 
     def __init__(
         self,
@@ -31,17 +32,13 @@ class FrameOutput(ResponseOutput):
         super().__init__(credit)
         self._channel = channel
         self._rid = request_id
-        self._pending: list[bytes] = []
-        self._pending_size = 0
-        self._started = False
+        self._start: tuple[str, list[tuple[str, str]]] | None = None  # not sent yet
+        self._held: list[bytes] = []  # body chunks not sent yet
+        self._held_size = 0
         self._before_end = before_end
 
     def start(self, status: str, headers: list[tuple[str, str]]) -> None:
-        payload = p.encode_start(status, headers)
-        self._pending.append(p.frame_header(p.START, self._rid, len(payload)))
-        self._pending.append(payload)
-        self._pending_size += len(payload)
-        self._started = True
+        self._start = (status, headers)
 
     def body(self, data: bytes, more: bool) -> None:
         size = len(data)
@@ -50,36 +47,54 @@ class FrameOutput(ResponseOutput):
             piece = data[offset : offset + p.DATA_CHUNK] if size > p.DATA_CHUNK else data
             offset += len(piece)
             if not self.take_credit(len(piece)):
-                self._pending.clear()
+                self._held.clear()
                 return
-            self._pending.append(p.frame_header(p.DATA, self._rid, len(piece)))
-            self._pending.append(piece)
-            self._pending_size += len(piece)
-            if more or offset < size or self._pending_size > _HOLD_LIMIT:
-                self._flush()
+            self._held.append(piece)
+            self._held_size += len(piece)
+            if more or offset < size or self._held_size > _HOLD_LIMIT:
+                self._channel.send(self._take())
 
     def send_file(self, fd: int, offset: int, count: int | None) -> None:
-        self._pending.append(p.frame(p.FILE, self._rid, p.encode_file(offset, count)))
-        parts = self._pending
-        self._pending = []
-        self._pending_size = 0
+        parts = self._take()
+        parts.append(p.frame(p.FILE, self._rid, p.encode_file(offset, count)))
         self._channel.send(parts, fd)
 
     def end(self) -> None:
-        self._pending.append(self._before_end())
-        self._pending.append(p.frame(p.END, self._rid))
-        self._flush()
+        report = self._before_end()
+        start = self._start
+        if start is not None:  # nothing sent yet: the whole response in one frame
+            self._start = None
+            body = b"".join(self._held)
+            self._held.clear()
+            payload = p.encode_response(start[0], start[1], body)
+            self._channel.send([report, p.frame(p.RESPONSE, self._rid, payload)])
+            return
+        parts = self._take()
+        parts.append(report)
+        parts.append(p.frame(p.END, self._rid))
+        self._channel.send(parts)
 
     def fail(self, message: str) -> None:
-        # Headers still pending were never seen: drop them, so the answer is a clean 500.
-        self._pending.clear()
-        self._pending.append(self._before_end())
-        self._pending.append(p.frame(p.ERROR, self._rid, message.encode("utf-8", "replace")))
-        self._flush()
+        # Headers not sent yet were never seen: drop them, so the answer is a clean 500.
+        self._start = None
+        self._held.clear()
+        report = self._before_end()
+        self._channel.send(
+            [report, p.frame(p.ERROR, self._rid, message.encode("utf-8", "replace"))]
+        )
 
-    def _flush(self) -> None:
-        if self._pending:
-            parts = self._pending
-            self._pending = []
-            self._pending_size = 0
-            self._channel.send(parts)
+    def _take(self) -> list[bytes]:
+        """Frames for what is held: START if it has not left yet, then the held chunks."""
+        parts: list[bytes] = []
+        start = self._start
+        if start is not None:
+            self._start = None
+            payload = p.encode_start(start[0], start[1])
+            parts.append(p.frame_header(p.START, self._rid, len(payload)))
+            parts.append(payload)
+        for piece in self._held:
+            parts.append(p.frame_header(p.DATA, self._rid, len(piece)))
+            parts.append(piece)
+        self._held.clear()
+        self._held_size = 0
+        return parts
