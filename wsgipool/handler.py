@@ -104,6 +104,11 @@ class WSGIHandler:
         declared = request.content_length
         if declared is not None and declared > self._max_body:
             return error_response(413, close=True)
+        if "Expect" in request.headers and not isinstance(request, web.Request):
+            # No router ran an expect handler (aiohttp's low-level server): answer it here.
+            refusal = await _answer_expect(request)
+            if refusal is not None:
+                return refusal
         try:
             body = await read_body(request, self._memory_limit, self._max_body)
         except BodyTooLarge:
@@ -131,6 +136,17 @@ class WSGIHandler:
             exchange.close()
 
     __call__ = handle_request
+
+
+async def _answer_expect(request: web.BaseRequest) -> web.StreamResponse | None:
+    """``Expect: 100-continue`` gets its interim response; any other expectation 417."""
+    if request.version != (1, 1):
+        return None
+    if request.headers.get("Expect", "").lower() != "100-continue":
+        return error_response(417, close=True)
+    await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+    request.writer.output_size = 0  # the response proper has not started
+    return None
 
 
 class _DisconnectWatch:

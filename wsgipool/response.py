@@ -38,6 +38,7 @@ HOP_BY_HOP = frozenset(
 _REASONS = {
     404: "Not Found",
     413: "Payload Too Large",
+    417: "Expectation Failed",
     500: "Internal Server Error",
     502: "Bad Gateway",
     503: "Service Unavailable",
