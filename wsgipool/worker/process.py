@@ -220,9 +220,14 @@ class Worker:
                 self.exit(0)
 
     def _serve(self, job: _Job) -> None:
+        if job.output.cancelled:  # the client left while the request was queued here
+            if job.body_fd >= 0:
+                os.close(job.body_fd)
+            job.output.end()
+            return
         if job.body_fd >= 0:
             os.lseek(job.body_fd, 0, os.SEEK_SET)
-            body: Any = io.open(job.body_fd, "rb", buffering=65536)  # noqa: UP020 - from a descriptor
+            body: Any = io.open(job.body_fd, "rb", buffering=65536)  # noqa: UP020
         else:
             body = io.BytesIO(job.body)
         environ = complete_environ(job.environ, body, sys.stderr, multiprocess=True)
