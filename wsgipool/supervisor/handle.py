@@ -95,7 +95,6 @@ class WorkerHandle:
         self.request_limit: int | None = None
         self.lifetime_limit: float | None = None
         self.recycle_reason: str | None = None
-        self.replacement_pending = False
         self.stop_requested = False
         self.exit_status: tuple[int, int] | None = None
         self.death_reason: str | None = None

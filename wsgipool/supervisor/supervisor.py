@@ -31,6 +31,10 @@ __all__ = ["Supervisor"]
 logger = logging.getLogger("wsgipool.supervisor")
 
 _EXIT_STATUS_WAIT = 1.0
+#: How long a worker taken out of service waits for its replacement before it is stopped anyway.
+_REPLACEMENT_WAIT = 10.0
+#: Recycles that keep the worker serving until its replacement is ready.
+_PLANNED = frozenset({"max-requests", "max-lifetime", "reload"})
 _MIB = 1048576.0
 
 
@@ -75,7 +79,8 @@ class Supervisor:
         self._generation = 0
         self._scheduled = 0  # spawns decided but not yet started (backoff delays)
         self._tasks: set[asyncio.Future[Any]] = set()
-        self._planned: deque[WorkerHandle] = deque()  # marked to leave once replaced
+        # Workers that leave once a replacement is ready, oldest first.
+        self._awaiting: deque[WorkerHandle] = deque()
         self._exits: dict[int, tuple[int, int]] = {}  # exit statuses that came before the death
         self._awaiting_exit: dict[int, tuple[WorkerHandle, str, asyncio.TimerHandle]] = {}
         self._monitor = RssMonitor()
@@ -169,7 +174,9 @@ class Supervisor:
             ready = [w for w in self._serving() if w.state is WorkerState.READY]
             if not ready:
                 break
-            self._retire_now(min(ready, key=lambda w: w.busy), "scale")
+            leaving = min(ready, key=lambda w: w.busy)
+            leaving.recycle_reason = "scale"
+            self._drain(leaving)
 
     async def _spawn(self, delay: float) -> None:
         try:
@@ -233,9 +240,9 @@ class Supervisor:
             return
         self.pool.add(worker)
         # A replacement is serving: the oldest worker waiting for one may go now.
-        while self._planned:
-            old = self._planned.popleft()
-            if old.alive and old.state is WorkerState.READY:
+        while self._awaiting:
+            old = self._awaiting.popleft()
+            if old.alive and not old.stop_requested:
                 self._drain(old)
                 break
         self._check_planned()
@@ -254,7 +261,7 @@ class Supervisor:
             and worker.recycle_reason is None
             and self._planned_room()
         ):
-            self._plan(worker, "max-requests")
+            self._replace(worker, "max-requests", keep_serving=True)
 
     def on_status(self, worker: WorkerHandle, rss: int, flags: int) -> None:
         if flags & p.FLAG_OVER_RSS_HARD:
@@ -273,8 +280,8 @@ class Supervisor:
             self.workers.remove(worker)
         except ValueError:
             pass
-        if worker in self._planned:
-            self._planned.remove(worker)
+        if worker in self._awaiting:
+            self._awaiting.remove(worker)
         expected = self._expected(worker)
         delay = 0.0
         if expected:
@@ -339,31 +346,50 @@ class Supervisor:
 
     # -- recycling -------------------------------------------------------------------
 
-    def _plan(self, worker: WorkerHandle, reason: str) -> None:
-        """Replace a healthy worker: its replacement is ready before it stops taking requests."""
-        if worker.recycle_reason is not None or not worker.alive:
+    def _replace(self, worker: WorkerHandle, reason: str, *, keep_serving: bool) -> None:
+        """Recycle `worker`: it is told to stop only once its replacement is ready.
+
+        A planned recycle (max-requests, lifetime, reload) keeps serving until
+        then, so capacity never dips.  A worker over its memory limit or with a
+        stuck request takes no new requests from now on; if no replacement is
+        ready within `_REPLACEMENT_WAIT`, it is stopped anyway.
+        """
+        if not worker.alive or worker.stop_requested:
+            return
+        if worker in self._awaiting:  # already leaving; a more urgent reason stops its serving
+            if not keep_serving and worker.recycle_reason in _PLANNED:
+                worker.recycle_reason = reason
+                self._take_out_of_service(worker)
             return
         worker.recycle_reason = reason
-        worker.replacement_pending = True
-        self._planned.append(worker)
-        logger.info(
-            "worker %d recycling (%s): %s", worker.pid, reason, self._limit_text(worker, reason)
-        )
+        self._awaiting.append(worker)
+        if keep_serving:
+            logger.info(
+                "worker %d recycling (%s): %s", worker.pid, reason, self._limit_text(worker, reason)
+            )
+        else:
+            self._take_out_of_service(worker)
         self._reconcile()
+
+    def _take_out_of_service(self, worker: WorkerHandle) -> None:
+        self.pool.remove(worker)
+        assert self._loop is not None
+        self._loop.call_later(_REPLACEMENT_WAIT, self._stop_if_still_waiting, worker)
+
+    def _stop_if_still_waiting(self, worker: WorkerHandle) -> None:
+        if worker in self._awaiting and worker.alive:
+            logger.warning(
+                "worker %d: no replacement ready within %.0fs; stopping it anyway",
+                worker.pid,
+                _REPLACEMENT_WAIT,
+            )
+            self._awaiting.remove(worker)
+            self._drain(worker)
 
     def _drain(self, worker: WorkerHandle) -> None:
         """Stop giving `worker` requests; it exits when its requests are done."""
         self.pool.remove(worker)
         worker.stop(self.config.graceful_timeout)
-
-    def _retire_now(self, worker: WorkerHandle, reason: str) -> None:
-        """Take `worker` out of service now (memory, timeout, scale); a replacement follows."""
-        if worker.recycle_reason is None:
-            worker.recycle_reason = reason
-        if worker in self._planned:
-            self._planned.remove(worker)
-        self._drain(worker)
-        self._reconcile()
 
     def _over_soft_limit(self, worker: WorkerHandle, rss: int, how: str) -> None:
         if worker.recycle_reason is not None or not worker.alive:
@@ -377,7 +403,7 @@ class Supervisor:
             limit / _MIB,
             worker.describe(),
         )
-        self._retire_now(worker, "max-rss")
+        self._replace(worker, "max-rss", keep_serving=False)
 
     def _kill_for_memory(self, worker: WorkerHandle, rss: int) -> None:
         if not worker.alive or worker.recycle_reason == "max-rss-hard":
@@ -443,10 +469,12 @@ class Supervisor:
             if reason is not None:
                 if not self._planned_room():
                     return
-                self._plan(worker, reason)
+                self._replace(worker, reason, keep_serving=True)
 
     def _planned_room(self) -> bool:
-        return len(self._planned) < max(1, self.target // 4)
+        """At most a quarter of the workers (at least one) are in a planned recycle at once."""
+        planned = sum(1 for w in self._awaiting if w.recycle_reason in _PLANNED)
+        return planned < max(1, self.target // 4)
 
     async def _timeout_loop(self, timeout: float) -> None:
         assert self._loop is not None
@@ -471,8 +499,7 @@ class Supervisor:
             elapsed,
         )
         worker.send(p.DUMP, rid)
-        if worker.recycle_reason is None or worker in self._planned:
-            self._retire_now(worker, "timeout")
+        self._replace(worker, "timeout", keep_serving=False)
 
     # -- reload and scale ---------------------------------------------------------------
 
@@ -500,8 +527,8 @@ class Supervisor:
                 return
             if not worker.alive or worker.recycle_reason is not None:
                 continue
-            self._plan(worker, "reload")
-            while worker.alive and worker.state is WorkerState.READY and not self.stopping:
+            self._replace(worker, "reload", keep_serving=True)
+            while worker.alive and not worker.stop_requested and not self.stopping:
                 await asyncio.sleep(0.01)
 
     def scale(self, delta: int) -> int:
