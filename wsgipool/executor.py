@@ -148,11 +148,17 @@ class ProcessExecutor:
                 raise Unavailable("the server is shutting down")
             await self.start()
         worker = self._dispatcher.try_acquire()
-        if worker is None:
+        while worker is None:
             try:
                 worker = await self._dispatcher.acquire()
             except (QueueFull, QueueTimeout) as exc:
                 raise Unavailable(str(exc)) from None
+            # The slot was granted before this coroutine resumed; meanwhile the
+            # worker may have been told to stop, or died: then wait for another.
+            if worker.stop_requested or not worker.alive:
+                if worker.alive:
+                    self._dispatcher.release(worker)
+                worker = None
         loop = asyncio.get_running_loop()
         self._next_rid = rid = (self._next_rid % 0xFFFFFFFF) + 1
         exchange = ev.Exchange(loop, self, rid)
