@@ -102,7 +102,8 @@ class RestartBackoff:
             self.failures = 0
             return 0.0
         self.failures += 1
-        return float(min(self.cap, self.base * 2.0 ** (self.failures - 1)))
+        exponent = min(self.failures - 1, 64)  # past the cap anyway; 2.0 ** 1024 overflows
+        return float(min(self.cap, self.base * 2.0**exponent))
 
     def on_success(self) -> None:
         self.failures = 0
