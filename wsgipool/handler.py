@@ -11,6 +11,7 @@ writes what comes back.  Where the app runs is the executor's business alone.
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
 from collections.abc import Callable, Iterable
 from concurrent.futures import Executor
@@ -76,6 +77,8 @@ class WSGIHandler:
             raise ValueError(f"url_scheme must be 'http' or 'https', got {url_scheme!r}")
         from wsgipool.executor import ProcessExecutor
 
+        if hasattr(inspect, "markcoroutinefunction"):  # Python 3.12+: what aiohttp checks there
+            inspect.markcoroutinefunction(self)
         self._max_body = max_request_body_size
         self._environ = EnvironBuilder(
             url_scheme=url_scheme, forwarded_allow_ips=forwarded_allow_ips, script_name=script_name
@@ -136,6 +139,9 @@ class WSGIHandler:
             exchange.close()
 
     __call__ = handle_request
+    # aiohttp checks handlers with asyncio.iscoroutinefunction(), which does not
+    # look through an instance's __call__; this marker says it is a coroutine.
+    _is_coroutine = getattr(asyncio.coroutines, "_is_coroutine", None)
 
 
 async def _answer_expect(request: web.BaseRequest) -> web.StreamResponse | None:
