@@ -123,9 +123,9 @@ class Exchange:
                 self._waiter = None
         return events.popleft()
 
-    def push_back(self, kind: int, value: Any) -> None:
-        """Return an event taken with `next` so that it is taken again first."""
-        self._events.appendleft((kind, value))
+    def peek(self) -> Event | None:
+        """The next event if it is already here, without taking it."""
+        return self._events[0] if self._events else None
 
     def grant(self, amount: int) -> None:
         if not self.finished:

@@ -49,9 +49,35 @@ _FALLBACK_CHUNK = 256 * 1024
 
 
 class _Response(web.StreamResponse):
-    """A StreamResponse whose headers leave with the first body bytes: one write, not two."""
+    """A StreamResponse whose headers leave with the first body bytes: one write, not two.
+
+    Header values are latin-1 (PEP 3333); aiohttp serialises the head as UTF-8,
+    which would send é as two bytes, so a head that is not plain ASCII is
+    serialised here.
+    """
 
     _send_headers_immediately = False
+    _latin1 = False
+
+    async def _write_headers(self) -> None:
+        if not self._latin1:
+            await super()._write_headers()
+            return
+        request = self._req
+        writer = self._payload_writer
+        assert request is not None and writer is not None
+        version = request.version
+        lines = [f"HTTP/{version[0]}.{version[1]} {self._status} {self._reason}"]
+        lines.extend(f"{name}: {value}" for name, value in self._headers.items())
+        head = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+        writer._headers_buf = head  # type: ignore[attr-defined]  # what write_headers() sets
+        writer._headers_written = False  # type: ignore[attr-defined]
+        if self._send_headers_immediately:
+            writer.send_headers()
+
+
+class _WholeResponse(web.Response, _Response):
+    """A response with its whole body, sent with its head in one write (latin-1 aware)."""
 
 
 def error_response(
@@ -73,16 +99,22 @@ async def write_response(request: web.BaseRequest, exchange: ev.Exchange) -> web
     if kind == ev.ERROR:
         return error_response(value[0])
     try:
-        headers, length = _clean_headers(value[2])
+        headers, length, latin1 = _clean_headers(value[2])
     except ValueError as exc:
         logger.error("%s %s: %s", request.method, request.path, exc)
         exchange.close()
         return error_response(500)
-    code = value[0]
+    code, reason = value[0], value[1]
+    latin1 = latin1 or not reason.isascii()
     if kind == ev.RESPONSE:
-        return _whole(request, code, value[1], headers, length, value[3])
-    response = _Response(status=code, reason=value[1], headers=headers)
+        return _whole(request, code, reason, headers, length, value[3], latin1)
+    response = _Response(status=code, reason=reason, headers=headers)
+    response._latin1 = latin1
     if request.method == "HEAD" or code in (204, 304):
+        if length is None:  # a file the worker sends whole: HEAD gets the length GET would
+            upcoming = exchange.peek()
+            if upcoming is not None and upcoming[0] == ev.FILE and upcoming[1][2] is not None:
+                length = upcoming[1][2]
         exchange.close()  # nothing of the body will be sent: stop producing it
         if length is not None and code != 204:
             response.headers["Content-Length"] = str(length)
@@ -92,11 +124,17 @@ async def write_response(request: web.BaseRequest, exchange: ev.Exchange) -> web
     return await _write_streamed(request, exchange, response, length)
 
 
-def _clean_headers(headers: list[tuple[str, str]]) -> tuple[list[tuple[str, str]], int | None]:
-    """The app's headers without hop-by-hop ones and Content-Length, and the length declared."""
+def _clean_headers(
+    headers: list[tuple[str, str]],
+) -> tuple[list[tuple[str, str]], int | None, bool]:
+    """The app's headers without hop-by-hop ones and Content-Length, the length declared,
+    and whether a value is not plain ASCII (then the head is written as latin-1 here)."""
     out: list[tuple[str, str]] = []
     length: int | None = None
+    latin1 = False
     for name, value in headers:
+        if not value.isascii():
+            latin1 = True
         lower = name.lower()
         if lower in HOP_BY_HOP:
             continue
@@ -107,7 +145,7 @@ def _clean_headers(headers: list[tuple[str, str]]) -> tuple[list[tuple[str, str]
             length = declared
             continue
         out.append((name, value))
-    return out, length
+    return out, length, latin1
 
 
 def _whole(
@@ -117,9 +155,11 @@ def _whole(
     headers: list[tuple[str, str]],
     length: int | None,
     body: bytes,
+    latin1: bool,
 ) -> web.Response:
     """A response that arrived whole: aiohttp sends it in one write."""
-    response = web.Response(status=code, reason=reason, headers=headers, body=body)
+    response = _WholeResponse(status=code, reason=reason, headers=headers, body=body)
+    response._latin1 = latin1
     if length is not None:
         if len(body) > length:
             response.body = body[:length]
