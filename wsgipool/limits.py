@@ -16,6 +16,7 @@ from typing import Any
 
 from aiohttp import web
 from aiohttp.http_exceptions import BadHttpMessage, LineTooLong
+from aiohttp.http_parser import RawRequestMessage
 from aiohttp.web_protocol import RequestHandler
 
 __all__ = ["GuardedAppRunner", "GuardedServer"]
@@ -27,25 +28,31 @@ _TIMEOUT_RESPONSE = (
 
 
 class _GuardedRequestHandler(RequestHandler):
-    __slots__ = ("_head_bytes", "_head_line", "_head_mark")
+    __slots__ = ("_head_bytes", "_head_mark", "_line_length")
 
     def __init__(self, manager: web.Server, **kwargs: Any) -> None:
         super().__init__(manager, **kwargs)
-        self._head_line: bool | None = False  # request line complete? None: unknown
+        # Length of the current head's request line: None while no newline was
+        # seen, -1 when unknown (the head began inside a packet after a body).
+        self._line_length: int | None = None
         self._head_bytes = 0  # bytes of a head not yet complete
         self._head_mark: tuple[int, float] | None = None  # (requests parsed, first seen at)
 
     def data_received(self, data: bytes) -> None:
         before = self._request_count
-        if self._head_line is False and b"\n" in data:
-            self._head_line = True
+        if self._line_length is None:
+            newline = data.find(b"\n")
+            if newline >= 0:
+                self._line_length = self._head_bytes + newline
         super().data_received(data)
         if self._request_count == before:
             self._head_bytes += len(data)
-        else:
-            # A whole head arrived; what may follow it in `data` is of unknown shape.
+        elif self._messages and isinstance(self._messages[-1][0], RawRequestMessage):
+            # A whole head arrived (not a parse error, which handle_error still has
+            # to classify). A packet that ends with a line ending most likely ended
+            # with that head; otherwise the next head's start is unknown.
             self._head_bytes = 0
-            self._head_line = None if data.rfind(b"\n") > 0 else False
+            self._line_length = None if data.endswith(b"\n") else -1
 
     def head_overdue(self, now: float, timeout: float) -> bool:
         """Called by the sweep: close the connection if a head has been pending too long."""
@@ -83,9 +90,10 @@ class _GuardedRequestHandler(RequestHandler):
 
     def _status_for(self, exc: BaseException) -> int:
         if isinstance(exc, LineTooLong):
-            if self._head_line is False:
-                return 414
-            if self._head_line:
+            line_length = self._line_length
+            if line_length is None or line_length > self.max_line_size:
+                return 414  # the request line itself is too long
+            if line_length >= 0:
                 return 431
             line = exc.args[0] if exc.args else b""
             text = line if isinstance(line, bytes) else str(line).encode("latin-1", "replace")
