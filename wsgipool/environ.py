@@ -101,7 +101,9 @@ class EnvironBuilder:
         if b"#" in path:
             path = path.partition(b"#")[0]
         path_bytes = unquote_to_bytes(path) if b"%" in path else path
-        if self._mount:
+        if path == b"*":  # OPTIONS *: about the server, no path at all
+            script_name, path_info = "", ""
+        elif self._mount:
             script_name, path_info = _split_mount(self._mount, path_bytes)
         else:
             script_name, path_info = _split_script_name(request, path_bytes)
