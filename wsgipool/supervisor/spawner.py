@@ -143,6 +143,7 @@ class TemplateProcess:
                     if self._ready is not None and not self._ready.done():
                         self._ready.set_result(p.decode_u32(payload, "READY"))
                 elif kind == p.FAILED:
+                    self.stopping = True  # it exits next: that is not a loss to report
                     if self._ready is not None and not self._ready.done():
                         self._ready.set_exception(AppImportError(p.decode_text(payload)))
             except p.ProtocolError as exc:
@@ -162,7 +163,7 @@ class TemplateProcess:
             )
         loop = asyncio.get_running_loop()
         loop.run_in_executor(None, self._join_quietly)
-        if not self.stopping:
+        if not self.stopping and self.pid:  # pid 0: it never became ready; start() reports
             logger.error("template process %d exited unexpectedly (%s)", self.pid, exc or "EOF")
             self._on_lost(self)
 
