@@ -1,0 +1,322 @@
+"""Issue 2, "Must have" 8 and 9, and its CLI tests: `wsgipool` as a subprocess.
+
+Graceful stop on SIGTERM/SIGINT with a request in flight, one-line errors and
+exit status 2 for a bad APP or a bad option value, --version, the unix socket's
+permissions and its removal on exit, and both entry points.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import http.client
+import os
+import shutil
+import signal
+import socket
+import stat
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import psutil
+import pytest
+
+import wsgipool
+from tests.conftest import free_port, server_env
+
+VENV_BIN = Path(sys.executable).parent
+
+
+def run_cli(argv: list[str], cwd: Path, timeout: float = 30.0) -> tuple[int, str, str, list[int]]:
+    """Run a command that should exit by itself; (code, stdout, stderr, PIDs left alive).
+
+    Every process it started is remembered while it runs and killed at the end,
+    so a server that does not exit cannot outlive the test.
+    """
+    proc = subprocess.Popen(
+        argv,
+        cwd=cwd,
+        env=server_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        stdin=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    known: set[int] = set()
+    out: list[bytes] = []
+
+    def collect() -> None:
+        out.extend(proc.communicate())
+
+    reader = threading.Thread(target=collect, daemon=True)
+    reader.start()
+    deadline = time.monotonic() + timeout
+    try:
+        while reader.is_alive() and time.monotonic() < deadline:
+            with contextlib.suppress(psutil.Error):
+                known.update(p.pid for p in psutil.Process(proc.pid).children(recursive=True))
+            reader.join(0.02)
+        assert not reader.is_alive(), f"{argv} did not exit within {timeout}s"
+        # Whatever it started must be gone too (bounded wait for the last exits).
+        alive: list[int] = []
+        for _ in range(100):
+            alive = [pid for pid in known if psutil.pid_exists(pid) and _not_zombie(pid)]
+            if not alive:
+                break
+            time.sleep(0.05)
+        return proc.returncode, out[0].decode(), out[1].decode(), alive
+    finally:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        for pid in known:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, signal.SIGKILL)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(5)
+
+
+def _not_zombie(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+def wsgipool_cmd(*args: str) -> list[str]:
+    return [sys.executable, "-m", "wsgipool", *args]
+
+
+def assert_one_line_error(stderr: str, *needles: str) -> str:
+    lines = [line for line in stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, stderr
+    line = lines[0]
+    assert line.startswith("wsgipool: error: "), stderr
+    assert "Traceback" not in stderr
+    for needle in needles:
+        assert needle in line, (needle, line)
+    return line
+
+
+@pytest.fixture
+def short_tmp() -> Iterator[Path]:
+    path = Path(tempfile.mkdtemp(prefix="wp-"))
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+# -- graceful stop ----------------------------------------------------------------------------
+
+
+def _get_in_thread(port: int, path: str, result: dict) -> threading.Thread:
+    def run() -> None:
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+        try:
+            conn.request("GET", path)
+            response = conn.getresponse()
+            result["status"] = response.status
+            result["body"] = response.read()
+        except Exception as exc:
+            result["error"] = repr(exc)
+        finally:
+            conn.close()
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    return thread
+
+
+def _refuses_connections(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=1):
+            return False
+    except ConnectionRefusedError:
+        return True
+    except OSError:
+        return False
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_signal_lets_the_request_in_flight_finish_and_exits_0(
+    run_server, executor_args, tmp_path, sig
+):
+    server = run_server("streamapp:app", *executor_args)
+    started = tmp_path / "started"
+    release = tmp_path / "release"
+    result: dict = {}
+    thread = _get_in_thread(server.port, f"/slow?started={started}&until={release}", result)
+    deadline = time.monotonic() + 10
+    while not started.exists() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert started.exists(), "the slow request never reached the app"
+
+    server.signal(sig)
+    # The server stops accepting while the request is still running...
+    deadline = time.monotonic() + 10
+    while not _refuses_connections(server.port) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert _refuses_connections(server.port), "still accepting connections after the signal"
+    assert thread.is_alive() and not result
+    # ...and the request in flight finishes normally.
+    release.write_text("go")
+    thread.join(20)
+    assert result == {"status": 200, "body": b"slow-done"}
+    assert server.wait(20) == 0
+    assert "Traceback" not in server.log
+
+
+def test_sigterm_on_an_idle_server_exits_0_and_leaves_no_process(run_server, executor_args):
+    server = run_server("envapp:app", *executor_args)
+    status, _headers, _body = server.request("GET", "/")
+    assert status == 200
+    children = server.descendants()
+    server.signal(signal.SIGTERM)
+    assert server.wait(20) == 0
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        if not any(psutil.pid_exists(c.pid) and _not_zombie(c.pid) for c in children):
+            break
+        time.sleep(0.05)
+    assert not [c.pid for c in children if psutil.pid_exists(c.pid) and _not_zombie(c.pid)]
+
+
+# -- bad APP --------------------------------------------------------------------------------
+
+BAD_APPS = [
+    ("no_such_module_wsgipool:app", "no_such_module_wsgipool"),
+    ("envapp:no_such_attribute", "no_such_attribute"),
+    ("badapps:NOT_CALLABLE", "NOT_CALLABLE"),
+    ("broken_syntax_mod:app", "SyntaxError"),
+    ("raises_at_import_mod:app", "boom at import"),
+]
+
+
+@pytest.mark.parametrize(("app", "needle"), BAD_APPS, ids=[a for a, _ in BAD_APPS])
+def test_bad_app_exits_2_with_one_line(tmp_path, executor_args, app, needle):
+    # Modules in the current directory are importable, as with gunicorn.
+    (tmp_path / "broken_syntax_mod.py").write_text("def app(environ, start_response:\n    pass\n")
+    (tmp_path / "raises_at_import_mod.py").write_text(
+        "raise RuntimeError('boom at import')\napp = None\n"
+    )
+    port = free_port()
+    code, stdout, stderr, alive = run_cli(
+        wsgipool_cmd("serve", app, *executor_args, "--bind", f"127.0.0.1:{port}"), tmp_path
+    )
+    assert code == 2, (stdout, stderr)
+    assert_one_line_error(stderr, needle)
+    assert "Traceback" not in stdout
+    assert alive == [], "processes left behind after a failed start"
+    assert _refuses_connections(port)
+
+
+# -- bad option values ------------------------------------------------------------------------
+
+BAD_OPTIONS = [
+    (["--max-rss", "lots"], "--max-rss"),
+    (["--port", "x"], "--port"),
+    (["--unix-socket-perms", "999"], "--unix-socket-perms"),
+    (["--timeout", "5parsecs"], "--timeout"),
+    (["--workers", "-1"], "--workers"),
+    (["--max-request-body-size", "12Q"], "--max-request-body-size"),
+]
+
+
+@pytest.mark.parametrize(("args", "option"), BAD_OPTIONS, ids=[o for _, o in BAD_OPTIONS])
+def test_bad_option_value_exits_2_naming_the_option(tmp_path, args, option):
+    code, stdout, stderr, alive = run_cli(
+        wsgipool_cmd("serve", "envapp:app", "--workers", "1", *args), tmp_path
+    )
+    assert code == 2, (stdout, stderr)
+    line = assert_one_line_error(stderr, option)
+    assert args[1] in line
+    assert alive == []
+
+
+# -- entry points -----------------------------------------------------------------------------
+
+
+def test_version_from_both_entry_points(tmp_path):
+    for argv in (wsgipool_cmd("--version"), [str(VENV_BIN / "wsgipool"), "--version"]):
+        code, stdout, stderr, _alive = run_cli(argv, tmp_path)
+        assert code == 0, stderr
+        assert stdout.strip() == f"wsgipool {wsgipool.__version__}"
+
+
+def test_console_script_serves(run_server, tmp_path):
+    """`python -m wsgipool serve` (run_server) and the `wsgipool` script both serve."""
+    server = run_server("envapp:app", "--workers", "0")
+    status, _headers, _body = server.request("GET", "/")
+    assert status == 200
+    port = free_port()
+    bind = f"127.0.0.1:{port}"
+    proc = subprocess.Popen(
+        [str(VENV_BIN / "wsgipool"), "serve", "envapp:app", "--workers", "0", "--bind", bind],
+        cwd=tmp_path,
+        env=server_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    try:
+        status = 0
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and proc.poll() is None:
+            try:
+                conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+                conn.request("GET", "/")
+                status = conn.getresponse().status
+                conn.close()
+                break
+            except OSError:
+                time.sleep(0.05)
+        assert status == 200
+        os.kill(proc.pid, signal.SIGTERM)
+        assert proc.wait(20) == 0
+    finally:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(5)
+
+
+# -- unix socket ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("style", "perms", "mode"),
+    [("bind", "660", 0o660), ("unix-socket", "0660", 0o660), ("bind", None, 0o600)],
+    ids=["bind-660", "unix-socket-0660", "default-600"],
+)
+def test_unix_socket_permissions_and_removal(run_server, short_tmp, style, perms, mode):
+    path = short_tmp / "app.sock"
+    args = ["--bind", f"unix:{path}"] if style == "bind" else ["--unix-socket", str(path)]
+    if perms is not None:
+        args += ["--unix-socket-perms", perms]
+    server = run_server("envapp:app", "--workers", "0", *args, bind=False, wait=False)
+    # The very first time the socket file can be seen, it already has its mode.
+    first_seen = None
+    deadline = time.monotonic() + 30
+    while first_seen is None and time.monotonic() < deadline and server.proc.poll() is None:
+        try:
+            first_seen = path.stat().st_mode
+        except FileNotFoundError:
+            time.sleep(0.001)
+    assert first_seen is not None, server.log
+    assert stat.S_IMODE(first_seen) == mode, oct(stat.S_IMODE(first_seen))
+    server.wait_until_serving()
+    info = path.stat()
+    assert stat.S_ISSOCK(info.st_mode)
+    assert stat.S_IMODE(info.st_mode) == mode, oct(stat.S_IMODE(info.st_mode))
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.settimeout(10)
+        sock.connect(str(path))
+        sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        assert sock.recv(64).startswith(b"HTTP/1.1 200 ")
+    server.signal(signal.SIGTERM)
+    assert server.wait(20) == 0
+    assert not path.exists(), "the socket file must be removed on exit"
