@@ -54,7 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
         kwargs: dict[str, object] = {
             "dest": spec.name,
             "default": argparse.SUPPRESS,
-            "help": f"{meta['help']} (default: {default})",
+            "help": f"{meta['help']} (default: {default})".replace("%", "%%"),  # argparse %-formats
         }
         if meta["switch"]:
             kwargs["action"] = "store_true"

@@ -320,3 +320,18 @@ def test_unix_socket_permissions_and_removal(run_server, short_tmp, style, perms
     server.signal(signal.SIGTERM)
     assert server.wait(20) == 0
     assert not path.exists(), "the socket file must be removed on exit"
+
+
+def test_help_lists_every_option():
+    """--help renders (argparse %-formats help texts: a bare % in one used to crash it)."""
+    result = subprocess.run(
+        [sys.executable, "-m", "wsgipool", "serve", "--help"],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert result.returncode == 0, result.stderr
+    for flag in ("--workers", "--max-rss", "--max-lifetime-jitter", "--unix-socket-perms"):
+        assert flag in result.stdout
+    assert "10% of --max-lifetime" in result.stdout
