@@ -71,6 +71,10 @@ class Server:
         self.sockets: list[socket.socket] = []
         self._unix_paths: list[str] = []
         self._stop: asyncio.Future[str] | None = None
+        if pool.workers == 0 and isinstance(application, str):
+            # Import before any event loop runs, as other WSGI servers do: an app that
+            # touches Django's ORM at import must not find itself inside a loop.
+            self.application = load_app(application)
         if pool.workers == 0:
             extra = pool.process_only_options()
             if extra:
@@ -132,11 +136,7 @@ class Server:
             application: Callable[..., Any] | str = self.application
         else:
             self.executor = ThreadPoolExecutor(self.pool.threads, thread_name_prefix="wsgipool-app")
-            application = (
-                load_app(self.application)
-                if isinstance(self.application, str)
-                else self.application
-            )
+            application = self.application  # imported in __init__, before any loop
         return WSGIHandler(
             application,
             url_scheme=config.url_scheme,
