@@ -1,0 +1,1 @@
+"""wsgipool's benchmark suite: ``python -m bench`` (see bench/README.md)."""

@@ -1,0 +1,1 @@
+"""The WSGI apps the benchmark serves; every server gets the same ones."""
