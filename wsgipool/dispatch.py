@@ -30,7 +30,10 @@ class Dispatcher:
         self.queue_size = queue_size
         self.queue_timeout = queue_timeout
         self._ready: list[WorkerHandle] = []
-        self._waiters: deque[asyncio.Future[WorkerHandle]] = deque()
+        # (deadline, future) in arrival order, so also in deadline order.
+        self._waiters: deque[tuple[float, asyncio.Future[WorkerHandle]]] = deque()
+        self._live = 0  # waiters not yet served, expired or cancelled
+        self._sweep: asyncio.TimerHandle | None = None
 
     # -- the pool ------------------------------------------------------------------
 
@@ -51,7 +54,7 @@ class Dispatcher:
 
     @property
     def waiting(self) -> int:
-        return len(self._waiters)
+        return self._live
 
     # -- slots ---------------------------------------------------------------------
 
@@ -66,7 +69,7 @@ class Dispatcher:
 
     def try_acquire(self) -> WorkerHandle | None:
         """A worker with a slot taken, if one is free and nobody is queued before us."""
-        if self._waiters:
+        if self._live:
             return None
         worker = self._pick()
         if worker is not None:
@@ -78,26 +81,22 @@ class Dispatcher:
         worker = self.try_acquire()
         if worker is not None:
             return worker
-        if len(self._waiters) >= self.queue_size:
-            raise QueueFull(f"{len(self._waiters)} requests already waiting for a worker")
+        if self._live >= self.queue_size:
+            raise QueueFull(f"{self._live} requests already waiting for a worker")
         loop = asyncio.get_running_loop()
         future: asyncio.Future[WorkerHandle] = loop.create_future()
-        self._waiters.append(future)
-        timer = loop.call_later(self.queue_timeout, _expire, future, self.queue_timeout)
+        self._waiters.append((loop.time() + self.queue_timeout, future))
+        self._live += 1
+        if self._sweep is None:
+            self._sweep = loop.call_at(self._waiters[0][0], self._expire_due)
         try:
             return await future
         except asyncio.CancelledError:
-            if future.done() and not future.cancelled() and future.exception() is None:
+            if future.cancelled():  # still queued: it is skipped when reached
+                self._live -= 1
+            elif future.exception() is None:
                 self.release(future.result())  # got a slot just as we were cancelled
             raise
-        finally:
-            timer.cancel()
-            if not future.done() or future.cancelled() or future.exception() is not None:
-                future.cancel()
-                try:  # a served waiter was already taken off the queue by _wake
-                    self._waiters.remove(future)
-                except ValueError:
-                    pass
 
     def release(self, worker: WorkerHandle) -> None:
         """Give a slot back without a request having been sent (a cancelled waiter)."""
@@ -106,14 +105,14 @@ class Dispatcher:
 
     def on_slot_free(self, worker: WorkerHandle) -> None:
         """A worker finished a request; hand its slot to the oldest waiter."""
-        if self._waiters:
+        if self._live:
             self._wake()
 
     def _wake(self) -> None:
         waiters = self._waiters
         while waiters:
-            future = waiters[0]
-            if future.done():
+            future = waiters[0][1]
+            if future.done():  # cancelled or expired, already accounted for
                 waiters.popleft()
                 continue
             worker = self._pick()
@@ -121,9 +120,23 @@ class Dispatcher:
                 return
             waiters.popleft()
             worker.busy += 1
+            self._live -= 1
             future.set_result(worker)
 
-
-def _expire(future: asyncio.Future[WorkerHandle], timeout: float) -> None:
-    if not future.done():
-        future.set_exception(QueueTimeout(f"no worker thread became free within {timeout:g}s"))
+    def _expire_due(self) -> None:
+        """One timer for the whole queue: waiters are in deadline order, oldest first."""
+        self._sweep = None
+        waiters = self._waiters
+        if not waiters:
+            return
+        loop = waiters[0][1].get_loop()
+        now = loop.time()
+        while waiters and (waiters[0][0] <= now or waiters[0][1].done()):
+            _deadline, future = waiters.popleft()
+            if not future.done():
+                self._live -= 1
+                future.set_exception(
+                    QueueTimeout(f"no worker thread became free within {self.queue_timeout:g}s")
+                )
+        if waiters:
+            self._sweep = loop.call_at(waiters[0][0], self._expire_due)
