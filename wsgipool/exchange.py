@@ -18,6 +18,7 @@ __all__ = [
     "END",
     "ERROR",
     "FILE",
+    "RAW",
     "RESPONSE",
     "START",
     "Backend",
@@ -26,7 +27,8 @@ __all__ = [
 
 # Event kinds.  START: (code, reason, headers); DATA: bytes;
 # FILE: (fd, offset, count or None); END: None; ERROR: (http status, message);
-# RESPONSE: (code, reason, headers, body), a whole response at once.
+# RESPONSE: (code, reason, headers, body), a whole response at once;
+# RAW: (code, head size, head and body bytes), a whole response, head serialised.
 # Kinds from END on are final: nothing follows them.
 START: Final = 1
 DATA: Final = 2
@@ -34,6 +36,7 @@ FILE: Final = 3
 END: Final = 4
 ERROR: Final = 5
 RESPONSE: Final = 6
+RAW: Final = 7
 
 Event = tuple[int, Any]
 
@@ -52,9 +55,9 @@ class Exchange:
         "_waiter",
         "backend",
         "closed",
+        "facts",
         "finished",
         "granted",
-        "label",
         "last_progress",
         "loop",
         "owner",
@@ -80,8 +83,8 @@ class Exchange:
         #: Response bytes received from, and credit granted to, a worker (flow control).
         self.received = 0
         self.granted = 0
-        #: "METHOD /path" for log lines.
-        self.label = ""
+        #: The request's RequestFacts (for log lines and the RAW frame's HEAD rule).
+        self.facts: Any = None
 
     # -- executor side ---------------------------------------------------------
 

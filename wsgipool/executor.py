@@ -18,6 +18,7 @@ from typing import Any
 from wsgipool import exchange as ev
 from wsgipool import protocol as p
 from wsgipool.body import Body
+from wsgipool.cgi import EnvironOptions, RequestFacts
 from wsgipool.config import ConfigError, PoolConfig
 from wsgipool.dispatch import Dispatcher, QueueFull, QueueTimeout
 from wsgipool.loader import AppImportError, find_import_name
@@ -50,6 +51,7 @@ class ProcessExecutor:
             pass
         self.log_level = log_level
         self._app_ref: str | bytes | None = None
+        self._options = EnvironOptions()
         self._dispatcher = Dispatcher(self.config.queue_size, self.config.queue_timeout)
         self._supervisor: Supervisor | None = None
         self._starting: asyncio.Future[None] | None = None
@@ -60,12 +62,19 @@ class ProcessExecutor:
 
     # -- the app --------------------------------------------------------------------
 
-    def bind(self, application: Callable[..., Any] | str) -> None:
-        """Say which app the workers run (WSGIHandler does this); checked here, not at a request."""
+    def bind(
+        self, application: Callable[..., Any] | str, options: EnvironOptions | None = None
+    ) -> None:
+        """Say which app the workers run, and how its environ is built (WSGIHandler does this).
+
+        The app is checked here, not at the first request: one that cannot reach the
+        workers (neither importable by name nor picklable with dill) is a TypeError now.
+        """
         ref = _app_reference(application)
         if self._app_ref is not None and self._app_ref != ref:
             raise ValueError("this ProcessExecutor already runs another application")
         self._app_ref = ref
+        self._options = options or EnvironOptions()
 
     # -- lifecycle ------------------------------------------------------------------
 
@@ -83,7 +92,9 @@ class ProcessExecutor:
     async def _start(self) -> None:
         if self._app_ref is None:
             raise RuntimeError("ProcessExecutor has no application: pass it to WSGIHandler")
-        supervisor = Supervisor(self._app_ref, self.config, self, log_level=self.log_level)
+        supervisor = Supervisor(
+            self._app_ref, self.config, self, log_level=self.log_level, environ=self._options
+        )
         try:
             await supervisor.start()
         except AppImportError:
@@ -138,7 +149,7 @@ class ProcessExecutor:
     # -- requests (the handler's side) --------------------------------------------------
 
     async def submit(
-        self, environ: dict[str, str], body: Body, _extras: object = None
+        self, facts: RequestFacts, body: Body, _extras: object = None, raw_ok: bool = False
     ) -> ev.Exchange:
         from wsgipool.handler import Unavailable
 
@@ -163,12 +174,30 @@ class ProcessExecutor:
         self._next_rid = rid = (self._next_rid % 0xFFFFFFFF) + 1
         exchange = ev.Exchange(loop, self, rid)
         exchange.owner = worker
-        exchange.label = f"{environ.get('REQUEST_METHOD', '')} {environ.get('PATH_INFO', '')}"
+        exchange.facts = facts
         file = body.file
+        flags = p.FLAG_RAW_HEAD if raw_ok else 0
+        if file is not None:
+            flags |= p.FLAG_BODY_FD
+        if facts.keep_alive:
+            flags |= p.FLAG_KEEP_ALIVE
+        prefix = facts.prefix
+        if prefix is not None:
+            flags |= p.FLAG_PREFIX
+        fields = (
+            facts.method.encode("latin-1"),
+            facts.target,
+            facts.version.encode("latin-1"),
+            facts.scheme.encode("latin-1"),
+            facts.server_name.encode("latin-1"),
+            facts.server_port.encode("latin-1"),
+            facts.remote_addr.encode("latin-1"),
+            facts.remote_port.encode("latin-1"),
+            prefix or b"",
+            str(facts.content_length).encode("latin-1"),
+        )
         try:
-            frame = p.encode_request(
-                rid, RESPONSE_WINDOW, environ.items(), body.data, body_fd=file is not None
-            )
+            frame = p.encode_request(rid, RESPONSE_WINDOW, flags, fields, facts.headers, body.data)
             worker.send_request(rid, exchange, frame, file.fileno() if file is not None else -1)
         finally:
             body.close()

@@ -21,7 +21,8 @@ from aiohttp import web
 
 from wsgipool import exchange as ev
 from wsgipool.body import BodyTooLarge, read_body
-from wsgipool.environ import EnvironBuilder, NotMounted
+from wsgipool.cgi import EnvironOptions
+from wsgipool.environ import request_facts
 from wsgipool.loader import load_app
 from wsgipool.response import error_response, write_response
 from wsgipool.threaded import ThreadBackend
@@ -80,14 +81,12 @@ class WSGIHandler:
         if hasattr(inspect, "markcoroutinefunction"):  # Python 3.12+: what aiohttp checks there
             inspect.markcoroutinefunction(self)
         self._max_body = max_request_body_size
-        self._environ = EnvironBuilder(
-            url_scheme=url_scheme, forwarded_allow_ips=forwarded_allow_ips, script_name=script_name
-        )
+        options = EnvironOptions(url_scheme, tuple(forwarded_allow_ips), script_name)
         self._executor = executor
         self._watch = _DisconnectWatch()
         self._backend: ThreadBackend | ProcessExecutor
         if isinstance(executor, ProcessExecutor):
-            executor.bind(application)
+            executor.bind(application, options)
             self._backend = executor
             self._memory_limit = min(inbuf_overflow, INLINE_BODY_LIMIT)
             self._in_process = False
@@ -95,7 +94,9 @@ class WSGIHandler:
             app = load_app(application) if isinstance(application, str) else application
             if not callable(app):
                 raise TypeError(f"application must be callable, got {type(app).__name__}")
-            self._backend = ThreadBackend(app, executor, stderr=stderr, window=RESPONSE_WINDOW)
+            self._backend = ThreadBackend(
+                app, executor, options, stderr=stderr, window=RESPONSE_WINDOW
+            )
             self._memory_limit = inbuf_overflow
             self._in_process = True
 
@@ -116,17 +117,15 @@ class WSGIHandler:
             body = await read_body(request, self._memory_limit, self._max_body)
         except BodyTooLarge:
             return error_response(413, close=True)
-        try:
-            environ, scheme = self._environ.build(request, body.length)
-        except NotMounted:
-            body.close()
-            return error_response(404)
-        environ["wsgi.url_scheme"] = scheme
-        extras: dict[str, Any] = {}
+        facts = request_facts(request, body.length)
+        extras: dict[str, Any] | None = None
         if self._in_process:
             extras = {"aiohttp.request": request, "asyncio.executor": self._executor}
+        # Without a router there are no on_response_prepare hooks to honour, so a
+        # worker may send a whole response with its head already serialised.
+        raw_ok = not isinstance(request, web.Request)
         try:
-            exchange = await self._backend.submit(environ, body, extras)
+            exchange = await self._backend.submit(facts, body, extras, raw_ok)
         except Unavailable as exc:
             body.close()
             logger.warning("%s %s: 503, %s", request.method, request.path, exc)

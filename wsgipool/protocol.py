@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import re
 import struct
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from itertools import chain
 from typing import Final
 
@@ -50,6 +50,7 @@ ERROR: Final = 21
 STACK: Final = 22
 STATUS: Final = 23
 RESPONSE: Final = 24
+RAW: Final = 25
 # Main process <-> template process (control channel).
 SPAWN: Final = 32
 SPAWNED: Final = 33
@@ -73,6 +74,7 @@ NAMES: Final = {
     STACK: "STACK",
     STATUS: "STATUS",
     RESPONSE: "RESPONSE",
+    RAW: "RAW",
     SPAWN: "SPAWN",
     SPAWNED: "SPAWNED",
     EXITED: "EXITED",
@@ -82,12 +84,17 @@ NAMES: Final = {
 }
 
 TO_WORKER: Final = frozenset({REQUEST, CREDIT, CANCEL, STOP, DUMP})
-FROM_WORKER: Final = frozenset({HELLO, START, DATA, FILE, END, ERROR, STACK, STATUS, RESPONSE})
+FROM_WORKER: Final = frozenset({HELLO, START, DATA, FILE, END, ERROR, STACK, STATUS, RESPONSE, RAW})
 TO_TEMPLATE: Final = frozenset({SPAWN, SHUTDOWN})
 FROM_TEMPLATE: Final = frozenset({SPAWNED, EXITED, READY, FAILED})
 
-#: REQUEST flag: the body is a file descriptor sent with this frame (SCM_RIGHTS).
+#: REQUEST flags: the body is a file descriptor sent with this frame (SCM_RIGHTS);
+#: the connection stays open after the response; a router matched a prefix;
+#: the main process takes a whole response as a serialised head (RAW).
 FLAG_BODY_FD: Final = 1
+FLAG_KEEP_ALIVE: Final = 2
+FLAG_PREFIX: Final = 4
+FLAG_RAW_HEAD: Final = 8
 #: STATUS flags: the worker is over its soft / hard memory limit.
 FLAG_OVER_RSS: Final = 1
 FLAG_OVER_RSS_HARD: Final = 2
@@ -247,54 +254,67 @@ def validate_header(name: object, value: object) -> None:
 # -- payloads ----------------------------------------------------------------
 
 
+#: The fixed fields of a REQUEST, in order (see docs/protocol.md).
+REQUEST_FIELDS: Final = (
+    "method",
+    "target",
+    "version",
+    "scheme",
+    "server_name",
+    "server_port",
+    "remote_addr",
+    "remote_port",
+    "prefix",
+    "content_length",
+)
+
+
 def encode_request(
     request_id: int,
     credit: int,
-    environ: Iterable[tuple[str, str]],
+    flags: int,
+    fields: Sequence[bytes],
+    headers: Sequence[tuple[bytes, bytes]],
     body: bytes = b"",
-    body_fd: bool = False,
 ) -> bytes:
-    """A REQUEST frame: the str-valued environ and, when small, the body inline.
+    """A REQUEST frame: the request's fixed fields, its header bytes as received, the body.
 
-    Keys and values travel as one latin-1 blob after a table of their lengths,
-    so encoding and decoding are a handful of C calls, not one per item.
+    Everything travels as one blob after a table of lengths, so encoding and
+    decoding are a handful of C calls, not one per item; nothing is decoded
+    or re-encoded here: the worker makes the environ out of the bytes.
     """
-    strings = list(chain.from_iterable(environ))
-    count = len(strings)
-    blob = "".join(strings).encode("latin-1")
-    lengths = struct.pack(f"!{count}I", *map(len, strings))
-    head = _REQUEST_HEAD.pack(credit, FLAG_BODY_FD if body_fd else 0, count // 2)
-    size = len(head) + len(lengths) + len(blob) + len(body)
-    return b"".join((HEADER.pack(VERSION, REQUEST, request_id, size), head, lengths, blob, body))
+    strings = [*fields, *chain.from_iterable(headers)]
+    table = struct.pack(f"!IBH{len(strings)}I", credit, flags, len(headers), *map(len, strings))
+    blob = b"".join(strings)
+    size = len(table) + len(blob) + len(body)
+    return b"".join((HEADER.pack(VERSION, REQUEST, request_id, size), table, blob, body))
 
 
-def decode_request(payload: bytes) -> tuple[int, int, dict[str, str], bytes]:
-    """(credit, flags, environ, inline body) from a REQUEST payload."""
+def decode_request(
+    payload: bytes,
+) -> tuple[int, int, list[bytes], list[tuple[bytes, bytes]], bytes]:
+    """(credit, flags, fixed fields, headers, inline body) from a REQUEST payload."""
     size = len(payload)
     if size < _REQUEST_HEAD.size:
         raise ProtocolError("REQUEST payload too short")
     credit, flags, pairs = _REQUEST_HEAD.unpack_from(payload, 0)
-    count = pairs * 2
+    count = len(REQUEST_FIELDS) + pairs * 2
     offset = _REQUEST_HEAD.size
     table_end = offset + 4 * count
     if table_end > size:
         raise ProtocolError("REQUEST length table truncated")
     lengths = struct.unpack_from(f"!{count}I", payload, offset)
-    blob_size = sum(lengths)
-    blob_end = table_end + blob_size
-    if blob_end > size:
-        raise ProtocolError("REQUEST environ runs past the payload")
-    text = payload[table_end:blob_end].decode("latin-1")
-    environ: dict[str, str] = {}
-    position = 0
-    it = iter(lengths)
-    for key_len in it:
-        value_len = next(it)
-        key_end = position + key_len
-        value_end = key_end + value_len
-        environ[text[position:key_end]] = text[key_end:value_end]
-        position = value_end
-    return credit, flags, environ, payload[blob_end:]
+    if table_end + sum(lengths) > size:
+        raise ProtocolError("REQUEST fields run past the payload")
+    strings: list[bytes] = []
+    position = table_end
+    for length in lengths:
+        end = position + length
+        strings.append(payload[position:end])
+        position = end
+    nfields = len(REQUEST_FIELDS)
+    headers = list(zip(strings[nfields::2], strings[nfields + 1 :: 2], strict=True))
+    return credit, flags, strings[:nfields], headers, payload[position:]
 
 
 def encode_start(status: str, headers: Sequence[tuple[str, str]]) -> bytes:
@@ -368,6 +388,61 @@ def decode_start_prefix(payload: bytes) -> tuple[int, str, list[tuple[str, str]]
                 if not stripped.isdigit() or not stripped.isascii():
                     raise ProtocolError(f"START: invalid Content-Length {value!r}")
     return code, reason, headers, end
+
+
+def encode_raw(head: bytes, body: bytes) -> bytes:
+    """RAW payload: a whole response, its head already serialised by the worker."""
+    return _U32.pack(len(head)) + head + body
+
+
+_RAW_HEAD = re.compile(
+    rb"HTTP/1\.[01] ([1-9][0-9][0-9])(?: [^\x00-\x08\x0a-\x1f\x7f]*)?\r\n"
+    rb"(?:[!#$%&'*+\-.^_`|~0-9A-Za-z]+: [^\x00-\x08\x0a-\x1f\x7f]*\r\n)*\r\n"
+)
+_RAW_FORBIDDEN = re.compile(
+    rb"\r\n(?:transfer-encoding|connection|keep-alive|upgrade|te|trailers?"
+    rb"|proxy-authenticate|proxy-authorization):",
+    re.IGNORECASE,
+)
+_RAW_LENGTH = re.compile(rb"\r\ncontent-length: ([0-9]+)(?=\r\n)", re.IGNORECASE)
+
+
+def decode_raw(payload: bytes, head_request: bool) -> tuple[int, int, bytes]:
+    """(status code, head size, bytes to write) from a RAW payload, validated like START.
+
+    The head must be a well-formed HTTP/1.x head with no control characters,
+    no hop-by-hop or framing headers other than one Content-Length, and that
+    length must be the body's: a worker cannot make the client read this
+    response as anything but one whole response.
+    """
+    if len(payload) < 4:
+        raise ProtocolError("RAW payload too short")
+    (head_size,) = _U32.unpack_from(payload, 0)
+    if 4 + head_size > len(payload):
+        raise ProtocolError("RAW head runs past the payload")
+    data = payload[4:]
+    head = data[:head_size]
+    match = _RAW_HEAD.fullmatch(head)
+    if match is None:
+        raise ProtocolError("RAW head is not a well-formed HTTP/1.x head")
+    code = int(match.group(1))
+    if code < 200:
+        raise ProtocolError(f"RAW: status {code} is informational, not a final response")
+    if _RAW_FORBIDDEN.search(head) is not None:
+        raise ProtocolError("RAW head has a hop-by-hop or framing header")
+    lengths = _RAW_LENGTH.findall(head)
+    body_size = len(data) - head_size
+    if code in (204, 304):
+        if lengths or body_size:
+            raise ProtocolError(f"RAW: a {code} response with a length or a body")
+    elif len(lengths) != 1:
+        raise ProtocolError("RAW head needs exactly one Content-Length")
+    elif head_request:
+        if body_size:
+            raise ProtocolError("RAW: a body in the response to HEAD")
+    elif int(lengths[0]) != body_size:
+        raise ProtocolError(f"RAW: Content-Length {int(lengths[0])} but {body_size} body bytes")
+    return code, head_size, data
 
 
 def encode_u32(value: int) -> bytes:

@@ -15,26 +15,15 @@ import os
 from typing import IO
 
 from aiohttp import web
+from aiohttp.abc import AbstractStreamWriter
 
 from wsgipool import exchange as ev
+from wsgipool.wsgicall import HOP_BY_HOP, SERVER_HEADER
 
 __all__ = ["error_response", "write_response"]
 
 logger = logging.getLogger("wsgipool.handler")
 
-HOP_BY_HOP = frozenset(
-    {
-        "connection",
-        "keep-alive",
-        "proxy-authenticate",
-        "proxy-authorization",
-        "te",
-        "trailer",
-        "trailers",
-        "transfer-encoding",
-        "upgrade",
-    }
-)
 _REASONS = {
     404: "Not Found",
     413: "Payload Too Large",
@@ -76,6 +65,47 @@ class _Response(web.StreamResponse):
             writer.send_headers()
 
 
+class _RawResponse(web.StreamResponse):
+    """A whole response whose head a worker serialised and the protocol validated.
+
+    It is written as it is, in one write: none of aiohttp's header machinery
+    runs, which is most of what a small response costs the event loop.  Used
+    only without a router, where no on_response_prepare hook could want to
+    change the headers.
+    """
+
+    def __init__(self, request: web.BaseRequest, code: int, head_size: int, data: bytes) -> None:
+        super().__init__(status=code)
+        keep_alive = request.keep_alive
+        version = request.version
+        # aiohttp's rule for the Connection header, which the worker leaves to us.
+        if version == (1, 1) and not keep_alive:
+            data = data[: head_size - 2] + b"Connection: close\r\n" + data[head_size - 2 :]
+        elif version == (1, 0) and keep_alive:
+            data = data[: head_size - 2] + b"Connection: keep-alive\r\n" + data[head_size - 2 :]
+        self._data = data
+        self._keep_alive = keep_alive
+
+    async def prepare(self, request: web.BaseRequest) -> AbstractStreamWriter | None:
+        if self._eof_sent:
+            return None
+        if self._payload_writer is None:
+            self._req = request
+            self._payload_writer = request._payload_writer
+        return self._payload_writer
+
+    async def write_eof(self, data: bytes = b"") -> None:
+        if self._eof_sent:
+            return
+        writer = self._payload_writer
+        assert writer is not None, "prepare() first"
+        await writer.write_eof(self._data)
+        self._eof_sent = True
+        self._req = None
+        self._body_length = writer.output_size
+        self._payload_writer = None
+
+
 class _WholeResponse(web.Response, _Response):
     """A response with its whole body, sent with its head in one write (latin-1 aware)."""
 
@@ -96,6 +126,8 @@ def error_response(
 
 async def write_response(request: web.BaseRequest, exchange: ev.Exchange) -> web.StreamResponse:
     kind, value = await exchange.next()
+    if kind == ev.RAW:
+        return _RawResponse(request, *value)
     if kind == ev.ERROR:
         return error_response(value[0])
     try:
@@ -132,10 +164,13 @@ def _clean_headers(
     out: list[tuple[str, str]] = []
     length: int | None = None
     latin1 = False
+    server = False
     for name, value in headers:
         if not value.isascii():
             latin1 = True
         lower = name.lower()
+        if lower == "server":
+            server = True
         if lower in HOP_BY_HOP:
             continue
         if lower == "content-length":
@@ -145,6 +180,8 @@ def _clean_headers(
             length = declared
             continue
         out.append((name, value))
+    if not server:
+        out.append(("Server", SERVER_HEADER))
     return out, length, latin1
 
 

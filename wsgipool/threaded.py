@@ -17,8 +17,9 @@ from typing import IO, Any
 
 from wsgipool import exchange as ev
 from wsgipool.body import Body
+from wsgipool.cgi import EnvironOptions, NotMounted, RequestFacts, build_environ
 from wsgipool.protocol import validate_status
-from wsgipool.wsgicall import ResponseOutput, WSGIApp, complete_environ, run_wsgi
+from wsgipool.wsgicall import ResponseOutput, WSGIApp, complete_environ, not_found, run_wsgi
 
 __all__ = ["ThreadBackend"]
 
@@ -93,6 +94,7 @@ class ThreadBackend:
         self,
         app: WSGIApp,
         executor: Executor | None,
+        options: EnvironOptions,
         *,
         stderr: IO[str] | None,
         window: int,
@@ -104,35 +106,49 @@ class ThreadBackend:
             )
         self.app = app
         self.executor = executor
+        self.options = options
         self.stderr = stderr
         self.window = window
 
     async def submit(
-        self, environ: dict[str, Any], body: Body, extras: dict[str, Any]
+        self, facts: RequestFacts, body: Body, extras: dict[str, Any] | None, _raw_ok: bool
     ) -> ev.Exchange:
         loop = asyncio.get_running_loop()
         exchange = ev.Exchange(loop, self)
         output = _LoopOutput(loop, exchange, self.window)
         exchange.owner = output
-        stream = body.stream()
-        complete_environ(environ, stream, self.stderr or sys.stderr, multiprocess=False)
-        environ.update(extras)
-        future = loop.run_in_executor(self.executor, _run, self.app, environ, output, stream)
+        future = loop.run_in_executor(
+            self.executor, self._run, facts, body.stream(), extras, output
+        )
         future.add_done_callback(_log_failure)
         return exchange
+
+    def _run(
+        self,
+        facts: RequestFacts,
+        stream: IO[bytes],
+        extras: dict[str, Any] | None,
+        output: _LoopOutput,
+    ) -> None:
+        """In the app's thread: build the environ there, off the event loop, and call the app."""
+        try:
+            try:
+                environ: dict[str, Any] = build_environ(facts, self.options)
+            except NotMounted:
+                not_found(output)
+                return
+            complete_environ(environ, stream, self.stderr or sys.stderr, multiprocess=False)
+            if extras:
+                environ.update(extras)
+            run_wsgi(self.app, environ, output)
+        finally:
+            stream.close()
 
     def grant(self, exchange: ev.Exchange, amount: int) -> None:
         exchange.owner.grant(amount)
 
     def cancel(self, exchange: ev.Exchange) -> None:
         exchange.owner.cancel()
-
-
-def _run(app: WSGIApp, environ: dict[str, Any], output: _LoopOutput, stream: IO[bytes]) -> None:
-    try:
-        run_wsgi(app, environ, output)
-    finally:
-        stream.close()
 
 
 def _log_failure(future: asyncio.Future[None]) -> None:

@@ -19,9 +19,35 @@ from typing import IO, Any
 
 from wsgipool.protocol import validate_header, validate_status
 
-__all__ = ["ClientDisconnected", "FileWrapper", "ResponseOutput", "complete_environ", "run_wsgi"]
+__all__ = [
+    "HOP_BY_HOP",
+    "SERVER_HEADER",
+    "ClientDisconnected",
+    "FileWrapper",
+    "ResponseOutput",
+    "complete_environ",
+    "not_found",
+    "run_wsgi",
+]
 
 logger = logging.getLogger("wsgipool.app")
+
+#: Headers an app may not send (PEP 3333): dropped on the way to the client.
+HOP_BY_HOP = frozenset(
+    {
+        "connection",
+        "keep-alive",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "te",
+        "trailer",
+        "trailers",
+        "transfer-encoding",
+        "upgrade",
+    }
+)
+#: The Server header of responses whose app did not set one.
+SERVER_HEADER = "wsgipool"
 
 ExcInfo = tuple[type[BaseException], BaseException, TracebackType | None]
 StartResponse = Callable[..., Callable[[bytes], None]]
@@ -134,10 +160,16 @@ class _Call:
         validate_status(status)
         if not isinstance(headers, list):
             raise TypeError(f"headers must be a list, got {type(headers).__name__}")
+        length: str | None = None
         for item in headers:
             if not isinstance(item, tuple) or len(item) != 2:
                 raise TypeError(f"each header must be a (name, value) tuple, got {item!r}")
-            validate_header(item[0], item[1])
+            name, value = item
+            validate_header(name, value)
+            if len(name) == 14 and name.lower() == "content-length":
+                if length is not None and value.strip() != length:
+                    raise ValueError(f"conflicting Content-Length headers: {length} and {value}")
+                length = value.strip()
         self.status = status
         self.headers = headers
         return self.write
@@ -280,3 +312,11 @@ def complete_environ(
     environ["wsgi.input_terminated"] = True
     environ["wsgi.file_wrapper"] = FileWrapper
     return environ
+
+
+def not_found(out: ResponseOutput) -> None:
+    """The answer for a path outside the prefix the app is mounted under."""
+    body = b"404 Not Found\n"
+    out.start("404 Not Found", [("Content-Type", "text/plain"), ("Content-Length", "14")])
+    out.body(body, False)
+    out.end()

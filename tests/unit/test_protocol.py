@@ -38,10 +38,6 @@ reason = header_value
 status_code = st.integers(min_value=200, max_value=999)
 headers = st.lists(st.tuples(token, header_value), max_size=12)
 
-environ = st.dictionaries(
-    st.text(LATIN1, min_size=1, max_size=30), st.text(LATIN1, max_size=80), max_size=15
-)
-
 
 @st.composite
 def frames(draw: st.DrawFn, max_payload: int = 300) -> tuple[int, int, bytes]:
@@ -227,40 +223,51 @@ def test_truncated_stream_keeps_only_the_incomplete_tail(frame_list, data):
 # -- REQUEST ---------------------------------------------------------------------
 
 
-@given(U32, U32, environ, st.binary(max_size=500), st.booleans())
-def test_request_round_trip(rid, credit, env, body, body_fd):
-    wire = p.encode_request(rid, credit, env.items(), body, body_fd=body_fd)
+request_fields = st.lists(
+    st.binary(max_size=40), min_size=len(p.REQUEST_FIELDS), max_size=len(p.REQUEST_FIELDS)
+)
+header_pairs = st.lists(
+    st.tuples(st.binary(min_size=1, max_size=20), st.binary(max_size=60)), max_size=12
+)
+
+
+@given(
+    U32,
+    U32,
+    st.integers(min_value=0, max_value=255),
+    request_fields,
+    header_pairs,
+    st.binary(max_size=500),
+)
+def test_request_round_trip(rid, credit, flags, fields, headers, body):
+    wire = p.encode_request(rid, credit, flags, fields, headers, body)
     [(kind, got_rid, payload)] = p.FrameDecoder(p.TO_WORKER).feed(wire)
     assert (kind, got_rid) == (p.REQUEST, rid)
-    got_credit, flags, got_env, got_body = p.decode_request(payload)
-    assert got_credit == credit
-    assert flags == (p.FLAG_BODY_FD if body_fd else 0)
-    assert got_env == env
-    assert list(got_env) == list(env)  # order kept
+    got_credit, got_flags, got_fields, got_headers, got_body = p.decode_request(payload)
+    assert (got_credit, got_flags) == (credit, flags)
+    assert got_fields == fields
+    assert got_headers == headers  # order and repeats kept, bytes as they were
     assert got_body == body
-
-
-def test_request_with_non_latin1_environ_cannot_be_encoded():
-    with pytest.raises(UnicodeEncodeError):
-        p.encode_request(1, 0, [("PATH_INFO", "/\u20ac")])
 
 
 @given(st.binary(max_size=300))
 def test_decode_request_of_garbage_raises_only_protocol_error(payload):
     try:
-        credit, flags, env, body = p.decode_request(payload)
+        credit, flags, fields, headers, body = p.decode_request(payload)
     except p.ProtocolError:
         return
     assert 0 <= credit < 2**32 and 0 <= flags < 256
-    assert isinstance(env, dict) and isinstance(body, bytes)
+    assert len(fields) == len(p.REQUEST_FIELDS)
+    assert all(isinstance(n, bytes) and isinstance(v, bytes) for n, v in headers)
+    assert isinstance(body, bytes)
 
 
-@given(environ.filter(bool), st.data())
-def test_request_cut_inside_the_environ_is_rejected(env, data):
-    wire = p.encode_request(1, 5, env.items())
+@given(request_fields, header_pairs, st.data())
+def test_request_cut_inside_the_fields_is_rejected(fields, headers, data):
+    wire = p.encode_request(1, 5, 0, fields, headers)
     payload = wire[p.HEADER_SIZE :]
     stop = data.draw(st.integers(min_value=0, max_value=len(payload) - 1))
-    with pytest.raises(p.ProtocolError, match=r"^REQUEST (payload|environ|length)"):
+    with pytest.raises(p.ProtocolError, match=r"^REQUEST (payload|fields|length)"):
         p.decode_request(payload[:stop])
 
 
@@ -482,3 +489,79 @@ def test_decode_text_is_bounded_and_never_raises(payload, limit):
     text = p.decode_text(payload, limit=limit)
     assert isinstance(text, str)
     assert len(text) <= limit
+
+
+# -- RAW -------------------------------------------------------------------------
+
+OK_HEAD = b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 5\r\n\r\n"
+
+
+def test_raw_round_trip():
+    code, head_size, data = p.decode_raw(p.encode_raw(OK_HEAD, b"hello"), head_request=False)
+    assert (code, head_size, data) == (200, len(OK_HEAD), OK_HEAD + b"hello")
+
+
+def test_raw_head_request_keeps_the_length_without_a_body():
+    assert p.decode_raw(p.encode_raw(OK_HEAD, b""), head_request=True)[0] == 200
+
+
+def test_raw_latin1_values_pass():
+    head = OK_HEAD.replace(b"text/plain", b"caf\xe9")
+    assert p.decode_raw(p.encode_raw(head, b"hello"), head_request=False)[0] == 200
+
+
+@pytest.mark.parametrize(
+    ("head", "body", "head_request", "message"),
+    [
+        (OK_HEAD, b"hell", False, "Content-Length 5 but 4"),
+        (OK_HEAD, b"hello!", False, "Content-Length 5 but 6"),
+        (OK_HEAD, b"x", True, "a body in the response to HEAD"),
+        (OK_HEAD.replace(b"text/plain", b"a\rb"), b"hello", False, "well-formed"),
+        (OK_HEAD.replace(b"text/plain", b"a\x00b"), b"hello", False, "well-formed"),
+        (OK_HEAD.replace(b"text/plain", b"a\nb"), b"hello", False, "well-formed"),
+        (OK_HEAD.replace(b"Content-Type", b"Bad Name"), b"hello", False, "well-formed"),
+        (
+            OK_HEAD.replace(b"Content-Type: text/plain", b"Transfer-Encoding: chunked"),
+            b"hello",
+            False,
+            "hop-by-hop or framing",
+        ),
+        (
+            OK_HEAD.replace(b"Content-Type: text/plain", b"connection: keep-alive"),
+            b"hello",
+            False,
+            "hop-by-hop or framing",
+        ),
+        (
+            OK_HEAD.replace(b"Content-Type: text/plain", b"Content-Length: 5"),
+            b"hello",
+            False,
+            "exactly one Content-Length",
+        ),
+        (
+            OK_HEAD.replace(b"Content-Length: 5\r\n", b""),
+            b"hello",
+            False,
+            "exactly one Content-Length",
+        ),
+        (b"HTTP/1.1 204 No Content\r\nContent-Length: 0\r\n\r\n", b"", False, "a 204 response"),
+        (b"HTTP/1.1 304 Not Modified\r\n\r\n", b"x", False, "a 304 response"),
+        (b"HTTP/1.1 101 Switching\r\nContent-Length: 0\r\n\r\n", b"", False, "informational"),
+        (b"HTTP/2 200 OK\r\nContent-Length: 0\r\n\r\n", b"", False, "well-formed"),
+        (OK_HEAD[:-2], b"hello", False, "well-formed"),
+    ],
+)
+def test_raw_heads_that_could_desynchronise_a_connection_are_rejected(
+    head, body, head_request, message
+):
+    with pytest.raises(p.ProtocolError, match=message):
+        p.decode_raw(p.encode_raw(head, body), head_request)
+
+
+@given(st.binary(max_size=300), st.booleans())
+def test_raw_garbage_raises_only_protocol_error(payload, head_request):
+    try:
+        code, head_size, data = p.decode_raw(payload, head_request)
+    except p.ProtocolError:
+        return
+    assert 200 <= code <= 999 and head_size <= len(data)

@@ -30,10 +30,14 @@ logger = logging.getLogger("wsgipool.supervisor")
 
 
 #: Frames after which a request is over on the worker's side: its slot is free.
-_FINAL = frozenset({p.RESPONSE, p.END, p.ERROR})
+_FINAL = frozenset({p.RAW, p.RESPONSE, p.END, p.ERROR})
 
 
-def _final_event(kind: int, payload: bytes) -> tuple[int, Any]:
+def _final_event(kind: int, payload: bytes, exchange: ev.Exchange | None) -> tuple[int, Any]:
+    if kind == p.RAW:
+        facts = exchange.facts if exchange is not None else None
+        head_request = facts is not None and facts.method == "HEAD"
+        return ev.RAW, p.decode_raw(payload, head_request)
     if kind == p.RESPONSE:
         return ev.RESPONSE, p.decode_response(payload)
     if kind == p.END:
@@ -178,9 +182,9 @@ class WorkerHandle:
         inflight = self.inflight
         try:
             for kind, rid, payload in frames:
-                if kind in _FINAL:  # RESPONSE first: the common case, a whole response
-                    event = _final_event(kind, payload)
+                if kind in _FINAL:  # first: the common case, a whole response
                     exchange = inflight.pop(rid, None)
+                    event = _final_event(kind, payload, exchange)
                     if exchange is None:
                         continue
                     exchange.feed(*event)

@@ -19,6 +19,7 @@ from collections import deque
 from typing import Any, Protocol
 
 from wsgipool import protocol as p
+from wsgipool.cgi import EnvironOptions, RequestFacts
 from wsgipool.config import PoolConfig
 from wsgipool.supervisor import policy
 from wsgipool.supervisor.handle import WorkerHandle, WorkerState
@@ -56,7 +57,7 @@ class Supervisor:
         pool: Pool,
         *,
         log_level: str = "info",
-        stack_wanted: set[tuple[int, int]] | None = None,
+        environ: EnvironOptions | None = None,
     ) -> None:
         self.app_ref = app_ref
         self.config = config
@@ -66,6 +67,7 @@ class Supervisor:
             max_rss=config.max_rss,
             max_rss_hard=config.max_rss_hard,
             log_level=log_level,
+            environ=environ or EnvironOptions(),
         )
         self.target = config.workers
         self.workers: list[WorkerHandle] = []
@@ -487,7 +489,8 @@ class Supervisor:
                     if exchange.finished or not exchange.waiting:
                         continue
                     if now - exchange.last_progress > timeout:
-                        self._timed_out(worker, rid, exchange.label, now - exchange.started)
+                        label = _request_line(exchange.facts)
+                        self._timed_out(worker, rid, label, now - exchange.started)
                         exchange.abort(504, f"no response within {timeout:g}s")
 
     def _timed_out(self, worker: WorkerHandle, rid: int, label: str, elapsed: float) -> None:
@@ -578,3 +581,10 @@ class Supervisor:
         self._tasks.discard(task)
         if not task.cancelled() and task.exception() is not None:
             logger.error("supervisor task failed", exc_info=task.exception())
+
+
+def _request_line(facts: object) -> str:
+    """ "METHOD /target" of a request, for log lines."""
+    if isinstance(facts, RequestFacts):
+        return f"{facts.method} {facts.target.decode('latin-1')}"
+    return "(unknown request)"

@@ -19,13 +19,14 @@ import sys
 import threading
 import traceback
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, NoReturn
 
 from wsgipool import protocol as p
+from wsgipool.cgi import EnvironOptions, NotMounted, RequestFacts, build_environ
 from wsgipool.worker.channel import BlockingChannel, ChannelClosed
-from wsgipool.worker.output import FrameOutput
-from wsgipool.wsgicall import complete_environ, run_wsgi
+from wsgipool.worker.output import FrameOutput, RawHead
+from wsgipool.wsgicall import complete_environ, not_found, run_wsgi
 
 __all__ = ["WorkerSettings", "run_worker"]
 
@@ -40,16 +41,17 @@ class WorkerSettings:
     max_rss: int | None = None
     max_rss_hard: int | None = None
     log_level: str = "info"
+    environ: EnvironOptions = field(default_factory=EnvironOptions)
 
 
 class _Job:
-    __slots__ = ("body", "body_fd", "environ", "output", "rid", "thread")
+    __slots__ = ("body", "body_fd", "facts", "output", "rid", "thread")
 
     def __init__(
-        self, rid: int, environ: dict[str, Any], body: bytes, body_fd: int, output: FrameOutput
+        self, rid: int, facts: RequestFacts, body: bytes, body_fd: int, output: FrameOutput
     ) -> None:
         self.rid = rid
-        self.environ = environ
+        self.facts = facts
         self.body = body
         self.body_fd = body_fd
         self.output = output
@@ -163,15 +165,14 @@ class Worker:
 
     def _on_frame(self, kind: int, rid: int, payload: bytes) -> None:
         if kind == p.REQUEST:
-            credit, flags, environ, body = p.decode_request(payload)
+            credit, flags, fields, headers, body = p.decode_request(payload)
             body_fd = self.channel.take_fd() if flags & p.FLAG_BODY_FD else -1
-            job = _Job(
-                rid,
-                environ,
-                body,
-                body_fd,
-                FrameOutput(self.channel, rid, credit, self._end_report),
+            facts = _facts(fields, headers, flags)
+            raw = (
+                RawHead(facts.version, facts.method == "HEAD") if flags & p.FLAG_RAW_HEAD else None
             )
+            output = FrameOutput(self.channel, rid, credit, self._end_report, raw)
+            job = _Job(rid, facts, body, body_fd, output)
             with self._lock:
                 self.jobs[rid] = job
             self.queue.put(job)
@@ -225,12 +226,19 @@ class Worker:
                 os.close(job.body_fd)
             job.output.end()
             return
+        try:
+            environ: dict[str, Any] = build_environ(job.facts, self.settings.environ)
+        except NotMounted:
+            if job.body_fd >= 0:
+                os.close(job.body_fd)
+            not_found(job.output)
+            return
         if job.body_fd >= 0:
             os.lseek(job.body_fd, 0, os.SEEK_SET)
             body: Any = io.open(job.body_fd, "rb", buffering=65536)  # noqa: UP020
         else:
             body = io.BytesIO(job.body)
-        environ = complete_environ(job.environ, body, sys.stderr, multiprocess=True)
+        complete_environ(environ, body, sys.stderr, multiprocess=True)
         environ["wsgipool.worker_pid"] = self.pid
         try:
             run_wsgi(self.app, environ, job.output)
@@ -258,6 +266,25 @@ class Worker:
         if not flags:
             return b""
         return p.frame(p.STATUS, 0, p.encode_status(rss, served, flags))
+
+
+def _facts(fields: list[bytes], headers: list[tuple[bytes, bytes]], flags: int) -> RequestFacts:
+    """RequestFacts from the fixed fields of a REQUEST frame (see protocol.REQUEST_FIELDS)."""
+    method, target, version, scheme, server_name, server_port, addr, port, prefix, length = fields
+    return RequestFacts(
+        method.decode("latin-1"),
+        target,
+        version.decode("latin-1"),
+        scheme.decode("latin-1"),
+        server_name.decode("latin-1"),
+        server_port.decode("latin-1"),
+        addr.decode("latin-1"),
+        port.decode("latin-1"),
+        prefix if flags & p.FLAG_PREFIX else None,
+        int(length) if length.isdigit() else 0,
+        bool(flags & p.FLAG_KEEP_ALIVE),
+        headers,
+    )
 
 
 def run_worker(app: Callable[..., Any], sock: Any, settings: WorkerSettings) -> NoReturn:
