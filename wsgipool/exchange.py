@@ -23,6 +23,7 @@ __all__ = [
     "START",
     "Backend",
     "Exchange",
+    "Unavailable",
 ]
 
 # Event kinds.  START: (code, reason, headers); DATA: bytes;
@@ -39,6 +40,10 @@ RESPONSE: Final = 6
 RAW: Final = 7
 
 Event = tuple[int, Any]
+
+
+class Unavailable(Exception):
+    """No worker thread became free in time, or the waiting queue is full: 503."""
 
 
 class Backend(Protocol):

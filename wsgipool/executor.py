@@ -151,19 +151,17 @@ class ProcessExecutor:
     async def submit(
         self, facts: RequestFacts, body: Body, _extras: object = None, raw_ok: bool = False
     ) -> ev.Exchange:
-        from wsgipool.handler import Unavailable
-
         if self._supervisor is None:
             if self._stopped:
                 body.close()
-                raise Unavailable("the server is shutting down")
+                raise ev.Unavailable("the server is shutting down")
             await self.start()
         worker = self._dispatcher.try_acquire()
         while worker is None:
             try:
                 worker = await self._dispatcher.acquire()
             except (QueueFull, QueueTimeout) as exc:
-                raise Unavailable(str(exc)) from None
+                raise ev.Unavailable(str(exc)) from None
             # The slot was granted before this coroutine resumed; meanwhile the
             # worker may have been told to stop, or died: then wait for another.
             if worker.stop_requested or not worker.alive:

@@ -20,9 +20,11 @@ from typing import IO, TYPE_CHECKING, Any
 from aiohttp import web
 
 from wsgipool import exchange as ev
+from wsgipool.body import EMPTY as EMPTY_BODY
 from wsgipool.body import BodyTooLarge, read_body
 from wsgipool.cgi import EnvironOptions
 from wsgipool.environ import request_facts
+from wsgipool.exchange import Unavailable
 from wsgipool.loader import load_app
 from wsgipool.response import error_response, write_response
 from wsgipool.threaded import ThreadBackend
@@ -41,10 +43,6 @@ INLINE_BODY_LIMIT = 4 * 1024 * 1024
 _WATCH_INTERVAL = 0.5
 
 
-class Unavailable(Exception):
-    """No worker thread became free in time, or the waiting queue is full: 503."""
-
-
 class WSGIHandler:
     """An aiohttp handler running a WSGI application; aiohttp-wsgi's keywords and defaults.
 
@@ -54,6 +52,9 @@ class WSGIHandler:
     process; a `wsgipool.ProcessExecutor` runs it in supervised worker processes.
     `script_name` mounts the app under a prefix when the handler is used without
     a router (aiohttp's low-level server); on a router, the route decides.
+    `watch_disconnects` polls for clients that left while their app runs; a
+    server run with aiohttp's ``handler_cancellation`` (as `serve()` is) does not
+    need it: the handler is cancelled instead.
     """
 
     def __init__(
@@ -67,6 +68,7 @@ class WSGIHandler:
         executor: Executor | ProcessExecutor | None = None,
         forwarded_allow_ips: Iterable[str] = ("127.0.0.1", "::1"),
         script_name: str = "",
+        watch_disconnects: bool = True,
     ) -> None:
         for name, value in (
             ("inbuf_overflow", inbuf_overflow),
@@ -83,7 +85,7 @@ class WSGIHandler:
         self._max_body = max_request_body_size
         options = EnvironOptions(url_scheme, tuple(forwarded_allow_ips), script_name)
         self._executor = executor
-        self._watch = _DisconnectWatch()
+        self._watch = _DisconnectWatch() if watch_disconnects else None
         self._backend: ThreadBackend | ProcessExecutor
         if isinstance(executor, ProcessExecutor):
             executor.bind(application, options)
@@ -113,10 +115,13 @@ class WSGIHandler:
             refusal = await _answer_expect(request)
             if refusal is not None:
                 return refusal
-        try:
-            body = await read_body(request, self._memory_limit, self._max_body)
-        except BodyTooLarge:
-            return error_response(413, close=True)
+        if request.body_exists:
+            try:
+                body = await read_body(request, self._memory_limit, self._max_body)
+            except BodyTooLarge:
+                return error_response(413, close=True)
+        else:
+            body = EMPTY_BODY
         facts = request_facts(request, body.length)
         extras: dict[str, Any] | None = None
         if self._in_process:
@@ -130,11 +135,17 @@ class WSGIHandler:
             body.close()
             logger.warning("%s %s: 503, %s", request.method, request.path, exc)
             return error_response(503, retry_after=1)
-        self._watch.add(exchange, request)
+        watch = self._watch
+        if watch is None:
+            try:
+                return await write_response(request, exchange)
+            finally:
+                exchange.close()
+        watch.add(exchange, request)
         try:
             return await write_response(request, exchange)
         finally:
-            self._watch.discard(exchange)
+            watch.discard(exchange)
             exchange.close()
 
     __call__ = handle_request

@@ -146,6 +146,7 @@ class Server:
             executor=self.executor,
             forwarded_allow_ips=config.forwarded_allow_ips,
             script_name="" if config.static else config.script_name,
+            watch_disconnects=False,  # aiohttp cancels the handler: handler_cancellation=True
         )
 
     def _make_runner(self, handler: WSGIHandler) -> web.BaseRunner:
