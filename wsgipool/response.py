@@ -302,18 +302,62 @@ async def _send_file(
         if transport is None:
             raise ConnectionResetError("connection lost")
         loop = asyncio.get_running_loop()
-        if writer is not None and not getattr(writer, "chunked", False):
+        plain = transport.get_extra_info("sslcontext") is None
+        if writer is not None and not getattr(writer, "chunked", False) and plain:
             writer.send_headers()
             await writer.drain()
             try:
                 sent: int = await loop.sendfile(transport, file, offset, count, fallback=False)
-                writer.output_size += sent
-                return sent
             except (NotImplementedError, AttributeError, asyncio.SendfileNotAvailableError):
-                pass
+                sent = await _sendfile_to_socket(transport, fd, offset, count)  # uvloop
+            writer.output_size += sent
+            return sent
         return await _send_file_fallback(response, file, offset, count)
     finally:
         file.close()
+
+
+async def _sendfile_to_socket(
+    transport: asyncio.BaseTransport, in_fd: int, offset: int, count: int
+) -> int:
+    """sendfile(2) straight to the client socket, for loops without loop.sendfile (uvloop).
+
+    The transport's own descriptor cannot be watched for writability (the loop
+    refuses a second watcher on it), so a duplicate of it is.
+    """
+    sock = transport.get_extra_info("socket")
+    if sock is None:
+        raise ConnectionResetError("connection lost")
+    loop = asyncio.get_running_loop()
+    while transport.get_write_buffer_size():  # type: ignore[attr-defined]  # headers first
+        await asyncio.sleep(0.001)
+    out_fd = os.dup(sock.fileno())
+    sent = 0
+    try:
+        while sent < count:
+            if transport.is_closing():
+                raise ConnectionResetError("connection lost")
+            try:
+                written = os.sendfile(out_fd, in_fd, offset + sent, count - sent)
+            except BlockingIOError:
+                waiter: asyncio.Future[None] = loop.create_future()
+                loop.add_writer(out_fd, _set_result, waiter)
+                try:
+                    await waiter
+                finally:
+                    loop.remove_writer(out_fd)
+                continue
+            if written == 0:  # the file is shorter than announced
+                break
+            sent += written
+    finally:
+        os.close(out_fd)
+    return sent
+
+
+def _set_result(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_result(None)
 
 
 async def _send_file_fallback(
