@@ -15,12 +15,14 @@ from typing import Any, Final, Protocol
 
 __all__ = [
     "DATA",
+    "DONE",
     "END",
     "ERROR",
     "FILE",
     "RAW",
     "RESPONSE",
     "START",
+    "TAKEOVER",
     "Backend",
     "Exchange",
     "Unavailable",
@@ -29,15 +31,19 @@ __all__ = [
 # Event kinds.  START: (code, reason, headers); DATA: bytes;
 # FILE: (fd, offset, count or None); END: None; ERROR: (http status, message);
 # RESPONSE: (code, reason, headers, body), a whole response at once;
-# RAW: (code, head size, head and body bytes), a whole response, head serialised.
+# RAW: (code, head size, head and body bytes), a whole response, head serialised;
+# TAKEOVER: None, the worker asks for the client socket to write a large response;
+# DONE: (bytes written, status, complete), the worker wrote the response itself.
 # Kinds from END on are final: nothing follows them.
 START: Final = 1
 DATA: Final = 2
 FILE: Final = 3
 END: Final = 4
+TAKEOVER: Final = 0
 ERROR: Final = 5
 RESPONSE: Final = 6
 RAW: Final = 7
+DONE: Final = 8
 
 Event = tuple[int, Any]
 

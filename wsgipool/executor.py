@@ -208,6 +208,19 @@ class ProcessExecutor:
         if exchange.rid in worker.inflight:
             worker.send(p.CREDIT, exchange.rid, p.encode_u32(amount))
 
+    def hand_socket(self, exchange: ev.Exchange, fd: int, keep_alive: bool) -> None:
+        """Answer TAKEOVER: the worker writes the response to this socket itself."""
+        worker: WorkerHandle = exchange.owner
+        if exchange.rid in worker.inflight:
+            flags = p.FLAG_SOCKET_KEEP_ALIVE if keep_alive else 0
+            worker.channel.send_fd(p.frame(p.SOCKET, exchange.rid, bytes((flags,))), fd)
+
+    def decline(self, exchange: ev.Exchange) -> None:
+        """Answer TAKEOVER: no, send the response as frames."""
+        worker: WorkerHandle = exchange.owner
+        if exchange.rid in worker.inflight:
+            worker.send(p.DECLINE, exchange.rid)
+
     def cancel(self, exchange: ev.Exchange) -> None:
         worker: WorkerHandle = exchange.owner
         if exchange.rid in worker.inflight:

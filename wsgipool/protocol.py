@@ -40,6 +40,8 @@ CREDIT: Final = 2
 CANCEL: Final = 3
 STOP: Final = 4
 DUMP: Final = 5
+SOCKET: Final = 6
+DECLINE: Final = 7
 # Worker -> main process.
 HELLO: Final = 16
 START: Final = 17
@@ -51,6 +53,9 @@ STACK: Final = 22
 STATUS: Final = 23
 RESPONSE: Final = 24
 RAW: Final = 25
+TAKEOVER: Final = 26
+PROGRESS: Final = 27
+DONE: Final = 28
 # Main process <-> template process (control channel).
 SPAWN: Final = 32
 SPAWNED: Final = 33
@@ -65,6 +70,8 @@ NAMES: Final = {
     CANCEL: "CANCEL",
     STOP: "STOP",
     DUMP: "DUMP",
+    SOCKET: "SOCKET",
+    DECLINE: "DECLINE",
     HELLO: "HELLO",
     START: "START",
     DATA: "DATA",
@@ -75,6 +82,9 @@ NAMES: Final = {
     STATUS: "STATUS",
     RESPONSE: "RESPONSE",
     RAW: "RAW",
+    TAKEOVER: "TAKEOVER",
+    PROGRESS: "PROGRESS",
+    DONE: "DONE",
     SPAWN: "SPAWN",
     SPAWNED: "SPAWNED",
     EXITED: "EXITED",
@@ -83,8 +93,10 @@ NAMES: Final = {
     SHUTDOWN: "SHUTDOWN",
 }
 
-TO_WORKER: Final = frozenset({REQUEST, CREDIT, CANCEL, STOP, DUMP})
-FROM_WORKER: Final = frozenset({HELLO, START, DATA, FILE, END, ERROR, STACK, STATUS, RESPONSE, RAW})
+TO_WORKER: Final = frozenset({REQUEST, CREDIT, CANCEL, STOP, DUMP, SOCKET, DECLINE})
+FROM_WORKER: Final = frozenset(
+    {HELLO, START, DATA, FILE, END, ERROR, STACK, STATUS, RESPONSE, RAW, TAKEOVER, PROGRESS, DONE}
+)
 TO_TEMPLATE: Final = frozenset({SPAWN, SHUTDOWN})
 FROM_TEMPLATE: Final = frozenset({SPAWNED, EXITED, READY, FAILED})
 
@@ -95,6 +107,10 @@ FLAG_BODY_FD: Final = 1
 FLAG_KEEP_ALIVE: Final = 2
 FLAG_PREFIX: Final = 4
 FLAG_RAW_HEAD: Final = 8
+#: SOCKET flag: the connection may stay open after this response.
+FLAG_SOCKET_KEEP_ALIVE: Final = 1
+#: DONE flag: the response went out whole and framed, the connection may be reused.
+FLAG_DONE_COMPLETE: Final = 1
 #: STATUS flags: the worker is over its soft / hard memory limit.
 FLAG_OVER_RSS: Final = 1
 FLAG_OVER_RSS_HARD: Final = 2
@@ -109,6 +125,7 @@ _FILE = struct.Struct("!QQ")
 _STATUS = struct.Struct("!QIB")
 _HELLO = struct.Struct("!IH")
 _EXITED = struct.Struct("!IBi")
+_DONE = struct.Struct("!QHB")
 _NO_COUNT: Final = (1 << 64) - 1
 
 
@@ -443,6 +460,20 @@ def decode_raw(payload: bytes, head_request: bool) -> tuple[int, int, bytes]:
     elif int(lengths[0]) != body_size:
         raise ProtocolError(f"RAW: Content-Length {int(lengths[0])} but {body_size} body bytes")
     return code, head_size, data
+
+
+def encode_done(written: int, status: int, complete: bool) -> bytes:
+    """DONE payload: bytes the worker wrote to the client, the status, whether it ended well."""
+    return _DONE.pack(written, status, FLAG_DONE_COMPLETE if complete else 0)
+
+
+def decode_done(payload: bytes) -> tuple[int, int, bool]:
+    if len(payload) != _DONE.size:
+        raise ProtocolError(f"DONE payload must be {_DONE.size} bytes, got {len(payload)}")
+    written, status, flags = _DONE.unpack(payload)
+    if flags & ~FLAG_DONE_COMPLETE or not 200 <= status <= 999:
+        raise ProtocolError(f"DONE with status {status} and flags {flags:#x}")
+    return written, status, bool(flags & FLAG_DONE_COMPLETE)
 
 
 def encode_u32(value: int) -> bytes:

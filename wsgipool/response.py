@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-from typing import IO
+from typing import IO, Any
 
 from aiohttp import web
 from aiohttp.abc import AbstractStreamWriter
@@ -106,6 +106,50 @@ class _RawResponse(web.StreamResponse):
         self._payload_writer = None
 
 
+def _hand_over_socket(request: web.BaseRequest, exchange: ev.Exchange) -> bool:
+    """Give the worker the client socket, if it can write to it directly; else decline."""
+    backend: Any = exchange.backend
+    transport = request.transport
+    sock = transport.get_extra_info("socket") if transport is not None else None
+    if (
+        transport is None
+        or sock is None
+        or transport.is_closing()
+        or transport.get_write_buffer_size()
+        or transport.get_extra_info("sslcontext") is not None
+    ):
+        backend.decline(exchange)
+        return False
+    backend.hand_socket(exchange, sock.fileno(), request.keep_alive)
+    return True
+
+
+async def _written_by_worker(request: web.BaseRequest, exchange: ev.Exchange) -> web.StreamResponse:
+    """Wait for the worker that writes the response itself; cut the connection if it fails."""
+    kind, value = await exchange.next()
+    if kind == ev.DONE:
+        written, status, complete = value
+        return _WrittenResponse(status, written, complete and request.keep_alive)
+    logger.warning("response to %s %s cut: %s", request.method, request.path, value[1])
+    _abort(request)
+    return _WrittenResponse(500, 0, False)
+
+
+class _WrittenResponse(web.StreamResponse):
+    """A response a worker wrote to the client socket itself: nothing is left to write."""
+
+    def __init__(self, status: int, written: int, keep_alive: bool) -> None:
+        super().__init__(status=status)
+        self._keep_alive = keep_alive
+        self._body_length = written
+
+    async def prepare(self, request: web.BaseRequest) -> AbstractStreamWriter | None:
+        return None
+
+    async def write_eof(self, data: bytes = b"") -> None:
+        self._eof_sent = True
+
+
 class _WholeResponse(web.Response, _Response):
     """A response with its whole body, sent with its head in one write (latin-1 aware)."""
 
@@ -128,6 +172,10 @@ async def write_response(request: web.BaseRequest, exchange: ev.Exchange) -> web
     kind, value = await exchange.next()
     if kind == ev.RAW:
         return _RawResponse(request, *value)
+    if kind == ev.TAKEOVER:
+        if _hand_over_socket(request, exchange):
+            return await _written_by_worker(request, exchange)
+        kind, value = await exchange.next()
     if kind == ev.ERROR:
         return error_response(value[0])
     try:

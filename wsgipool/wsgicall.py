@@ -107,10 +107,22 @@ class ResponseOutput:
     def take_credit(self, amount: int) -> bool:
         """Wait until there is credit, then spend `amount`; False once cancelled."""
         with self._cond:
-            while self._credit <= 0 and not self.cancelled:
-                self._cond.wait()
+            if self._credit > 0 or self.cancelled:
+                self._credit -= amount
+                return not self.cancelled
+        self.wait_until(self._has_credit)
+        with self._cond:
             self._credit -= amount
             return not self.cancelled
+
+    def _has_credit(self) -> bool:
+        return self._credit > 0 or self.cancelled
+
+    def wait_until(self, ready: Callable[[], bool]) -> None:
+        """Block until `ready()` (checked under the condition's lock) is true."""
+        with self._cond:
+            while not ready():
+                self._cond.wait()
 
     # What the outputs implement.
     def start(self, status: str, headers: list[tuple[str, str]]) -> None:

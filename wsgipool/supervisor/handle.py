@@ -30,7 +30,7 @@ logger = logging.getLogger("wsgipool.supervisor")
 
 
 #: Frames after which a request is over on the worker's side: its slot is free.
-_FINAL = frozenset({p.RAW, p.RESPONSE, p.END, p.ERROR})
+_FINAL = frozenset({p.RAW, p.RESPONSE, p.END, p.ERROR, p.DONE})
 
 
 def _final_event(kind: int, payload: bytes, exchange: ev.Exchange | None) -> tuple[int, Any]:
@@ -40,6 +40,8 @@ def _final_event(kind: int, payload: bytes, exchange: ev.Exchange | None) -> tup
         return ev.RAW, p.decode_raw(payload, head_request)
     if kind == p.RESPONSE:
         return ev.RESPONSE, p.decode_response(payload)
+    if kind == p.DONE:
+        return ev.DONE, p.decode_done(payload)
     if kind == p.END:
         if payload:
             raise p.ProtocolError("END with a payload")
@@ -201,6 +203,16 @@ class WorkerHandle:
                     exchange = inflight.get(rid)
                     if exchange is not None:
                         exchange.feed(ev.START, start)
+                elif kind == p.TAKEOVER:
+                    if payload:
+                        raise p.ProtocolError("TAKEOVER with a payload")
+                    exchange = inflight.get(rid)
+                    if exchange is not None:
+                        exchange.feed(ev.TAKEOVER)
+                elif kind == p.PROGRESS:
+                    exchange = inflight.get(rid)
+                    if exchange is not None:
+                        exchange.last_progress = self.loop.time()
                 elif kind == p.FILE:
                     offset, count = p.decode_file(payload)
                     fd = self.channel.take_fd()

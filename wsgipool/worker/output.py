@@ -1,30 +1,36 @@
-"""A response leaving a worker as frames, in as few writes as the app allows.
+"""A response leaving a worker, in as few writes as the app allows.
 
 Headers wait for the first body chunk (PEP 3333 sends them with it), and a
 chunk the app says is the last waits for the end.  A response that is whole
 by then leaves as one frame in one sendmsg(): RAW (the head serialised here,
 so the main process only checks it and writes it) when the main process
 accepts that, else RESPONSE.  A streamed one leaves as START, DATA... and END,
-each chunk flushed as soon as the app yields it.
+each chunk flushed as soon as the app yields it; or, when it is large and the
+main process agrees, it is written straight to the client (worker/direct.py).
 """
 
 from __future__ import annotations
 
-import time
+import threading
 from collections.abc import Callable
-from email.utils import formatdate
 
 from wsgipool import protocol as p
 from wsgipool.worker.channel import BlockingChannel
-from wsgipool.wsgicall import HOP_BY_HOP, SERVER_HEADER, ResponseOutput
+from wsgipool.worker.direct import ClientGone, DirectWriter
+from wsgipool.worker.head import serialise
+from wsgipool.wsgicall import ResponseOutput
 
 __all__ = ["FrameOutput", "RawHead"]
 
 _HOLD_LIMIT = 64 * 1024
+#: A streamed response with this much ready at its first flush is written directly.
+DIRECT_THRESHOLD = 64 * 1024
+
+Waiter = Callable[[threading.Condition, Callable[[], bool]], None]
 
 
 class RawHead:
-    """What a worker needs to serialise a response head itself: the request's version and method."""
+    """What a worker needs to write a response head itself: the request's version and method."""
 
     __slots__ = ("head_request", "version")
 
@@ -33,69 +39,19 @@ class RawHead:
         self.head_request = head_request
 
 
-class _DateLine:
-    """The Date header line, formatted once a second."""
-
-    def __init__(self) -> None:
-        self._second = 0
-        self._line = ""
-
-    def __call__(self) -> str:
-        now = int(time.time())
-        if now != self._second:
-            self._second = now
-            self._line = f"Date: {formatdate(now, usegmt=True)}\r\n"
-        return self._line
-
-
-_date_line = _DateLine()
-
-
-def serialise(
-    raw: RawHead, status: str, headers: list[tuple[str, str]], body: bytes
-) -> tuple[bytes, bytes] | None:
-    """(head, body) of a whole response, or None when it needs the main process's care.
-
-    That is a body shorter than the Content-Length the app declared: the
-    client must see the connection close after it, which the streamed path does.
-    """
-    code = int(status[:3])
-    lines = [f"HTTP/{raw.version} {status}\r\n"]
-    declared: int | None = None
-    server = date = False
-    for name, value in headers:
-        lower = name.lower()
-        if lower in HOP_BY_HOP:
-            continue
-        if lower == "content-length":
-            declared = int(value.strip())
-            continue
-        if lower == "server":
-            server = True
-        elif lower == "date":
-            date = True
-        lines.append(f"{name}: {value}\r\n")
-    if code in (204, 304):
-        body = b""
-    else:
-        if declared is not None:
-            if len(body) < declared and not raw.head_request:
-                return None
-            body = body[:declared]
-        length = len(body) if declared is None else declared
-        lines.append(f"Content-Length: {length}\r\n")
-        if raw.head_request:
-            body = b""
-    if not server:
-        lines.append(f"Server: {SERVER_HEADER}\r\n")
-    if not date:
-        lines.append(_date_line())
-    lines.append("\r\n")
-    return "".join(lines).encode("latin-1"), body
-
-
 class FrameOutput(ResponseOutput):
-    __slots__ = ("_before_end", "_channel", "_held", "_held_size", "_raw", "_rid", "_start")
+    __slots__ = (
+        "_answer",
+        "_before_end",
+        "_channel",
+        "_direct",
+        "_held",
+        "_held_size",
+        "_raw",
+        "_rid",
+        "_start",
+        "_waiter",
+    )
 
     def __init__(
         self,
@@ -104,6 +60,7 @@ class FrameOutput(ResponseOutput):
         credit: int,
         before_end: Callable[[], bytes],
         raw: RawHead | None = None,
+        waiter: Waiter | None = None,
     ) -> None:
         super().__init__(credit)
         self._channel = channel
@@ -112,12 +69,35 @@ class FrameOutput(ResponseOutput):
         self._held: list[bytes] = []  # body chunks not sent yet
         self._held_size = 0
         self._before_end = before_end
-        self._raw = raw
+        self._raw = raw  # the main process takes RAW heads and direct writes
+        self._waiter = waiter
+        self._answer: tuple[int, bool] | None = None  # (client socket fd or -1, keep-alive)
+        self._direct: DirectWriter | None = None
+
+    # -- what the reader delivers ---------------------------------------------
+
+    def wait_until(self, ready: Callable[[], bool]) -> None:
+        if self._waiter is None:
+            super().wait_until(ready)
+        else:  # reads the channel itself if nobody else does
+            self._waiter(self._cond, ready)
+
+    def answer(self, fd: int, keep_alive: bool) -> None:
+        """The main process's answer to TAKEOVER: the client socket, or -1."""
+        with self._cond:
+            self._answer = (fd, keep_alive)
+            self._cond.notify_all()
+
+    # -- the response ---------------------------------------------------------
 
     def start(self, status: str, headers: list[tuple[str, str]]) -> None:
         self._start = (status, headers)
 
     def body(self, data: bytes, more: bool) -> None:
+        direct = self._direct
+        if direct is not None:
+            self._write_direct(direct, [data])
+            return
         size = len(data)
         offset = 0
         while offset < size:
@@ -129,6 +109,11 @@ class FrameOutput(ResponseOutput):
             self._held.append(piece)
             self._held_size += len(piece)
             if more or offset < size or self._held_size > _HOLD_LIMIT:
+                if self._start is not None and self._held_size >= DIRECT_THRESHOLD:
+                    if self._take_over():
+                        if offset < size:
+                            self.body(data[offset:], more)
+                        return
                 self._channel.send(self._take())
 
     def send_file(self, fd: int, offset: int, count: int | None) -> None:
@@ -137,13 +122,22 @@ class FrameOutput(ResponseOutput):
         self._channel.send(parts, fd)
 
     def end(self) -> None:
+        direct = self._direct
+        if direct is not None:
+            self._finish_direct(direct)
+            return
         report = self._before_end()
         start = self._start
         if start is not None:  # nothing sent yet: the whole response in one frame
             self._start = None
             body = b"".join(self._held)
             self._held.clear()
-            whole = serialise(self._raw, start[0], start[1], body) if self._raw else None
+            raw = self._raw
+            whole = (
+                serialise(raw.version, raw.head_request, start[0], start[1], body)
+                if raw is not None
+                else None
+            )
             if whole is not None:
                 frame = p.frame(p.RAW, self._rid, p.encode_raw(*whole))
             else:
@@ -159,10 +153,62 @@ class FrameOutput(ResponseOutput):
         # Headers not sent yet were never seen: drop them, so the answer is a clean 500.
         self._start = None
         self._held.clear()
+        if self._direct is not None:  # the head is out: the client must see a cut response
+            self._direct.close()
+            self._direct = None
         report = self._before_end()
         self._channel.send(
             [report, p.frame(p.ERROR, self._rid, message.encode("utf-8", "replace"))]
         )
+
+    # -- direct writes --------------------------------------------------------
+
+    def _take_over(self) -> bool:
+        """Ask for the client socket; True if the response is now written directly."""
+        raw = self._raw
+        start = self._start
+        if raw is None or raw.head_request or start is None or start[0][:3] in ("204", "304"):
+            return False
+        self._channel.send([p.frame(p.TAKEOVER, self._rid)])
+        self.wait_until(self._answered)
+        answer = self._answer
+        if answer is None or answer[0] < 0:
+            return False  # declined, or cancelled while asking
+        self._start = None
+        direct = DirectWriter(answer[0], raw.version, answer[1], start[0], start[1], self._progress)
+        self._direct = direct
+        held = self._held
+        self._held = []
+        self._held_size = 0
+        self._write_direct(direct, held)
+        return True
+
+    def _answered(self) -> bool:
+        return self._answer is not None or self.cancelled
+
+    def _write_direct(self, direct: DirectWriter, chunks: list[bytes]) -> None:
+        if self.cancelled:
+            return
+        try:
+            direct.write(chunks)
+        except ClientGone:
+            self.cancel()
+
+    def _finish_direct(self, direct: DirectWriter) -> None:
+        complete = False
+        if not self.cancelled:
+            try:
+                complete = direct.finish()
+            except ClientGone:
+                self.cancel()
+        direct.close()
+        self._direct = None
+        report = self._before_end()
+        done = p.encode_done(direct.written, direct.status, complete and not self.cancelled)
+        self._channel.send([report, p.frame(p.DONE, self._rid, done)])
+
+    def _progress(self) -> None:
+        self._channel.send([p.frame(p.PROGRESS, self._rid)])
 
     def _take(self) -> list[bytes]:
         """Frames for what is held: START if it has not left yet, then the held chunks."""

@@ -212,6 +212,17 @@ class Worker:
             if now - inline[1] >= RESCUE_AFTER:
                 self._rescue()
 
+    def _hand_off_if_due(self, already: bool) -> bool:
+        """Give the queued requests to the request threads once that is due."""
+        if already or not self._hand_off_due():
+            return already
+        with self._lock:
+            waiting = list(self._pending)
+            self._pending.clear()
+        for job in waiting:
+            self.queue.put(job)
+        return True
+
     def _hand_off_due(self) -> bool:
         """Whether the requests queued behind the inline one should go to other threads."""
         inline = self._inline
@@ -225,24 +236,39 @@ class Worker:
 
     def _rescue(self) -> None:
         """The reader is busy: read for it, and let the others in when that helps."""
+        handing_off = self._hand_off_if_due(False)
         if not self._lead.acquire(blocking=False):
-            return
+            return  # someone reads already (a request thread waiting for credit)
         try:
             sock = self.channel.sock
-            handing_off = False
             while self._inline is not None:
-                if not handing_off and self._hand_off_due():
-                    handing_off = True
-                    with self._lock:
-                        waiting = list(self._pending)
-                        self._pending.clear()
-                    for job in waiting:
-                        self.queue.put(job)
+                handing_off = self._hand_off_if_due(handing_off)
                 readable, _, _ = select.select([sock], [], [], 0.005)
                 if readable:
                     self._read(self.queue.put if handing_off else self._pending.append)
         finally:
             self._lead.release()
+
+    def wait_for(self, cond: threading.Condition, ready: Callable[[], bool]) -> None:
+        """A request thread needs a frame from the main process (credit, the socket).
+
+        If nobody is reading, it reads itself (handing any new request to the
+        request threads, since it is busy) rather than wait for the watchdog.
+        """
+        while True:
+            with cond:
+                if ready():
+                    return
+            if self._lead.acquire(blocking=False):
+                try:
+                    while not ready():
+                        self._read(self.queue.put)
+                finally:
+                    self._lead.release()
+                return
+            with cond:
+                if not ready():
+                    cond.wait(0.01)
 
     def _request_loop(self) -> None:
         while True:
@@ -313,7 +339,7 @@ class Worker:
             raw = (
                 RawHead(facts.version, facts.method == "HEAD") if flags & p.FLAG_RAW_HEAD else None
             )
-            output = FrameOutput(self.channel, rid, credit, self._end_report, raw)
+            output = FrameOutput(self.channel, rid, credit, self._end_report, raw, self.wait_for)
             job = _Job(rid, facts, body, body_fd, output)
             with self._lock:
                 self.jobs[rid] = job
@@ -326,6 +352,14 @@ class Worker:
             pending = self.jobs.get(rid)
             if pending is not None:
                 pending.output.cancel()
+        elif kind in (p.SOCKET, p.DECLINE):
+            fd = self.channel.take_fd() if kind == p.SOCKET else -1
+            keep_alive = bool(payload[:1] == b"\x01")
+            pending = self.jobs.get(rid)
+            if pending is not None:
+                pending.output.answer(fd, keep_alive)
+            elif fd >= 0:
+                os.close(fd)
         elif kind == p.DUMP:
             self._dump(rid)
         elif kind == p.STOP:

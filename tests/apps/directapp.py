@@ -1,0 +1,90 @@
+"""Large streamed responses, which a worker writes straight to the client's socket.
+
+- ``/stream?size=N&length=L``: N bytes of a position-dependent pattern in 64 KiB
+  chunks, with a declared Content-Length L when given (L may differ from N).
+- ``/fail?after=K``: K chunks, then an exception.
+- ``/stall?after=K&flag=F``: K chunks, then waits (at most 30 s) for file F.
+- ``/pid``: the worker's pid.
+
+``close`` in the query names a file that close() appends to.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from urllib.parse import parse_qs
+
+CHUNK = 64 * 1024
+
+
+def pattern(start: int, size: int) -> bytes:
+    """Bytes that differ with their position, so a misplaced byte is seen."""
+    return bytes((start + i) * 7 % 251 for i in range(size))
+
+
+_PATTERN = pattern(0, 251 * 1024)  # the pattern repeats every 251 bytes
+
+
+def chunk_at(offset: int, size: int) -> bytes:
+    start = offset % 251
+    return _PATTERN[start : start + size]
+
+
+def stream(size: int):
+    offset = 0
+    while offset < size:
+        step = min(CHUNK, size - offset)
+        yield chunk_at(offset, step)
+        offset += step
+
+
+class Closing:
+    def __init__(self, chunks, path: str | None) -> None:
+        self._chunks = chunks
+        self._path = path
+
+    def __iter__(self):
+        return iter(self._chunks)
+
+    def close(self) -> None:
+        if self._path:
+            with open(self._path, "a") as file:
+                file.write("closed\n")
+
+
+def _fail(after: int):
+    for index in range(after):
+        yield chunk_at(index * CHUNK, CHUNK)
+    raise RuntimeError("failed in the middle of a stream")
+
+
+def _stall(after: int, flag: str):
+    for index in range(after):
+        yield chunk_at(index * CHUNK, CHUNK)
+    deadline = time.monotonic() + 30
+    while not os.path.exists(flag) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    yield chunk_at(after * CHUNK, CHUNK)
+
+
+def app(environ, start_response):
+    query = {k: v[0] for k, v in parse_qs(environ.get("QUERY_STRING", "")).items()}
+    path = environ["PATH_INFO"]
+    headers = [("Content-Type", "application/octet-stream")]
+    if path == "/pid":
+        body = str(os.getpid()).encode()
+        start_response("200 OK", [("Content-Length", str(len(body)))])
+        return [body]
+    if "length" in query:
+        headers.append(("Content-Length", query["length"]))
+    start_response("200 OK", headers)
+    if path == "/stream":
+        chunks = stream(int(query["size"]))
+    elif path == "/fail":
+        chunks = _fail(int(query["after"]))
+    elif path == "/stall":
+        chunks = _stall(int(query["after"]), query["flag"])
+    else:
+        chunks = iter([b"unknown path\n"])
+    return Closing(chunks, query.get("close"))
