@@ -28,12 +28,18 @@ class BodyTooLarge(Exception):
 
 
 class Body:
-    """A request body: `data` when in memory, else `file` (positioned at 0)."""
+    """A request body: `chunks` as received when in memory, else `file` (positioned at 0).
 
-    __slots__ = ("data", "file", "length")
+    The chunks are kept apart: the process executor sends them to the worker
+    scatter-gather, so a body is never joined in the main process.
+    """
 
-    def __init__(self, data: bytes = b"", file: IO[bytes] | None = None, length: int = 0) -> None:
-        self.data = data
+    __slots__ = ("chunks", "file", "length")
+
+    def __init__(
+        self, chunks: list[bytes] | None = None, file: IO[bytes] | None = None, length: int = 0
+    ) -> None:
+        self.chunks = chunks or []
         self.file = file
         self.length = length
 
@@ -42,7 +48,8 @@ class Body:
         if self.file is not None:
             file, self.file = self.file, None
             return file
-        return io.BytesIO(self.data)
+        chunks = self.chunks
+        return io.BytesIO(chunks[0] if len(chunks) == 1 else b"".join(chunks))
 
     def close(self) -> None:
         if self.file is not None:
@@ -72,8 +79,7 @@ async def read_body(request: web.BaseRequest, memory_limit: int, max_size: int) 
             return await _spool(request, chunks, size, max_size)
     if not chunks:
         return EMPTY
-    data = chunks[0] if len(chunks) == 1 else b"".join(chunks)
-    return Body(data=data, length=size)
+    return Body(chunks=chunks, length=size)
 
 
 async def _spool(request: web.BaseRequest, chunks: list[bytes], size: int, max_size: int) -> Body:

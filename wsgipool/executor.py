@@ -195,7 +195,9 @@ class ProcessExecutor:
             str(facts.content_length).encode("latin-1"),
         )
         try:
-            frame = p.encode_request(rid, RESPONSE_WINDOW, flags, fields, facts.headers, body.data)
+            frame = p.encode_request(
+                rid, RESPONSE_WINDOW, flags, fields, facts.headers, body.chunks
+            )
             worker.send_request(rid, exchange, frame, file.fileno() if file is not None else -1)
         finally:
             body.close()

@@ -292,19 +292,20 @@ def encode_request(
     flags: int,
     fields: Sequence[bytes],
     headers: Sequence[tuple[bytes, bytes]],
-    body: bytes = b"",
-) -> bytes:
-    """A REQUEST frame: the request's fixed fields, its header bytes as received, the body.
+    body: Sequence[bytes] = (),
+) -> list[bytes]:
+    """A REQUEST frame, as parts to write in order: head, then the body's chunks.
 
-    Everything travels as one blob after a table of lengths, so encoding and
-    decoding are a handful of C calls, not one per item; nothing is decoded
-    or re-encoded here: the worker makes the environ out of the bytes.
+    The fields and headers travel as one blob after a table of lengths, so
+    encoding and decoding are a handful of C calls, not one per item, and
+    nothing is decoded or re-encoded here: the worker makes the environ out of
+    the bytes. The body's chunks are separate parts, for a scatter-gather write.
     """
     strings = [*fields, *chain.from_iterable(headers)]
     table = struct.pack(f"!IBH{len(strings)}I", credit, flags, len(headers), *map(len, strings))
     blob = b"".join(strings)
-    size = len(table) + len(blob) + len(body)
-    return b"".join((HEADER.pack(VERSION, REQUEST, request_id, size), table, blob, body))
+    size = len(table) + len(blob) + sum(map(len, body))
+    return [b"".join((HEADER.pack(VERSION, REQUEST, request_id, size), table, blob)), *body]
 
 
 def decode_request(
@@ -412,6 +413,12 @@ def encode_raw(head: bytes, body: bytes) -> bytes:
     return _U32.pack(len(head)) + head + body
 
 
+def raw_frame(request_id: int, head: bytes, body: bytes) -> list[bytes]:
+    """A whole RAW frame as parts for a scatter-gather write: the body is not copied."""
+    size = 4 + len(head) + len(body)
+    return [HEADER.pack(VERSION, RAW, request_id, size) + _U32.pack(len(head)) + head, body]
+
+
 _RAW_HEAD = re.compile(
     rb"HTTP/1\.[01] ([1-9][0-9][0-9])(?: [^\x00-\x08\x0a-\x1f\x7f]*)?\r\n"
     rb"(?:[!#$%&'*+\-.^_`|~0-9A-Za-z]+: [^\x00-\x08\x0a-\x1f\x7f]*\r\n)*\r\n"
@@ -424,7 +431,7 @@ _RAW_FORBIDDEN = re.compile(
 _RAW_LENGTH = re.compile(rb"\r\ncontent-length: ([0-9]+)(?=\r\n)", re.IGNORECASE)
 
 
-def decode_raw(payload: bytes, head_request: bool) -> tuple[int, int, bytes]:
+def decode_raw(payload: bytes, head_request: bool) -> tuple[int, int, memoryview]:
     """(status code, head size, bytes to write) from a RAW payload, validated like START.
 
     The head must be a well-formed HTTP/1.x head with no control characters,
@@ -437,8 +444,8 @@ def decode_raw(payload: bytes, head_request: bool) -> tuple[int, int, bytes]:
     (head_size,) = _U32.unpack_from(payload, 0)
     if 4 + head_size > len(payload):
         raise ProtocolError("RAW head runs past the payload")
-    data = payload[4:]
-    head = data[:head_size]
+    data = memoryview(payload)[4:]  # written as it is: no copy
+    head = payload[4 : 4 + head_size]
     match = _RAW_HEAD.fullmatch(head)
     if match is None:
         raise ProtocolError("RAW head is not a well-formed HTTP/1.x head")

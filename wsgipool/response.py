@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-from typing import IO, Any
+from typing import IO, Any, cast
 
 from aiohttp import web
 from aiohttp.abc import AbstractStreamWriter
@@ -74,16 +74,23 @@ class _RawResponse(web.StreamResponse):
     change the headers.
     """
 
-    def __init__(self, request: web.BaseRequest, code: int, head_size: int, data: bytes) -> None:
+    def __init__(
+        self, request: web.BaseRequest, code: int, head_size: int, data: memoryview
+    ) -> None:
         super().__init__(status=code)
         keep_alive = request.keep_alive
         version = request.version
         # aiohttp's rule for the Connection header, which the worker leaves to us.
+        line = b""
         if version == (1, 1) and not keep_alive:
-            data = data[: head_size - 2] + b"Connection: close\r\n" + data[head_size - 2 :]
+            line = b"Connection: close\r\n"
         elif version == (1, 0) and keep_alive:
-            data = data[: head_size - 2] + b"Connection: keep-alive\r\n" + data[head_size - 2 :]
-        self._data = data
+            line = b"Connection: keep-alive\r\n"
+        if line:
+            cut = head_size - 2  # before the blank line that ends the head
+            self._data: bytes | memoryview = b"".join((data[:cut], line, data[cut:]))
+        else:
+            self._data = data
         self._keep_alive = keep_alive
 
     async def prepare(self, request: web.BaseRequest) -> AbstractStreamWriter | None:
@@ -99,7 +106,9 @@ class _RawResponse(web.StreamResponse):
             return
         writer = self._payload_writer
         assert writer is not None, "prepare() first"
-        await writer.write_eof(self._data)
+        # Typed as bytes, but the writer hands it to transport.write(), which takes any
+        # buffer: a view of the frame (immutable bytes) is written without a copy.
+        await writer.write_eof(cast(bytes, self._data))
         self._eof_sent = True
         self._req = None
         self._body_length = writer.output_size

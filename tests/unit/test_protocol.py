@@ -240,7 +240,7 @@ header_pairs = st.lists(
     st.binary(max_size=500),
 )
 def test_request_round_trip(rid, credit, flags, fields, headers, body):
-    wire = p.encode_request(rid, credit, flags, fields, headers, body)
+    wire = b"".join(p.encode_request(rid, credit, flags, fields, headers, [body]))
     [(kind, got_rid, payload)] = p.FrameDecoder(p.TO_WORKER).feed(wire)
     assert (kind, got_rid) == (p.REQUEST, rid)
     got_credit, got_flags, got_fields, got_headers, got_body = p.decode_request(payload)
@@ -264,7 +264,7 @@ def test_decode_request_of_garbage_raises_only_protocol_error(payload):
 
 @given(request_fields, header_pairs, st.data())
 def test_request_cut_inside_the_fields_is_rejected(fields, headers, data):
-    wire = p.encode_request(1, 5, 0, fields, headers)
+    wire = b"".join(p.encode_request(1, 5, 0, fields, headers))
     payload = wire[p.HEADER_SIZE :]
     stop = data.draw(st.integers(min_value=0, max_value=len(payload) - 1))
     with pytest.raises(p.ProtocolError, match=r"^REQUEST (payload|fields|length)"):
@@ -565,3 +565,10 @@ def test_raw_garbage_raises_only_protocol_error(payload, head_request):
     except p.ProtocolError:
         return
     assert 200 <= code <= 999 and head_size <= len(data)
+
+
+def test_raw_frame_parts_are_the_encoded_frame():
+    parts = p.raw_frame(7, OK_HEAD, b"hello")
+    [(kind, rid, payload)] = p.FrameDecoder(p.FROM_WORKER).feed(b"".join(parts))
+    assert (kind, rid) == (p.RAW, 7)
+    assert payload == p.encode_raw(OK_HEAD, b"hello")

@@ -59,22 +59,23 @@ class AsyncChannel:
 
     # -- writing -----------------------------------------------------------------
 
-    def send(self, data: bytes) -> None:
-        """Queue frames; they leave at the end of this loop iteration."""
+    def send(self, data: bytes | list[bytes]) -> None:
+        """Queue a frame (or its parts); frames leave at the end of this loop iteration."""
         if self.closed:
             return
+        parts = data if isinstance(data, list) else [data]
         if self._out and self._out_fds[-1] < 0:
-            self._out[-1].append(data)
+            self._out[-1].extend(parts)
         else:
-            self._out.append([data])
+            self._out.append(list(parts))
             self._out_fds.append(-1)
         self._schedule_flush()
 
-    def send_fd(self, data: bytes, fd: int) -> None:
+    def send_fd(self, data: bytes | list[bytes], fd: int) -> None:
         """Queue a frame that carries a copy of `fd`; the caller keeps its own."""
         if self.closed:
             return
-        self._out.append([data])
+        self._out.append(list(data) if isinstance(data, list) else [data])
         self._out_fds.append(os.dup(fd))
         self._schedule_flush()
 

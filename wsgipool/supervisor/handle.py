@@ -137,7 +137,9 @@ class WorkerHandle:
 
     # -- commands ----------------------------------------------------------------
 
-    def send_request(self, rid: int, exchange: ev.Exchange, frame: bytes, body_fd: int) -> None:
+    def send_request(
+        self, rid: int, exchange: ev.Exchange, frame: list[bytes], body_fd: int
+    ) -> None:
         self.inflight[rid] = exchange
         self.dispatched += 1
         if body_fd >= 0:

@@ -139,10 +139,10 @@ class FrameOutput(ResponseOutput):
                 else None
             )
             if whole is not None:
-                frame = p.frame(p.RAW, self._rid, p.encode_raw(*whole))
+                self._channel.send([report, *p.raw_frame(self._rid, *whole)])
             else:
-                frame = p.frame(p.RESPONSE, self._rid, p.encode_response(start[0], start[1], body))
-            self._channel.send([report, frame])
+                payload = p.encode_response(start[0], start[1], body)
+                self._channel.send([report, p.frame(p.RESPONSE, self._rid, payload)])
             return
         parts = self._take()
         parts.append(report)
