@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import socket
 import sys
 import types
@@ -70,6 +71,7 @@ class TemplateProcess:
             name="wsgipool-template",
             daemon=True,
         )
+        _stand_in_resource_tracker()
         with _main_module_hidden():
             process.start()
         theirs.close()
@@ -184,3 +186,30 @@ def _main_module_hidden() -> Iterator[None]:
     finally:
         if real is not None:
             sys.modules["__main__"] = real
+
+
+_tracker_pipe: list[int] = []  # the read end of the stand-in, drained at each start
+
+
+def _stand_in_resource_tracker() -> None:
+    """Keep multiprocess from starting its resource tracker process (about 12 MiB PSS).
+
+    It tracks named semaphores and shared memory, which wsgipool never creates.
+    A pipe stands in for its socket: multiprocess probes it before each spawn
+    and hands it to the child; whatever is written there is drained and dropped.
+    """
+    from multiprocess import resource_tracker
+
+    tracker = resource_tracker._resource_tracker
+    if tracker._fd is None:
+        read_end, write_end = os.pipe()
+        os.set_blocking(read_end, False)
+        os.set_inheritable(read_end, False)
+        tracker._fd = write_end
+        _tracker_pipe.append(read_end)
+    for read_end in _tracker_pipe:
+        try:
+            while os.read(read_end, 65536):
+                pass
+        except BlockingIOError:
+            pass
