@@ -110,7 +110,10 @@ class WSGIHandler:
         declared = request.content_length
         if declared is not None and declared > self._max_body:
             return error_response(413, close=True)
-        if "Expect" in request.headers and not isinstance(request, web.Request):
+        # No router: aiohttp's low-level server. (A type check, not isinstance: requests
+        # are MutableMappings, and isinstance() against those is ten times slower.)
+        routed = type(request) is not web.BaseRequest
+        if "Expect" in request.headers and not routed:
             # No router ran an expect handler (aiohttp's low-level server): answer it here.
             refusal = await _answer_expect(request)
             if refusal is not None:
@@ -128,7 +131,7 @@ class WSGIHandler:
             extras = {"aiohttp.request": request, "asyncio.executor": self._executor}
         # Without a router there are no on_response_prepare hooks to honour, so a
         # worker may send a whole response with its head already serialised.
-        raw_ok = not isinstance(request, web.Request)
+        raw_ok = not routed
         try:
             exchange = await self._backend.submit(facts, body, extras, raw_ok)
         except Unavailable as exc:

@@ -24,6 +24,7 @@ __all__ = ["AsyncChannel"]
 _RECV_SIZE = 256 * 1024
 _MAX_FDS = 32
 _ANC_SIZE = socket.CMSG_SPACE(_MAX_FDS * array.array("i").itemsize)
+_MSG_CTRUNC = int(socket.MSG_CTRUNC)  # a plain int: IntFlag's & runs Python code per read
 _BLOCKED = (BlockingIOError, InterruptedError)
 
 FrameHandler = Callable[[list[tuple[int, int, bytes]]], None]
@@ -138,7 +139,7 @@ class AsyncChannel:
                 received = array.array("i")
                 received.frombytes(payload[: len(payload) - (len(payload) % received.itemsize)])
                 self.fds.extend(received)
-        if flags & socket.MSG_CTRUNC:
+        if flags & _MSG_CTRUNC:
             self._close(p.ProtocolError("descriptors from the peer were truncated"))
             return
         if not size:

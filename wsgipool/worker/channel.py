@@ -19,6 +19,7 @@ __all__ = ["BlockingChannel", "ChannelClosed"]
 _RECV_SIZE = 256 * 1024
 _MAX_FDS = 32
 _ANC_SIZE = socket.CMSG_SPACE(_MAX_FDS * array.array("i").itemsize)
+_MSG_CTRUNC = int(socket.MSG_CTRUNC)  # a plain int: IntFlag's & runs Python code per read
 
 
 class ChannelClosed(Exception):
@@ -41,7 +42,7 @@ class BlockingChannel:
                 fds = array.array("i")
                 fds.frombytes(payload[: len(payload) - (len(payload) % fds.itemsize)])
                 self.fds.extend(fds)
-        if flags & socket.MSG_CTRUNC:
+        if flags & _MSG_CTRUNC:
             raise ChannelClosed("a descriptor sent by the main process was truncated")
         if not size:
             raise ChannelClosed("the main process closed the connection")
