@@ -26,6 +26,7 @@ __all__ = [
     "NotMounted",
     "RequestFacts",
     "build_environ",
+    "facts_from_fields",
     "http_key",
 ]
 
@@ -82,6 +83,27 @@ class RequestFacts:
         self.content_length = content_length
         self.keep_alive = keep_alive
         self.headers = headers  # (name, value) bytes, as received
+
+
+def facts_from_fields(
+    fields: Sequence[bytes], headers: Sequence[tuple[bytes, bytes]], keep_alive: bool
+) -> RequestFacts:
+    """RequestFacts from the fixed fields the main process collects (protocol.REQUEST_FIELDS)."""
+    method, target, version, scheme, server_name, server_port, addr, port, prefix, length = fields
+    return RequestFacts(
+        method.decode("latin-1"),
+        target,
+        version.decode("latin-1"),
+        scheme.decode("latin-1"),
+        server_name.decode("latin-1"),
+        server_port.decode("latin-1"),
+        addr.decode("latin-1"),
+        port.decode("latin-1"),
+        prefix or None,
+        int(length) if length.isdigit() else 0,
+        keep_alive,
+        headers,
+    )
 
 
 class TrustedPeers:

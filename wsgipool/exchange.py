@@ -28,6 +28,9 @@ __all__ = [
     "Unavailable",
 ]
 
+#: Bytes of response a worker or app thread may send ahead of the client, per request.
+RESPONSE_WINDOW: Final = 1024 * 1024
+
 # Event kinds.  START: (code, reason, headers); DATA: bytes;
 # FILE: (fd, offset, count or None); END: None; ERROR: (http status, message);
 # RESPONSE: (code, reason, headers, body), a whole response at once;

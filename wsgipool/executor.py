@@ -18,9 +18,10 @@ from typing import Any
 from wsgipool import exchange as ev
 from wsgipool import protocol as p
 from wsgipool.body import Body
-from wsgipool.cgi import EnvironOptions, RequestFacts
+from wsgipool.cgi import EnvironOptions
 from wsgipool.config import ConfigError, PoolConfig
 from wsgipool.dispatch import Dispatcher, QueueFull, QueueTimeout
+from wsgipool.environ import Collected
 from wsgipool.loader import AppImportError, find_import_name
 from wsgipool.supervisor.handle import WorkerHandle
 from wsgipool.supervisor.supervisor import Supervisor
@@ -28,10 +29,6 @@ from wsgipool.supervisor.supervisor import Supervisor
 __all__ = ["ProcessExecutor"]
 
 logger = logging.getLogger("wsgipool.executor")
-
-#: Bytes of response a worker may send ahead of the client, per request.
-RESPONSE_WINDOW = 1024 * 1024
-_CANCEL = p.frame(p.CANCEL, 0)
 
 
 class ProcessExecutor:
@@ -47,8 +44,6 @@ class ProcessExecutor:
         self.config = PoolConfig(**options)
         if self.config.workers < 1:
             raise ConfigError("ProcessExecutor needs workers >= 1 (workers=0 means no pool)")
-        if self.config.max_rss is None and self.config.max_rss_hard is None:
-            pass
         self.log_level = log_level
         self._app_ref: str | bytes | None = None
         self._options = EnvironOptions()
@@ -148,9 +143,21 @@ class ProcessExecutor:
 
     # -- requests (the handler's side) --------------------------------------------------
 
+    def submit_now(
+        self, collected: Collected, body: Body, _extras: object = None, raw_ok: bool = False
+    ) -> ev.Exchange | None:
+        """Send the request if a worker thread is free now; None means: wait with `submit`."""
+        if self._supervisor is None:
+            return None
+        worker = self._dispatcher.try_acquire()
+        if worker is None:
+            return None
+        return self._send(worker, collected, body, raw_ok)
+
     async def submit(
-        self, facts: RequestFacts, body: Body, _extras: object = None, raw_ok: bool = False
+        self, collected: Collected, body: Body, _extras: object = None, raw_ok: bool = False
     ) -> ev.Exchange:
+        """Send the request to a worker, waiting in the queue for a free thread if need be."""
         if self._supervisor is None:
             if self._stopped:
                 body.close()
@@ -168,35 +175,24 @@ class ProcessExecutor:
                 if worker.alive:
                     self._dispatcher.release(worker)
                 worker = None
-        loop = asyncio.get_running_loop()
+        return self._send(worker, collected, body, raw_ok)
+
+    def _send(
+        self, worker: WorkerHandle, collected: Collected, body: Body, raw_ok: bool
+    ) -> ev.Exchange:
         self._next_rid = rid = (self._next_rid % 0xFFFFFFFF) + 1
-        exchange = ev.Exchange(loop, self, rid)
+        exchange = ev.Exchange(worker.loop, self, rid)
         exchange.owner = worker
-        exchange.facts = facts
+        exchange.facts = collected
         file = body.file
         flags = p.FLAG_RAW_HEAD if raw_ok else 0
         if file is not None:
             flags |= p.FLAG_BODY_FD
-        if facts.keep_alive:
+        if collected.keep_alive:
             flags |= p.FLAG_KEEP_ALIVE
-        prefix = facts.prefix
-        if prefix is not None:
-            flags |= p.FLAG_PREFIX
-        fields = (
-            facts.method.encode("latin-1"),
-            facts.target,
-            facts.version.encode("latin-1"),
-            facts.scheme.encode("latin-1"),
-            facts.server_name.encode("latin-1"),
-            facts.server_port.encode("latin-1"),
-            facts.remote_addr.encode("latin-1"),
-            facts.remote_port.encode("latin-1"),
-            prefix or b"",
-            str(facts.content_length).encode("latin-1"),
-        )
         try:
             frame = p.encode_request(
-                rid, RESPONSE_WINDOW, flags, fields, facts.headers, body.chunks
+                rid, ev.RESPONSE_WINDOW, flags, collected.fields, collected.headers, body.chunks
             )
             worker.send_request(rid, exchange, frame, file.fileno() if file is not None else -1)
         finally:

@@ -23,7 +23,7 @@ from wsgipool import exchange as ev
 from wsgipool.body import EMPTY as EMPTY_BODY
 from wsgipool.body import BodyTooLarge, read_body
 from wsgipool.cgi import EnvironOptions
-from wsgipool.environ import request_facts
+from wsgipool.environ import collect
 from wsgipool.exchange import Unavailable
 from wsgipool.loader import load_app
 from wsgipool.response import error_response, write_response
@@ -36,8 +36,6 @@ __all__ = ["WSGIHandler"]
 
 logger = logging.getLogger("wsgipool.handler")
 
-#: Bytes of response a worker or app thread may send ahead of the client.
-RESPONSE_WINDOW = 1024 * 1024
 #: Bodies up to this size travel inside the request frame to a worker.
 INLINE_BODY_LIMIT = 4 * 1024 * 1024
 _WATCH_INTERVAL = 0.5
@@ -97,7 +95,7 @@ class WSGIHandler:
             if not callable(app):
                 raise TypeError(f"application must be callable, got {type(app).__name__}")
             self._backend = ThreadBackend(
-                app, executor, options, stderr=stderr, window=RESPONSE_WINDOW
+                app, executor, options, stderr=stderr, window=ev.RESPONSE_WINDOW
             )
             self._memory_limit = inbuf_overflow
             self._in_process = True
@@ -125,15 +123,18 @@ class WSGIHandler:
                 return error_response(413, close=True)
         else:
             body = EMPTY_BODY
-        facts = request_facts(request, body.length)
+        collected = collect(request, body.length)
         extras: dict[str, Any] | None = None
         if self._in_process:
             extras = {"aiohttp.request": request, "asyncio.executor": self._executor}
         # Without a router there are no on_response_prepare hooks to honour, so a
         # worker may send a whole response with its head already serialised.
         raw_ok = not routed
+        backend = self._backend
         try:
-            exchange = await self._backend.submit(facts, body, extras, raw_ok)
+            exchange = backend.submit_now(collected, body, extras, raw_ok)
+            if exchange is None:  # no free worker thread: wait in the queue
+                exchange = await backend.submit(collected, body, extras, raw_ok)
         except Unavailable as exc:
             body.close()
             logger.warning("%s %s: 503, %s", request.method, request.path, exc)

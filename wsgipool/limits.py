@@ -28,10 +28,12 @@ _TIMEOUT_RESPONSE = (
 
 
 class _GuardedRequestHandler(RequestHandler):
-    __slots__ = ("_head_bytes", "_head_mark", "_line_length")
+    __slots__ = ("_head_bytes", "_head_mark", "_line_length", "wsgi_connection")
 
     def __init__(self, manager: web.Server, **kwargs: Any) -> None:
         super().__init__(manager, **kwargs)
+        # The connection's encoded addresses, kept by wsgipool.environ for its requests.
+        self.wsgi_connection: tuple[bytes, ...] | None = None
         # Length of the current head's request line: None while no newline was
         # seen, -1 when unknown (the head began inside a packet after a body).
         self._line_length: int | None = None

@@ -101,11 +101,10 @@ TO_TEMPLATE: Final = frozenset({SPAWN, SHUTDOWN})
 FROM_TEMPLATE: Final = frozenset({SPAWNED, EXITED, READY, FAILED})
 
 #: REQUEST flags: the body is a file descriptor sent with this frame (SCM_RIGHTS);
-#: the connection stays open after the response; a router matched a prefix;
-#: the main process takes a whole response as a serialised head (RAW).
+#: the connection stays open after the response; the main process takes a whole
+#: response as a serialised head (RAW).
 FLAG_BODY_FD: Final = 1
 FLAG_KEEP_ALIVE: Final = 2
-FLAG_PREFIX: Final = 4
 FLAG_RAW_HEAD: Final = 8
 #: SOCKET flag: the connection may stay open after this response.
 FLAG_SOCKET_KEEP_ALIVE: Final = 1
@@ -423,12 +422,12 @@ _RAW_HEAD = re.compile(
     rb"HTTP/1\.[01] ([1-9][0-9][0-9])(?: [^\x00-\x08\x0a-\x1f\x7f]*)?\r\n"
     rb"(?:[!#$%&'*+\-.^_`|~0-9A-Za-z]+: [^\x00-\x08\x0a-\x1f\x7f]*\r\n)*\r\n"
 )
-_RAW_FORBIDDEN = re.compile(
-    rb"\r\n(?:transfer-encoding|connection|keep-alive|upgrade|te|trailers?"
-    rb"|proxy-authenticate|proxy-authorization):",
+# Every framing or hop-by-hop header line of a head, with its value.
+_RAW_FRAMING = re.compile(
+    rb"\r\n(content-length|transfer-encoding|connection|keep-alive|upgrade|te|trailers?"
+    rb"|proxy-authenticate|proxy-authorization): ([^\r\n]*)(?=\r\n)",
     re.IGNORECASE,
 )
-_RAW_LENGTH = re.compile(rb"\r\ncontent-length: ([0-9]+)(?=\r\n)", re.IGNORECASE)
 
 
 def decode_raw(payload: bytes, head_request: bool) -> tuple[int, int, memoryview]:
@@ -452,9 +451,11 @@ def decode_raw(payload: bytes, head_request: bool) -> tuple[int, int, memoryview
     code = int(match.group(1))
     if code < 200:
         raise ProtocolError(f"RAW: status {code} is informational, not a final response")
-    if _RAW_FORBIDDEN.search(head) is not None:
-        raise ProtocolError("RAW head has a hop-by-hop or framing header")
-    lengths = _RAW_LENGTH.findall(head)
+    lengths = []
+    for name, value in _RAW_FRAMING.findall(head):
+        if len(name) != 14 or name.lower() != b"content-length" or not value.isdigit():
+            raise ProtocolError("RAW head has a hop-by-hop or framing header")
+        lengths.append(value)
     body_size = len(data) - head_size
     if code in (204, 304):
         if lengths or body_size:

@@ -17,7 +17,8 @@ from typing import IO, Any
 
 from wsgipool import exchange as ev
 from wsgipool.body import Body
-from wsgipool.cgi import EnvironOptions, NotMounted, RequestFacts, build_environ
+from wsgipool.cgi import EnvironOptions, NotMounted, build_environ, facts_from_fields
+from wsgipool.environ import Collected
 from wsgipool.protocol import validate_status
 from wsgipool.wsgicall import ResponseOutput, WSGIApp, complete_environ, not_found, run_wsgi
 
@@ -110,22 +111,28 @@ class ThreadBackend:
         self.stderr = stderr
         self.window = window
 
-    async def submit(
-        self, facts: RequestFacts, body: Body, extras: dict[str, Any] | None, _raw_ok: bool
+    def submit_now(
+        self, collected: Collected, body: Body, extras: dict[str, Any] | None, _raw_ok: bool
     ) -> ev.Exchange:
+        """Hand the request to the executor's threads (their own queue does the waiting)."""
         loop = asyncio.get_running_loop()
         exchange = ev.Exchange(loop, self)
         output = _LoopOutput(loop, exchange, self.window)
         exchange.owner = output
         future = loop.run_in_executor(
-            self.executor, self._run, facts, body.stream(), extras, output
+            self.executor, self._run, collected, body.stream(), extras, output
         )
         future.add_done_callback(_log_failure)
         return exchange
 
+    async def submit(
+        self, collected: Collected, body: Body, extras: dict[str, Any] | None, raw_ok: bool
+    ) -> ev.Exchange:
+        return self.submit_now(collected, body, extras, raw_ok)
+
     def _run(
         self,
-        facts: RequestFacts,
+        collected: Collected,
         stream: IO[bytes],
         extras: dict[str, Any] | None,
         output: _LoopOutput,
@@ -133,6 +140,7 @@ class ThreadBackend:
         """In the app's thread: build the environ there, off the event loop, and call the app."""
         try:
             try:
+                facts = facts_from_fields(collected.fields, collected.headers, collected.keep_alive)
                 environ: dict[str, Any] = build_environ(facts, self.options)
             except NotMounted:
                 not_found(output)

@@ -36,7 +36,7 @@ _FINAL = frozenset({p.RAW, p.RESPONSE, p.END, p.ERROR, p.DONE})
 def _final_event(kind: int, payload: bytes, exchange: ev.Exchange | None) -> tuple[int, Any]:
     if kind == p.RAW:
         facts = exchange.facts if exchange is not None else None
-        head_request = facts is not None and facts.method == "HEAD"
+        head_request = facts is not None and facts.method == b"HEAD"
         return ev.RAW, p.decode_raw(payload, head_request)
     if kind == p.RESPONSE:
         return ev.RESPONSE, p.decode_response(payload)

@@ -19,7 +19,7 @@ from collections import deque
 from typing import Any, Protocol
 
 from wsgipool import protocol as p
-from wsgipool.cgi import EnvironOptions, RequestFacts
+from wsgipool.cgi import EnvironOptions
 from wsgipool.config import PoolConfig
 from wsgipool.supervisor import policy
 from wsgipool.supervisor.handle import WorkerHandle, WorkerState
@@ -585,6 +585,5 @@ class Supervisor:
 
 def _request_line(facts: object) -> str:
     """ "METHOD /target" of a request, for log lines."""
-    if isinstance(facts, RequestFacts):
-        return f"{facts.method} {facts.target.decode('latin-1')}"
-    return "(unknown request)"
+    line = getattr(facts, "request_line", None)
+    return line() if callable(line) else "(unknown request)"

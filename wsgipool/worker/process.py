@@ -26,7 +26,13 @@ from dataclasses import dataclass, field
 from typing import Any, NoReturn
 
 from wsgipool import protocol as p
-from wsgipool.cgi import EnvironOptions, NotMounted, RequestFacts, build_environ
+from wsgipool.cgi import (
+    EnvironOptions,
+    NotMounted,
+    RequestFacts,
+    build_environ,
+    facts_from_fields,
+)
 from wsgipool.worker.channel import BlockingChannel, ChannelClosed
 from wsgipool.worker.output import FrameOutput, RawHead
 from wsgipool.wsgicall import complete_environ, not_found, run_wsgi
@@ -335,7 +341,7 @@ class Worker:
         if kind == p.REQUEST:
             credit, flags, fields, headers, body = p.decode_request(payload)
             body_fd = self.channel.take_fd() if flags & p.FLAG_BODY_FD else -1
-            facts = _facts(fields, headers, flags)
+            facts = facts_from_fields(fields, headers, bool(flags & p.FLAG_KEEP_ALIVE))
             raw = (
                 RawHead(facts.version, facts.method == "HEAD") if flags & p.FLAG_RAW_HEAD else None
             )
@@ -423,25 +429,6 @@ class Worker:
         if not flags:
             return b""
         return p.frame(p.STATUS, 0, p.encode_status(rss, served, flags))
-
-
-def _facts(fields: list[bytes], headers: list[tuple[bytes, bytes]], flags: int) -> RequestFacts:
-    """RequestFacts from the fixed fields of a REQUEST frame (see protocol.REQUEST_FIELDS)."""
-    method, target, version, scheme, server_name, server_port, addr, port, prefix, length = fields
-    return RequestFacts(
-        method.decode("latin-1"),
-        target,
-        version.decode("latin-1"),
-        scheme.decode("latin-1"),
-        server_name.decode("latin-1"),
-        server_port.decode("latin-1"),
-        addr.decode("latin-1"),
-        port.decode("latin-1"),
-        prefix if flags & p.FLAG_PREFIX else None,
-        int(length) if length.isdigit() else 0,
-        bool(flags & p.FLAG_KEEP_ALIVE),
-        headers,
-    )
 
 
 def run_worker(app: Callable[..., Any], sock: Any, settings: WorkerSettings) -> NoReturn:
