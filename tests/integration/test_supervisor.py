@@ -788,3 +788,36 @@ def test_fault_app_module_reads_its_version_at_import(tmp_path, run_server):
         lambda: fetch(server.port, "/version").json["version"] == "v-file-2, longer", 20
     ), server.log
     assert Path(version_file).read_text().strip() == "v-file-2, longer"
+
+
+# -- the template process ------------------------------------------------------------------
+
+
+def test_template_killed_workers_keep_serving_and_it_is_restarted(run_server):
+    """SIGKILL to the template: no request fails, a new template takes over the spawning."""
+    server = run_server("faultapp:app", "--workers", "2", "--threads", "2")
+    main = psutil.Process(server.pid)
+    [template] = main.children()
+    workers = set(live_workers(server))
+    assert len(workers) == 2
+    template.kill()
+    answers = [fetch(server.port, "/pid").status for _ in range(6)]
+    assert answers == [200] * 6  # the old workers serve on
+    assert wait_for(lambda: log_lines(server, r"template \d+ imported the app .*generation 2"), 15)
+    # A worker that dies now is replaced from the new template.
+    assert fetch(server.port, "/exit?code=3").status == 502
+    [ready] = wait_for(lambda: log_lines(server, r"worker (\d+) ready in .*generation 2"), 15)
+    # The old workers lost their parent (they are still supervised through their
+    # sockets): one of them died, the other serves beside the new one.
+    survivors = [pid for pid in workers if psutil.pid_exists(pid) and _not_zombie(pid)]
+    assert len(survivors) == 1
+    assert psutil.pid_exists(int(ready.group(1)))
+    assert fetch(server.port, "/pid").status == 200
+    assert "template process" in server.log and "exited unexpectedly" in server.log
+
+
+def _not_zombie(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
