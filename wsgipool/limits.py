@@ -12,14 +12,18 @@ request, so keep-alive traffic pays nothing for it.
 from __future__ import annotations
 
 import asyncio
+import logging
+from http import HTTPStatus
 from typing import Any
 
 from aiohttp import web
-from aiohttp.http_exceptions import BadHttpMessage, LineTooLong
+from aiohttp.http_exceptions import BadHttpMessage, HttpProcessingError, LineTooLong
 from aiohttp.http_parser import RawRequestMessage
 from aiohttp.web_protocol import RequestHandler
 
 __all__ = ["GuardedAppRunner", "GuardedServer"]
+
+logger = logging.getLogger("wsgipool.server")
 
 _TIMEOUT_RESPONSE = (
     b"HTTP/1.1 408 Request Timeout\r\nConnection: close\r\n"
@@ -86,8 +90,16 @@ class _GuardedRequestHandler(RequestHandler):
         exc: BaseException | None = None,
         message: str | None = None,
     ) -> web.StreamResponse:
-        if status == 400 and exc is not None:
-            status = self._status_for(exc)
+        if isinstance(exc, HttpProcessingError):
+            # The client's fault: one line, not an ERROR with a traceback that any
+            # client could fill the log with.
+            if status == 400:
+                status = self._status_for(exc)
+            reason = (exc.message or type(exc).__name__).strip().splitlines()[0]
+            logger.info("%d for a malformed request from %s: %s", status, request.remote, reason)
+            response = web.Response(status=status, text=f"{status} {_phrase(status)}\n")
+            response.force_close()  # the stream cannot be trusted past a parse error
+            return response
         return super().handle_error(request, status, exc, message)
 
     def _status_for(self, exc: BaseException) -> int:
@@ -156,3 +168,10 @@ class GuardedAppRunner(web.AppRunner):
             header_timeout=self._header_timeout,
             **plain._kwargs,
         )
+
+
+def _phrase(status: int) -> str:
+    try:
+        return HTTPStatus(status).phrase
+    except ValueError:
+        return "Error"

@@ -223,3 +223,19 @@ def test_too_many_header_fields_is_431(run_server):
     response = rawhttp.parse_one(raw)
     assert response.status == 200
     assert json.loads(response.body)["HTTP_X_H4"] == "4"
+
+
+def test_malformed_requests_get_400_and_one_quiet_log_line(run_server):
+    """A client's garbage is answered and logged in one line, never as an ERROR traceback."""
+    server = run_server("envapp:app", "--workers", "0")
+    address = ("127.0.0.1", server.port)
+    garbage = [
+        b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03" + bytes(64),  # TLS on a plain port
+        b"GET / HTTP/1.1\r\nHost: x\r\nContent-Length: -5\r\n\r\n",
+        b"GET / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
+    ]
+    for data in garbage:
+        assert rawhttp.parse_one(rawhttp.exchange(address, data)).status == 400
+    assert server.request("GET", "/")[0] == 200
+    assert server.log.count("for a malformed request from 127.0.0.1") == 3
+    assert "Traceback" not in server.log
