@@ -125,6 +125,18 @@ def app(environ: dict[str, Any], start_response: StartResponse) -> Iterable[byte
     if path == "/exit":
         sys.stderr.flush()
         os._exit(_int(query, "code", 3))
+    if path == "/garbage":
+        # Write bytes that are no frame into this worker's channel to the main process,
+        # as a corrupted or compromised worker might: the main process must kill it.
+        import gc
+
+        from wsgipool.worker.channel import BlockingChannel
+
+        channels = [obj for obj in gc.get_objects() if isinstance(obj, BlockingChannel)]
+        live = [channel for channel in channels if channel.sock.fileno() != -1]
+        live[0].sock.sendall(b"\xff" * 64)
+        time.sleep(5)  # the main process kills this worker before this ends
+        return _json(start_response, {"pid": pid, "survived": True})
     if path == "/segv":
         os.kill(pid, signal.SIGSEGV)
         time.sleep(5)  # the signal is delivered before this ends

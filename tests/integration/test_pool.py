@@ -151,3 +151,23 @@ def test_full_queue_and_queue_timeout_answer_503_with_retry_after(run_server):
     assert "no worker thread became free within 1s" in log, log  # the queue timeout
     # The server serves normally afterwards.
     assert get(server.port, "/hello")[0] == 200
+
+
+def test_a_worker_sending_garbage_is_killed_and_only_its_request_fails(run_server):
+    """Bytes that are no frame: that worker is killed, its request gets 502, others carry on."""
+    server = run_server("faultapp:app", "--workers", "2", "--threads", "2")
+    with ThreadPoolExecutor(4) as pool:
+        slow = [pool.submit(server.request, "GET", f"/slow?ms=800&n={i}") for i in range(2)]
+        time.sleep(0.2)  # the slow ones are running, on both workers
+        bad = server.request("GET", "/garbage")
+        statuses = [future.result()[0] for future in slow]
+    assert bad[0] == 502
+    # A slow request on the killed worker fails too (it was in flight there); one
+    # on the other worker succeeds: at least one 200.
+    assert 200 in statuses
+    assert "protocol error" in server.log and "unsupported protocol version 255" in server.log
+    assert server.request("GET", "/hello")[0] == 200
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and server.log.count(" ready in ") < 3:
+        time.sleep(0.05)
+    assert server.log.count(" ready in ") >= 3  # a replacement started
