@@ -89,9 +89,11 @@ class _RssProbe:
 #: How long the reader may run a request that waits (on I/O, on credit) before the
 #: watchdog hands the requests queued behind it to the request threads.
 RESCUE_AFTER = 0.001
-#: The same for a request that computes: handing off CPU-bound work only adds GIL
+#: The same when the process computes: handing off CPU-bound work only adds GIL
 #: contention (about 10% of a 2 ms request, measured), so it waits longer, for fairness.
 CPU_RESCUE_AFTER = 0.05
+#: How often the watchdog looks while the process computes (each look takes the GIL).
+_COMPUTING_LOOK = 0.005
 #: How long the watchdog stays awake without inline work before it waits for some.
 _WATCHDOG_IDLE = 1.0
 
@@ -102,10 +104,11 @@ class Worker:
     The reader thread runs the requests it reads itself, one after another:
     for the quick requests that are most of a web app's, that saves a thread
     hand-off (half of a worker's CPU per request, measured).  The process's main
-    thread is a watchdog: while an inline request runs, it reads the socket
-    itself, so control frames (credit, cancel, stop, stack dump) never wait, and
-    it hands the requests queued behind it to the request threads once the
-    inline one has waited `RESCUE_AFTER` (or computed `CPU_RESCUE_AFTER`).
+    thread is a watchdog: once an inline request has waited `RESCUE_AFTER` (on
+    I/O), or the process has computed for `CPU_RESCUE_AFTER`, it hands the
+    requests queued behind it to the request threads and reads the socket until
+    the reader is back, so neither they nor control frames (cancel, stop, stack
+    dump) wait on a slow request.  A thread waiting for credit reads for itself.
     """
 
     def __init__(
@@ -128,9 +131,8 @@ class Worker:
         self._lock = threading.Lock()
         self._lead = threading.Lock()  # held by whoever reads the socket
         self._pending: deque[_Job] = deque()  # read by the reader, not started yet
-        # What the reader runs: the job, since when, the reader's CPU time then.
+        # What the reader runs: the job, since when, the process's CPU time then.
         self._inline: tuple[_Job, float, float] | None = None
-        self._reader_clock = -1  # the reader thread's CPU-time clock
         self._active = threading.Event()  # the watchdog is awake
 
     # -- lifecycle -----------------------------------------------------------
@@ -171,7 +173,6 @@ class Worker:
     # -- reading and running ----------------------------------------------------
 
     def _reader_loop(self) -> None:
-        self._reader_clock = time.pthread_getcpuclockid(threading.get_ident())
         while True:
             self._run_pending()
             with self._lead:
@@ -185,7 +186,7 @@ class Worker:
                 if not self._pending:
                     return
                 job = self._pending.popleft()
-                self._inline = (job, time.monotonic(), time.thread_time())
+                self._inline = (job, time.monotonic(), time.process_time())
             if not self._active.is_set():
                 self._active.set()
             try:
@@ -203,8 +204,12 @@ class Worker:
 
     def _watchdog(self) -> None:
         last_busy = time.monotonic()
+        interval = RESCUE_AFTER
         while True:
-            time.sleep(RESCUE_AFTER)
+            # Each look takes the GIL from whoever computes; while the process
+            # computes, look less often (a hand-off would not help it anyway).
+            time.sleep(interval)
+            interval = _COMPUTING_LOOK if self._computing() else RESCUE_AFTER
             inline = self._inline
             now = time.monotonic()
             if inline is None:
@@ -215,19 +220,8 @@ class Worker:
                     last_busy = time.monotonic()
                 continue
             last_busy = now
-            if now - inline[1] >= RESCUE_AFTER:
+            if self._hand_off_due():
                 self._rescue()
-
-    def _hand_off_if_due(self, already: bool) -> bool:
-        """Give the queued requests to the request threads once that is due."""
-        if already or not self._hand_off_due():
-            return already
-        with self._lock:
-            waiting = list(self._pending)
-            self._pending.clear()
-        for job in waiting:
-            self.queue.put(job)
-        return True
 
     def _hand_off_due(self) -> bool:
         """Whether the requests queued behind the inline one should go to other threads."""
@@ -237,21 +231,40 @@ class Worker:
         elapsed = time.monotonic() - inline[1]
         if elapsed >= CPU_RESCUE_AFTER:
             return True
-        computing = time.clock_gettime(self._reader_clock) - inline[2] > elapsed / 2
-        return not computing and elapsed >= RESCUE_AFTER
+        return elapsed >= RESCUE_AFTER and not self._computing()
+
+    def _computing(self) -> bool:
+        """Whether the process has been computing since the inline request started.
+
+        The process's CPU clock, not the reader's: a reader waiting to get the GIL
+        back (after a database call released it) is not waiting on I/O, and more
+        threads would only queue for the GIL too.
+        """
+        inline = self._inline
+        if inline is None:
+            return False
+        elapsed = time.monotonic() - inline[1]
+        return time.process_time() - inline[2] > elapsed / 2
 
     def _rescue(self) -> None:
-        """The reader is busy: read for it, and let the others in when that helps."""
-        handing_off = self._hand_off_if_due(False)
+        """The reader is held up: let the queued requests in, and read for it meanwhile.
+
+        Not before: a quick request that computes is best left to finish, and a
+        request waiting for credit reads the channel itself (`wait_for`).
+        """
+        with self._lock:
+            waiting = list(self._pending)
+            self._pending.clear()
+        for job in waiting:
+            self.queue.put(job)
         if not self._lead.acquire(blocking=False):
             return  # someone reads already (a request thread waiting for credit)
         try:
             sock = self.channel.sock
             while self._inline is not None:
-                handing_off = self._hand_off_if_due(handing_off)
                 readable, _, _ = select.select([sock], [], [], 0.005)
                 if readable:
-                    self._read(self.queue.put if handing_off else self._pending.append)
+                    self._read(self.queue.put)
         finally:
             self._lead.release()
 
