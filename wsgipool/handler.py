@@ -26,6 +26,7 @@ from wsgipool.cgi import EnvironOptions
 from wsgipool.environ import collect
 from wsgipool.exchange import Unavailable
 from wsgipool.loader import load_app
+from wsgipool.ratelog import RateLimitedLog
 from wsgipool.response import error_response, write_response
 from wsgipool.threaded import ThreadBackend
 
@@ -84,6 +85,7 @@ class WSGIHandler:
         options = EnvironOptions(url_scheme, tuple(forwarded_allow_ips), script_name)
         self._executor = executor
         self._watch = _DisconnectWatch() if watch_disconnects else None
+        self._unavailable_log = RateLimitedLog(logger, logging.WARNING)
         self._backend: ThreadBackend | ProcessExecutor
         if isinstance(executor, ProcessExecutor):
             executor.bind(application, options)
@@ -137,7 +139,7 @@ class WSGIHandler:
                 exchange = await backend.submit(collected, body, extras, raw_ok)
         except Unavailable as exc:
             body.close()
-            logger.warning("%s %s: 503, %s", request.method, request.path, exc)
+            self._unavailable_log.record(f"{request.method} {request.path}: 503, {exc}")
             return error_response(503, retry_after=1)
         watch = self._watch
         if watch is None:

@@ -153,6 +153,40 @@ def test_full_queue_and_queue_timeout_answer_503_with_retry_after(run_server):
     assert get(server.port, "/hello")[0] == 200
 
 
+def test_a_flood_of_503s_is_logged_as_a_line_and_a_count_not_a_line_each(run_server, tmp_path):
+    """Overload must not also flood the log: 503s are summed up once a second."""
+    server = run_server(
+        "faultapp:app",
+        "--workers",
+        "1",
+        "--threads",
+        "1",
+        "--queue-size",
+        "1",
+        env={"FAULTAPP_MARK_DIR": str(tmp_path)},
+    )
+    with ThreadPoolExecutor(40) as pool:
+        slow = pool.submit(get, server.port, "/slow?ms=3000&touch=busy")
+        assert wait_for((tmp_path / "busy").exists, 15), server.log
+        # The only thread is busy for 3 s: one request waits in the queue, the rest are refused.
+        statuses = list(pool.map(lambda i: get(server.port, f"/hello?i={i}")[0], range(80)))
+        assert slow.result(30)[0] == 200
+    refused = statuses.count(503)
+    assert refused >= 40 and statuses.count(200) >= 1, statuses
+
+    def single() -> int:
+        return len(re.findall(r"\[WARNING\] GET /hello: 503, ", server.log))
+
+    def logged() -> int:
+        counts = re.findall(
+            r"([\d,]+) more like it in the last [\d.]+s; the latest: GET /hello: 503", server.log
+        )
+        return single() + sum(int(n.replace(",", "")) for n in counts)
+
+    assert wait_for(lambda: logged() == refused, 5), (refused, server.log)
+    assert single() < refused // 5, server.log
+
+
 def test_a_worker_sending_garbage_is_killed_and_only_its_request_fails(run_server):
     """Bytes that are no frame: that worker is killed, its request gets 502, others carry on."""
     server = run_server("faultapp:app", "--workers", "2", "--threads", "2")
