@@ -195,6 +195,9 @@ class ProcessExecutor:
                 rid, ev.RESPONSE_WINDOW, flags, collected.fields, collected.headers, body.chunks
             )
             worker.send_request(rid, exchange, frame, file.fileno() if file is not None else -1)
+        except OSError as exc:  # the body's descriptor could not be copied (EMFILE)
+            self._dispatcher.release(worker)
+            raise ev.Unavailable(f"cannot hand the request to a worker: {exc}") from exc
         finally:
             body.close()
         assert self._supervisor is not None
@@ -206,12 +209,22 @@ class ProcessExecutor:
         if exchange.rid in worker.inflight:
             worker.send(p.CREDIT, exchange.rid, p.encode_u32(amount))
 
-    def hand_socket(self, exchange: ev.Exchange, fd: int, keep_alive: bool) -> None:
-        """Answer TAKEOVER: the worker writes the response to this socket itself."""
+    def hand_socket(self, exchange: ev.Exchange, fd: int, keep_alive: bool) -> bool:
+        """Answer TAKEOVER: the worker writes the response to this socket itself.
+
+        False if the descriptor could not be passed (none to spare for the copy):
+        the worker is told to send frames instead.
+        """
         worker: WorkerHandle = exchange.owner
-        if exchange.rid in worker.inflight:
-            flags = p.FLAG_SOCKET_KEEP_ALIVE if keep_alive else 0
+        if exchange.rid not in worker.inflight:
+            return False
+        flags = p.FLAG_SOCKET_KEEP_ALIVE if keep_alive else 0
+        try:
             worker.channel.send_fd(p.frame(p.SOCKET, exchange.rid, bytes((flags,))), fd)
+        except OSError:
+            worker.send(p.DECLINE, exchange.rid)
+            return False
+        return True
 
     def decline(self, exchange: ev.Exchange) -> None:
         """Answer TAKEOVER: no, send the response as frames."""

@@ -129,8 +129,8 @@ def _hand_over_socket(request: web.BaseRequest, exchange: ev.Exchange) -> bool:
     ):
         backend.decline(exchange)
         return False
-    backend.hand_socket(exchange, sock.fileno(), request.keep_alive)
-    return True
+    handed: bool = backend.hand_socket(exchange, sock.fileno(), request.keep_alive)
+    return handed
 
 
 async def _written_by_worker(request: web.BaseRequest, exchange: ev.Exchange) -> web.StreamResponse:

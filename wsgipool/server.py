@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import resource
 import signal
 import socket
 import stat
@@ -32,6 +33,9 @@ from wsgipool.loader import load_app
 __all__ = ["Server", "serve"]
 
 logger = logging.getLogger("wsgipool.server")
+
+#: The soft open-files limit taken when the hard one is unlimited (Linux's default nr_open).
+_OPEN_FILES_CAP = 1 << 20
 
 LOG_FORMAT = "[%(asctime)s] [%(process)d] [%(levelname)s] %(message)s"
 
@@ -86,6 +90,7 @@ class Server:
     def run(self) -> None:
         """Run until stopped; the exit status is the caller's (0 after a clean stop)."""
         _configure_logging(self.config.log_level)
+        _raise_open_files_limit()
         runner = _event_loop_runner()
         try:
             runner(self.serve())
@@ -402,6 +407,19 @@ def _static_cors(prefixes: tuple[str, ...], origin: str) -> Any:
         return response
 
     return middleware
+
+
+def _raise_open_files_limit() -> None:
+    """Every connection holds a descriptor: serve up to the hard limit, not the soft 1024."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = hard if hard != resource.RLIM_INFINITY else _OPEN_FILES_CAP
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+        except (ValueError, OSError) as exc:  # above the kernel's nr_open, say
+            logger.debug("open files limit stays at %d: %s", soft, exc)
+            return
+        logger.debug("open files limit raised from %d to %d", soft, wanted)
 
 
 def _configure_logging(level: str) -> None:

@@ -76,8 +76,9 @@ class AsyncChannel:
         """Queue a frame that carries a copy of `fd`; the caller keeps its own."""
         if self.closed:
             return
+        copy = os.dup(fd)  # first: if it fails (EMFILE), nothing is queued
         self._out.append(list(data) if isinstance(data, list) else [data])
-        self._out_fds.append(os.dup(fd))
+        self._out_fds.append(copy)
         self._schedule_flush()
 
     def _schedule_flush(self) -> None:

@@ -140,12 +140,12 @@ class WorkerHandle:
     def send_request(
         self, rid: int, exchange: ev.Exchange, frame: list[bytes], body_fd: int
     ) -> None:
-        self.inflight[rid] = exchange
-        self.dispatched += 1
         if body_fd >= 0:
-            self.channel.send_fd(frame, body_fd)
+            self.channel.send_fd(frame, body_fd)  # may raise OSError: nothing is recorded then
         else:
             self.channel.send(frame)
+        self.inflight[rid] = exchange
+        self.dispatched += 1
 
     def send(self, kind: int, rid: int, payload: bytes = b"") -> None:
         self.channel.send(p.frame(kind, rid, payload))

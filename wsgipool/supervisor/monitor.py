@@ -34,4 +34,6 @@ class RssMonitor:
                 out[pid] = int(process.memory_info().rss)
             except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
                 known.pop(pid, None)
+            except OSError:
+                continue  # /proc unreadable (out of file descriptors, say): next round
         return out

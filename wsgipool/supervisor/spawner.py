@@ -99,9 +99,17 @@ class TemplateProcess:
         token = self._next_spawn
         future: asyncio.Future[int] = loop.create_future()
         self._spawns[token] = future
-        ours, theirs = socket.socketpair()
+        try:
+            ours, theirs = socket.socketpair()
+        except OSError as exc:  # out of file descriptors, say: the supervisor retries later
+            self._spawns.pop(token, None)
+            raise SpawnError(f"cannot create the worker's socket pair: {exc}") from exc
         try:
             self._channel.send_fd(p.frame(p.SPAWN, token), theirs.fileno())
+        except OSError as exc:
+            ours.close()
+            self._spawns.pop(token, None)
+            raise SpawnError(f"cannot ask the template for a worker: {exc}") from exc
         finally:
             theirs.close()
         try:

@@ -440,7 +440,11 @@ class Supervisor:
         while not self.stopping:
             await asyncio.sleep(interval)
             workers = [w for w in self.workers if w.alive and w.state is not WorkerState.STARTING]
-            samples = await self._monitor.sample(w.pid for w in workers)
+            try:
+                samples = await self._monitor.sample(w.pid for w in workers)
+            except (OSError, RuntimeError) as exc:  # no thread or descriptor to spare now
+                logger.warning("could not sample worker memory: %s; trying again", exc)
+                samples = {}
             for worker in workers:
                 rss = samples.get(worker.pid)
                 if rss is None or not worker.alive:
