@@ -543,6 +543,9 @@ def test_sighup_reloads_the_new_code_under_load_without_failures(run_server, tmp
     assert "reloading: replacing 2 worker(s) one at a time" in server.log
     for pid in old_workers:
         assert log_lines(server, rf"worker {pid} (stopped|recycling) \(reload\)"), server.log
+    # The old template stays until it has reported how its workers exited.
+    assert wait_for(lambda: len(log_lines(server, r"worker \d+ stopped \(reload\)")) == 2, 10)
+    assert "exit status unknown" not in server.log, server.log
     assert fetch(server.port, "/").json["version"] == "two, reloaded"
     print(
         f"\nsighup: {len(results)} requests under load, 0 failed, "

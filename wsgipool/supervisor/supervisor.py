@@ -317,6 +317,7 @@ class Supervisor:
         timer.cancel()
         worker.exit_status = (kind, code)
         self._log_exit(worker, text, error=not self._expected(worker))
+        self._retire_idle_templates()
 
     def _log_exit_when_known(self, worker: WorkerHandle, text: str, error: bool) -> None:
         status = self._exits.pop(worker.pid, None)
@@ -332,6 +333,7 @@ class Supervisor:
         if pending is not None:
             worker, text, _timer = pending
             self._log_exit(worker, text, error=not self._expected(worker))
+            self._retire_idle_templates()
 
     def _flush_exit_logs(self) -> None:
         for pid in list(self._awaiting_exit):
@@ -568,12 +570,18 @@ class Supervisor:
                 logger.error("could not restart the template process: %s", exc)
 
     def _retire_idle_templates(self) -> None:
+        """Stop the templates of past generations once their workers are gone and reported."""
+        if self.stopping:
+            return  # shutdown() stops every template itself
         for template in list(self.retired_templates):
-            if not any(w.template is template for w in self.workers):
-                self.retired_templates.remove(template)
-                template.shutdown()
-                assert self._loop is not None
-                self._loop.run_in_executor(None, template.reap)
+            if any(w.template is template for w in self.workers):
+                continue
+            if any(w.template is template for w, _, _ in self._awaiting_exit.values()):
+                continue  # it reaps them: stopped now, it could not tell how they exited
+            self.retired_templates.remove(template)
+            template.shutdown()
+            assert self._loop is not None
+            self._loop.run_in_executor(None, template.reap)
 
     # -- helpers --------------------------------------------------------------------------
 
