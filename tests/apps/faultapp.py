@@ -14,7 +14,9 @@ at least ``pid``):
 - ``/segv``: the worker sends itself SIGSEGV.
 - ``/leak[mb]``: keeps `mb` MiB (default 5) in a module-level list for good.
 - ``/hog[mb, ms]``: holds `mb` MiB for `ms` milliseconds, then frees it.
-- ``/loop``: never returns: an infinite loop in `stuck_in_a_loop`.
+- ``/loop[touch]``: never returns: an infinite loop in `stuck_in_a_loop`.
+- ``/drip[n, ms, touch]``: a streamed response of `n` lines, one every `ms`
+  milliseconds: long, but never silent for long.
 - ``/version``: `VERSION`, read when the module is imported, from the file named by
   ``$FAULTAPP_VERSION_FILE`` or else ``$FAULTAPP_VERSION``.
 
@@ -152,10 +154,21 @@ def app(environ: dict[str, Any], start_response: StartResponse) -> Iterable[byte
         del block
         return _json(start_response, {"pid": pid, "held": size})
     if path == "/loop":
+        _touch(query.get("touch", ""))
         stuck_in_a_loop()
+    if path == "/drip":
+        _touch(query.get("touch", ""))
+        return _drip(start_response, _int(query, "n", 10), _int(query, "ms", 100), pid)
     if path == "/version":
         return _json(start_response, {"pid": pid, "version": VERSION})
     return _json(start_response, {"pid": pid, "error": "no such path"}, "404 Not Found")
+
+
+def _drip(start_response: StartResponse, n: int, ms: int, pid: int) -> Iterable[bytes]:
+    start_response("200 OK", [("Content-Type", "text/plain")])
+    for i in range(n):
+        time.sleep(ms / 1000.0)
+        yield f"{pid} {i}\n".encode()
 
 
 def killer_app(environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:

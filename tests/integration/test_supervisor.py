@@ -499,6 +499,40 @@ def test_timeout_answers_504_logs_the_stack_and_replaces_the_worker(run_server):
     assert new <= {r.json["pid"] for r in later}
 
 
+def test_a_timed_out_worker_finishes_its_other_requests_then_goes_at_once(run_server, tmp_path):
+    """The stuck request's worker lets a live request finish, then is killed: no graceful wait."""
+    server = run_server(
+        "faultapp:app",
+        "--workers",
+        "1",
+        "--threads",
+        "2",
+        "--timeout",
+        "2s",
+        "--graceful-timeout",
+        "60s",
+        env={"FAULTAPP_MARK_DIR": str(tmp_path)},
+    )
+    [pid] = list(live_workers(server))
+    with ThreadPoolExecutor(2) as pool:
+        stuck = pool.submit(fetch, server.port, "/loop?touch=loop", 60)
+        assert wait_for((tmp_path / "loop").exists, 15), server.log
+        # 6 s of response, a line every 200 ms: never silent for 2 s, so never timed out.
+        drip = pool.submit(fetch, server.port, "/drip?n=30&ms=200&touch=drip", 60)
+        assert wait_for((tmp_path / "drip").exists, 15), server.log
+        assert stuck.result(60).status == 504
+        assert not drip.done()  # still streaming when the worker was recycled
+        dripped = drip.result(60)
+    assert dripped.status == 200, (dripped.status, dripped.error)
+    assert len(dripped.body.splitlines()) == 30  # the whole response, from the old worker
+    assert dripped.body.startswith(f"{pid} ".encode())
+    assert wait_for(lambda: log_lines(server, rf"worker {pid} stopped \(timeout\)"), 10), server.log
+    assert f"worker {pid}: only its 1 timed-out request(s) left; killing it" in server.log
+    assert "stack of the timed-out request" in server.log
+    # Killed once the drip was done, not after the 60 s graceful timeout.
+    assert server.log.index("killing it") > server.log.index("stack of the timed-out request")
+
+
 # -- signals ------------------------------------------------------------------------------
 
 

@@ -102,6 +102,8 @@ class WorkerHandle:
         self.lifetime_limit: float | None = None
         self.recycle_reason: str | None = None
         self.stop_requested = False
+        self.timed_out: set[int] = set()  # requests answered 504 that the worker still runs
+        self.stacks_pending: set[int] = set()  # of those, the ones whose stack is not logged yet
         self.exit_status: tuple[int, int] | None = None
         self.death_reason: str | None = None
         self.ready_future: asyncio.Future[None] = loop.create_future()
@@ -188,6 +190,9 @@ class WorkerHandle:
             for kind, rid, payload in frames:
                 if kind in _FINAL:  # first: the common case, a whole response
                     exchange = inflight.pop(rid, None)
+                    if self.timed_out:  # a timed-out request that finished after all
+                        self.timed_out.discard(rid)
+                        self.stacks_pending.discard(rid)
                     event = _final_event(kind, payload, exchange)
                     if exchange is None:
                         continue

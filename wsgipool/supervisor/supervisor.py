@@ -253,6 +253,8 @@ class Supervisor:
         if worker.completed == 1:
             self.backoff.on_success()
         self.pool.on_slot_free(worker)
+        if worker.timed_out and worker.stop_requested:
+            self._stop_if_only_stuck(worker)
 
     def on_dispatched(self, worker: WorkerHandle) -> None:
         """A request went to `worker`: is this the one that reaches its max-requests?"""
@@ -275,6 +277,8 @@ class Supervisor:
         logger.error(
             "stack of the timed-out request %d on worker %d:\n%s", rid, worker.pid, text.rstrip()
         )
+        worker.stacks_pending.discard(rid)
+        self._stop_if_only_stuck(worker)
 
     def on_death(self, worker: WorkerHandle, reason: str) -> None:
         self.pool.remove(worker)
@@ -394,6 +398,24 @@ class Supervisor:
         """Stop giving `worker` requests; it exits when its requests are done."""
         self.pool.remove(worker)
         worker.stop(self.config.graceful_timeout)
+        self._stop_if_only_stuck(worker)
+
+    def _stop_if_only_stuck(self, worker: WorkerHandle) -> None:
+        """Kill a draining worker whose only requests left are timed-out ones.
+
+        They have had their 504 and their stack is logged: waiting out the
+        graceful timeout for them would only keep a process (and its memory)
+        around, and under a steady trickle of stuck requests, many of them.
+        """
+        if not worker.alive or not worker.stop_requested or worker.stacks_pending:
+            return
+        left = worker.inflight
+        if not left or any(rid not in worker.timed_out for rid in left):
+            return
+        logger.warning(
+            "worker %d: only its %d timed-out request(s) left; killing it", worker.pid, len(left)
+        )
+        worker.kill(signal.SIGKILL)
 
     def _over_soft_limit(self, worker: WorkerHandle, rss: int, how: str) -> None:
         if worker.recycle_reason is not None or not worker.alive:
@@ -507,8 +529,11 @@ class Supervisor:
             worker.pid,
             elapsed,
         )
+        worker.timed_out.add(rid)
+        worker.stacks_pending.add(rid)
         worker.send(p.DUMP, rid)
         self._replace(worker, "timeout", keep_serving=False)
+        self._stop_if_only_stuck(worker)
 
     # -- reload and scale ---------------------------------------------------------------
 
