@@ -64,7 +64,9 @@ def load_app(spec: str) -> Callable[..., Any]:
         except Exception as exc:
             raise AppImportError(f"calling {target} failed: {_one_line(exc)}") from None
     if not callable(obj):
-        raise AppImportError(f"{spec!r} is a {type(obj).__name__}, not a WSGI callable")
+        kind = type(obj).__name__
+        article = "an" if kind[:1].lower() in "aeiou" else "a"
+        raise AppImportError(f"{spec!r} is {article} {kind}, not a WSGI callable")
     return obj  # type: ignore[no-any-return]
 
 

@@ -53,7 +53,7 @@ def test_factory_call_with_literal_arguments(modules):
     [
         ("loader_missing:app", "no module named 'loader_missing'"),
         ("loader_c:nope", "has no attribute 'nope'"),
-        ("loader_c:VALUE", "is a int, not a WSGI callable"),
+        ("loader_c:VALUE", "is an int, not a WSGI callable"),
         (":app", "is not MODULE:ATTR"),
         ("loader_c:1+1", "is not an attribute name or call"),
     ],
