@@ -429,5 +429,8 @@ def test_1gib_generator_response_keeps_main_process_memory_flat(run_server, exec
         sampler.join(5)
     assert received == GIB
     growth = peak[0] - baseline
+    print(
+        f"\n1 GiB to a slow reader: main RSS {baseline / MIB:.1f} MiB, peak {peak[0] / MIB:.1f} MiB"
+    )
     assert growth < 48 * MIB, f"main process RSS grew by {growth / MIB:.1f} MiB"
     assert peak[0] < 100 * MIB, f"main process RSS peaked at {peak[0] / MIB:.1f} MiB"
