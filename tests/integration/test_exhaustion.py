@@ -8,38 +8,17 @@ read /proc: both must be retried, not end the tasks that do them.
 
 from __future__ import annotations
 
-import http.client
 import os
 import resource
 import signal
 import socket
 import time
-from collections.abc import Callable
-from typing import Any
 
-
-def wait_for(predicate: Callable[[], Any], timeout: float, interval: float = 0.05) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value or time.monotonic() > deadline:
-            return value
-        time.sleep(interval)
+from tests.polling import wait_for
 
 
 def open_fds(pid: int) -> int:
     return len(os.listdir(f"/proc/{pid}/fd"))
-
-
-def get(port: int, path: str) -> int:
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
-    try:
-        conn.request("GET", path)
-        response = conn.getresponse()
-        response.read()
-        return response.status
-    finally:
-        conn.close()
 
 
 def test_a_worker_lost_while_out_of_descriptors_is_replaced_once_they_free_up(run_server):
@@ -79,6 +58,6 @@ def test_a_worker_lost_while_out_of_descriptors_is_replaced_once_they_free_up(ru
         return "ready in" in server.log.split(f"worker {workers[0]} died", 1)[1]
 
     assert wait_for(replacement_ready, 10), server.log
-    assert [get(server.port, f"/pid?i={i}") for i in range(8)] == [200] * 8
+    assert [server.request("GET", f"/pid?i={i}")[0] for i in range(8)] == [200] * 8
     assert "supervisor task failed" not in server.log, server.log
     assert server.proc.poll() is None

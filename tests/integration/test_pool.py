@@ -13,6 +13,8 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
+from tests.polling import wait_for
+
 
 def get(port: int, path: str, timeout: float = 30.0) -> tuple[int, dict[str, str], bytes]:
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
@@ -22,16 +24,6 @@ def get(port: int, path: str, timeout: float = 30.0) -> tuple[int, dict[str, str
         return response.status, {k.lower(): v for k, v in response.getheaders()}, response.read()
     finally:
         conn.close()
-
-
-def wait_for(predicate, timeout: float, interval: float = 0.05):
-    """Poll `predicate` until it returns something truthy or `timeout` runs out."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value or time.monotonic() > deadline:
-            return value
-        time.sleep(interval)
 
 
 def test_two_workers_run_cpu_bound_requests_in_parallel(run_server):

@@ -26,6 +26,8 @@ from typing import Any
 import psutil
 import pytest
 
+from tests.polling import wait_for
+
 MIB = 1024 * 1024
 
 # -- clients -------------------------------------------------------------------------
@@ -115,16 +117,6 @@ class LoadLoop:
         for thread in self._threads:
             thread.join(max(0.0, timeout))
         return self.stop()
-
-
-def wait_for(predicate: Callable[[], Any], timeout: float, interval: float = 0.05) -> Any:
-    """Poll `predicate` until it returns something truthy or `timeout` seconds pass."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value or time.monotonic() > deadline:
-            return value
-        time.sleep(interval)
 
 
 # -- processes -----------------------------------------------------------------------
