@@ -9,36 +9,15 @@ from __future__ import annotations
 
 import sys
 import time
-from urllib.parse import parse_qs
+
+from tests.apps.appkit import Recorded
+from tests.apps.appkit import query as _query
 
 #: Not a WSGI callable: `wsgipool serve badapps:NOT_CALLABLE` must refuse it.
 NOT_CALLABLE = 42
 
 OK_BODY = b"ok-body"
 TEXT = [("Content-Type", "text/plain")]
-
-
-class Recorded:
-    """An iterable that appends "closed" to a file when close() is called."""
-
-    def __init__(self, chunks, path: str | None) -> None:
-        self._chunks = chunks
-        self._path = path
-
-    def __iter__(self):
-        return iter(self._chunks)
-
-    def close(self) -> None:
-        close = getattr(self._chunks, "close", None)
-        if close is not None:
-            close()
-        if self._path:
-            with open(self._path, "a") as file:
-                file.write("closed\n")
-
-
-def _query(environ) -> dict[str, str]:
-    return {k: v[0] for k, v in parse_qs(environ.get("QUERY_STRING", "")).items()}
 
 
 def ok(environ, start_response):

@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import os
 import time
-from urllib.parse import parse_qs
+
+from tests.apps.appkit import Recorded
+from tests.apps.appkit import query as parse_query
 
 CHUNK = 64 * 1024
 
@@ -39,20 +41,6 @@ def stream(size: int):
         offset += step
 
 
-class Closing:
-    def __init__(self, chunks, path: str | None) -> None:
-        self._chunks = chunks
-        self._path = path
-
-    def __iter__(self):
-        return iter(self._chunks)
-
-    def close(self) -> None:
-        if self._path:
-            with open(self._path, "a") as file:
-                file.write("closed\n")
-
-
 def _fail(after: int):
     for index in range(after):
         yield chunk_at(index * CHUNK, CHUNK)
@@ -69,7 +57,7 @@ def _stall(after: int, flag: str):
 
 
 def app(environ, start_response):
-    query = {k: v[0] for k, v in parse_qs(environ.get("QUERY_STRING", "")).items()}
+    query = parse_query(environ)
     path = environ["PATH_INFO"]
     headers = [("Content-Type", "application/octet-stream")]
     if path == "/pid":
@@ -87,4 +75,4 @@ def app(environ, start_response):
         chunks = _stall(int(query["after"]), query["flag"])
     else:
         chunks = iter([b"unknown path\n"])
-    return Closing(chunks, query.get("close"))
+    return Recorded(chunks, query.get("close"))

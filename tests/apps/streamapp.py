@@ -21,31 +21,12 @@ import os
 import threading
 import time
 from pathlib import Path
-from urllib.parse import parse_qs
+
+from tests.apps.appkit import Recorded
+from tests.apps.appkit import query as _query
 
 TEXT = [("Content-Type", "text/plain")]
 _CHUNK = 64 * 1024
-
-
-def _query(environ) -> dict[str, str]:
-    return {k: v[0] for k, v in parse_qs(environ.get("QUERY_STRING", "")).items()}
-
-
-class Recorded:
-    def __init__(self, chunks, path: str | None) -> None:
-        self._chunks = chunks
-        self._path = path
-
-    def __iter__(self):
-        return iter(self._chunks)
-
-    def close(self) -> None:
-        close = getattr(self._chunks, "close", None)
-        if close is not None:
-            close()
-        if self._path:
-            with open(self._path, "a") as file:
-                file.write(f"closed {time.time()}\n")
 
 
 def _block(flag: str):
