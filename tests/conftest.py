@@ -11,10 +11,12 @@ from __future__ import annotations
 import contextlib
 import http.client
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -147,6 +149,16 @@ def server_env(extra: dict[str, str] | None = None) -> dict[str, str]:
     if extra:
         env.update(extra)
     return env
+
+
+@pytest.fixture
+def short_tmp() -> Iterator[Path]:
+    """A short directory for AF_UNIX paths (at most 107 bytes)."""
+    path = Path(tempfile.mkdtemp(prefix="wp-"))
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
 
 
 @pytest.fixture

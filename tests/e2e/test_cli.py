@@ -10,16 +10,13 @@ from __future__ import annotations
 import contextlib
 import http.client
 import os
-import shutil
 import signal
 import socket
 import stat
 import subprocess
 import sys
-import tempfile
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import psutil
@@ -99,15 +96,6 @@ def assert_one_line_error(stderr: str, *needles: str) -> str:
     for needle in needles:
         assert needle in line, (needle, line)
     return line
-
-
-@pytest.fixture
-def short_tmp() -> Iterator[Path]:
-    path = Path(tempfile.mkdtemp(prefix="wp-"))
-    try:
-        yield path
-    finally:
-        shutil.rmtree(path, ignore_errors=True)
 
 
 # -- graceful stop ----------------------------------------------------------------------------

@@ -10,13 +10,7 @@ from __future__ import annotations
 
 import http.client
 import json
-import shutil
 import socket
-import tempfile
-from collections.abc import Iterator
-from pathlib import Path
-
-import pytest
 
 import wsgipool
 from tests.e2e import rawhttp
@@ -45,16 +39,6 @@ def raw_environ(address, request: bytes) -> dict:
     assert response.status == 200, response.body[:2000]
     assert response.complete
     return json.loads(response.body)
-
-
-@pytest.fixture
-def short_tmp() -> Iterator[Path]:
-    """A short directory for AF_UNIX paths (at most 107 bytes)."""
-    path = Path(tempfile.mkdtemp(prefix="wp-"))
-    try:
-        yield path
-    finally:
-        shutil.rmtree(path, ignore_errors=True)
 
 
 # -- PATH_INFO, SCRIPT_NAME, QUERY_STRING, REQUEST_URI ---------------------------------
