@@ -9,7 +9,6 @@ that means for the peer (a worker is killed and replaced).
 
 from __future__ import annotations
 
-import array
 import asyncio
 import errno
 import os
@@ -18,12 +17,11 @@ from collections import deque
 from collections.abc import Callable
 
 from wsgipool import protocol as p
+from wsgipool.fdpass import ANC_SIZE, received_fds, rights
 
 __all__ = ["AsyncChannel"]
 
 _RECV_SIZE = 256 * 1024
-_MAX_FDS = 32
-_ANC_SIZE = socket.CMSG_SPACE(_MAX_FDS * array.array("i").itemsize)
 _MSG_CTRUNC = int(socket.MSG_CTRUNC)  # a plain int: IntFlag's & runs Python code per read
 _BLOCKED = (BlockingIOError, InterruptedError)
 
@@ -97,8 +95,7 @@ class AsyncChannel:
                 if len(parts) > 256:
                     parts = [b"".join(parts)]
                 if fd >= 0:
-                    anc = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [fd]).tobytes())]
-                    sent = self._sock.sendmsg(parts, anc)
+                    sent = self._sock.sendmsg(parts, rights(fd))
                     os.close(fd)
                     fds[0] = -1
                 else:
@@ -129,17 +126,14 @@ class AsyncChannel:
 
     def _on_readable(self) -> None:
         try:
-            size, ancdata, flags, _ = self._sock.recvmsg_into([self._inbox_view], _ANC_SIZE)
+            size, ancdata, flags, _ = self._sock.recvmsg_into([self._inbox_view], ANC_SIZE)
         except _BLOCKED:
             return
         except OSError as exc:
             self._close(exc)
             return
-        for level, kind, payload in ancdata:
-            if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
-                received = array.array("i")
-                received.frombytes(payload[: len(payload) - (len(payload) % received.itemsize)])
-                self.fds.extend(received)
+        if ancdata:
+            self.fds.extend(received_fds(ancdata))
         if flags & _MSG_CTRUNC:
             self._close(p.ProtocolError("descriptors from the peer were truncated"))
             return

@@ -7,18 +7,16 @@ with the first byte of the sendmsg() that carried it, so the order matches.
 
 from __future__ import annotations
 
-import array
 import socket
 import threading
 from collections import deque
 
 from wsgipool import protocol as p
+from wsgipool.fdpass import ANC_SIZE, received_fds, rights
 
 __all__ = ["BlockingChannel", "ChannelClosed"]
 
 _RECV_SIZE = 256 * 1024
-_MAX_FDS = 32
-_ANC_SIZE = socket.CMSG_SPACE(_MAX_FDS * array.array("i").itemsize)
 _MSG_CTRUNC = int(socket.MSG_CTRUNC)  # a plain int: IntFlag's & runs Python code per read
 
 
@@ -36,12 +34,9 @@ class BlockingChannel:
 
     def recv(self) -> memoryview:
         """The next bytes from the main process (valid until the next call); fds go to `fds`."""
-        size, ancdata, flags, _ = self.sock.recvmsg_into([self._inbox], _ANC_SIZE)
-        for level, kind, payload in ancdata:
-            if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
-                fds = array.array("i")
-                fds.frombytes(payload[: len(payload) - (len(payload) % fds.itemsize)])
-                self.fds.extend(fds)
+        size, ancdata, flags, _ = self.sock.recvmsg_into([self._inbox], ANC_SIZE)
+        if ancdata:
+            self.fds.extend(received_fds(ancdata))
         if flags & _MSG_CTRUNC:
             raise ChannelClosed("a descriptor sent by the main process was truncated")
         if not size:
@@ -54,8 +49,7 @@ class BlockingChannel:
             parts = [b"".join(parts)]
         with self._lock:
             if fd is not None:
-                anc = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [fd]).tobytes())]
-                sent = self.sock.sendmsg(parts, anc)
+                sent = self.sock.sendmsg(parts, rights(fd))
                 parts = p.unsent(parts, sent)
             while parts:
                 sent = self.sock.sendmsg(parts)
