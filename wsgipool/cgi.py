@@ -31,6 +31,7 @@ __all__ = [
 ]
 
 SERVER_SOFTWARE = f"wsgipool/{__version__}"
+UNIX_PEER = "unix"  # the remote address of a peer on a unix socket, as aiohttp-wsgi has it
 _SCHEMES = frozenset({"http", "https"})
 
 
@@ -107,12 +108,20 @@ def facts_from_fields(
 
 
 class TrustedPeers:
-    """Which peers may tell us the client's address and scheme (forwarded_allow_ips)."""
+    """Which peers may tell us the client's address and scheme (forwarded_allow_ips).
+
+    ``*`` trusts whichever peer connects, ``unix`` trusts peers on a unix socket
+    (whose address reads as "unix"), and addresses and networks trust those
+    peers.  Only the addresses and networks name *proxies*: the hops of
+    X-Forwarded-For are skipped from the right while they are listed there, so
+    ``*`` never makes a client-written hop look like one of ours.
+    """
 
     def __init__(self, allowed: Iterable[str]) -> None:
         items = tuple(allowed)
         self.any = "*" in items
         self._exact = frozenset(i for i in items if i != "*" and "/" not in i)
+        self._proxies = frozenset(_ip_text(i) for i in self._exact if i != UNIX_PEER)
         self._networks = tuple(ipaddress.ip_network(i, strict=False) for i in items if "/" in i)
 
     def __contains__(self, address: object) -> bool:
@@ -125,6 +134,12 @@ class TrustedPeers:
         if not self._networks:
             return False
         return _in_networks(address, self._networks)
+
+    def is_proxy(self, address: str) -> bool:
+        """Whether a hop named in X-Forwarded-For is one of our own proxies."""
+        if address in self._proxies:
+            return True
+        return bool(self._networks) and _in_networks(address, self._networks)
 
 
 @lru_cache(maxsize=1024)
@@ -241,12 +256,32 @@ def build_environ(facts: RequestFacts, options: EnvironOptions) -> dict[str, str
 
 
 def _client_address(header: str, trusted: TrustedPeers) -> str:
-    """The nearest address in X-Forwarded-For that is not one of our own proxies."""
-    hops = [hop.strip() for hop in header.split(",") if hop.strip()]
+    """The client's address in X-Forwarded-For, or "" when the header cannot be used.
+
+    Proxies append the address they saw, so only the right end of the list is
+    written by hosts we trust: the client is the rightmost hop that is not one
+    of our own proxies (nginx's real_ip_recursive, uvicorn's rule).  A hop that
+    is not an IP address ends the walk with nothing: what is left of it was
+    not written by a proxy we know, and must not become REMOTE_ADDR.
+    """
+    hops = [hop.strip() for hop in header.split(",")]
+    address = ""
     for hop in reversed(hops):
-        if hop not in trusted:
-            return _strip_port(hop)
-    return _strip_port(hops[0]) if hops else ""
+        address = _ip_text(_strip_port(hop))
+        if not address:
+            return ""
+        if not trusted.is_proxy(address):
+            return address
+    return address  # every hop is one of ours: the one furthest away
+
+
+@lru_cache(maxsize=1024)
+def _ip_text(text: str) -> str:
+    """`text` as a normalised IP address, or "" if it is not one."""
+    try:
+        return str(ipaddress.ip_address(text))
+    except ValueError:
+        return ""
 
 
 def _strip_port(hop: str) -> str:

@@ -159,11 +159,13 @@ def _parse_ips(value: object) -> tuple[str, ...]:
         item = str(raw).strip()
         if not item:
             continue
-        if item != "*":
+        if item not in ("*", "unix"):
             try:
                 ipaddress.ip_network(item, strict=False)
             except ValueError:
-                raise ValueError(f"{item!r} is not an IP address, a network or '*'") from None
+                raise ValueError(
+                    f"{item!r} is not an IP address, a network, 'unix' or '*'"
+                ) from None
         out.append(item)
     return tuple(out)
 
@@ -499,8 +501,9 @@ class Config(_Validated):
     forwarded_allow_ips: tuple[str, ...] = option(
         ("127.0.0.1", "::1"),
         _parse_ips,
-        "Peers whose X-Forwarded-For and X-Forwarded-Proto are trusted "
-        "(comma-separated addresses or networks, or '*').",
+        "Peers whose X-Forwarded-For and X-Forwarded-Proto are trusted: comma-separated "
+        "addresses or networks (also the proxies skipped in X-Forwarded-For), 'unix' for "
+        "peers on a unix socket, or '*' for any peer.",
         metavar="IPS",
         default_text="127.0.0.1,::1",
     )

@@ -437,7 +437,8 @@ def _event_loop_runner() -> Callable[[Any], Any]:
         import uvloop
     except ImportError:
         return asyncio.run
-    return uvloop.run
+    runner: Callable[[Any], Any] = uvloop.run  # typed whether or not uvloop is installed
+    return runner
 
 
 def _version() -> str:

@@ -12,6 +12,8 @@ import http.client
 import json
 import socket
 
+import pytest
+
 import wsgipool
 from tests.e2e import rawhttp
 
@@ -418,3 +420,55 @@ def test_header_values_arrive_as_latin1_strings(run_server, executor_args):
     )
     environ = raw_environ(("127.0.0.1", server.port), request)
     assert environ["HTTP_X_NAME"] == "caf\u00c3\u00a9 \u00ff"
+
+
+def test_forwarded_for_takes_the_rightmost_hop_not_the_clients(run_server, executor_args):
+    """Issue 9, item 7: behind a proxy that appends, the leftmost hop is the client's to write."""
+    server = run_server("envapp:app", *executor_args, "--forwarded-allow-ips", "*")
+    spoofed = {"X-Forwarded-For": "6.6.6.6, 203.0.113.7"}
+    assert get_environ(server, "/fwd", headers=spoofed)["REMOTE_ADDR"] == "203.0.113.7"
+    # Not an address: ignored, the peer's own address stays.
+    for value in ("<script>", "1.2.3.4, not-an-ip", "unknown"):
+        environ = get_environ(server, "/fwd", headers={"X-Forwarded-For": value})
+        assert environ["REMOTE_ADDR"] == "127.0.0.1", value
+        assert environ["REMOTE_HOST"] == "127.0.0.1", value
+
+
+def _unix_environ(path, headers: bytes) -> dict:
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.settimeout(10)
+        sock.connect(str(path))
+        sock.sendall(b"GET /fwd HTTP/1.1\r\nHost: x\r\n" + headers + b"Connection: close\r\n\r\n")
+        data = b""
+        while chunk := sock.recv(65536):
+            data += chunk
+    response = rawhttp.parse_one(data)
+    assert response.status == 200, response.body[:2000]
+    return json.loads(response.body)
+
+
+@pytest.mark.parametrize(("allow", "trusted"), [("unix", True), ("127.0.0.1", False)])
+def test_forwarded_headers_from_unix_socket_peers(
+    run_server, short_tmp, executor_args, allow, trusted
+):
+    """`--forwarded-allow-ips unix` trusts nginx on a unix socket, without trusting '*'."""
+    path = short_tmp / "fwd.sock"
+    server = run_server(
+        "envapp:app",
+        *executor_args,
+        "--bind",
+        f"unix:{path}",
+        "--forwarded-allow-ips",
+        allow,
+        bind=False,
+    )
+    assert server.proc.poll() is None
+    environ = _unix_environ(
+        path, b"X-Forwarded-For: 6.6.6.6, 203.0.113.7\r\nX-Forwarded-Proto: https\r\n"
+    )
+    if trusted:
+        assert environ["REMOTE_ADDR"] == "203.0.113.7"
+        assert environ["wsgi.url_scheme"] == "https"
+    else:
+        assert environ["REMOTE_ADDR"] == "unix"
+        assert environ["wsgi.url_scheme"] == "http"
