@@ -40,7 +40,7 @@ NGINX = shutil.which("nginx") or next(
     (p for p in ("/usr/sbin/nginx", "/usr/local/sbin/nginx") if os.path.exists(p)), None
 )
 pytestmark = pytest.mark.skipif(
-    NGINX is None, reason="nginx is not installed (apt-get install nginx-light)"
+    NGINX is None, reason="nginx is not installed (apt-get install nginx)"
 )
 
 SITE = ROOT / "deploy" / "nginx.conf"

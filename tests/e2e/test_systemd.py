@@ -8,20 +8,25 @@ test binds, standing in for systemd's NOTIFY_SOCKET.
 
 from __future__ import annotations
 
+import configparser
 import http.client
 import json
 import os
+import shlex
 import shutil
 import signal
 import socket
+import subprocess
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import ServerProcess, free_port
+from tests.conftest import ROOT, ServerProcess, free_port
 from tests.polling import wait_for
+from wsgipool.cli import build_parser
+from wsgipool.config import Config, PoolConfig, split_options
 
 PROCESSES = ["--workers", "2", "--threads", "2"]
 
@@ -162,9 +167,12 @@ def activate(address: str, *names: str) -> tuple[str, ...]:
 @needs_activate
 def test_socket_activation_tcp(run_server: Callable[..., ServerProcess]) -> None:
     port = free_port()
+    ignored = free_port()
     server = run_server(
         "deployapp:app",
         *PROCESSES,
+        "--bind",
+        f"127.0.0.1:{ignored}",  # the activated socket replaces it
         bind=False,
         wait=False,
         launcher=activate(f"127.0.0.1:{port}"),
@@ -178,41 +186,83 @@ def test_socket_activation_tcp(run_server: Callable[..., ServerProcess]) -> None
     assert environ["SERVER_PORT"] == str(port)
     assert "systemd socket activation: fd://3" in server.log
     assert f"listening on http://127.0.0.1:{port}" in server.log
+    assert f"listening on http://127.0.0.1:{ignored}" not in server.log
+    with pytest.raises(ConnectionRefusedError):
+        socket.create_connection(("127.0.0.1", ignored), timeout=5).close()
     assert get(port, "/whoami")[0] == 200
     server.signal(signal.SIGTERM)
     assert server.wait(30) == 0
 
 
+def read_unit(name: str) -> configparser.ConfigParser:
+    unit = configparser.ConfigParser(interpolation=None, strict=False)
+    unit.optionxform = str  # type: ignore[assignment,method-assign]  # keys are case-sensitive
+    unit.read_string((ROOT / "deploy" / "systemd" / name).read_text())
+    return unit
+
+
 @needs_activate
-def test_socket_activation_unix_with_notify(
+def test_unit_files_from_the_docs(
     run_server: Callable[..., ServerProcess], short_tmp: Path, notify: NotifySocket
 ) -> None:
-    path = short_tmp / "app.sock"
+    """deploy/systemd/myapp.{socket,service} as systemd would run them, on a test socket."""
+    socket_unit, service = read_unit("myapp.socket"), read_unit("myapp.service")
+    assert socket_unit["Socket"]["SocketMode"] == "0660"
+    unit = service["Service"]
+    assert unit["Type"] == "notify"
+    assert unit["KillMode"] == "mixed"  # SIGTERM to the main process only
+
+    argv = shlex.split(unit["ExecStart"])
+    assert argv[0].endswith("/wsgipool") and argv[1] == "serve"
+    assert "--bind" not in argv  # the socket unit provides it
+    assert argv[2] == "myproject.wsgi:application"
+    options = vars(build_parser().parse_args(argv[1:]))
+    config = Config(**split_options(options)[0])
+    pool = PoolConfig(**split_options(options)[1])
+    assert float(unit["TimeoutStopSec"]) > config.shutdown_timeout + pool.graceful_timeout
+    assert float(unit["WatchdogSec"]) > 0
+
+    path = short_tmp / "app.sock"  # for ListenStream=/run/myapp/wsgipool.sock
+    assert socket_unit["Socket"]["ListenStream"].startswith("/")
     server = run_server(
         "deployapp:app",
-        "--workers",
-        "1",
-        "--bind",
-        "127.0.0.1:1",  # replaced by the activated socket, never bound
+        *argv[3:],
         bind=False,
         wait=False,
-        env={"NOTIFY_SOCKET": notify.address},
-        launcher=activate(str(path), "NOTIFY_SOCKET"),
+        # systemd sets WATCHDOG_USEC from WatchdogSec; shorter here so pings come quickly.
+        env={"NOTIFY_SOCKET": notify.address, "WATCHDOG_USEC": "500000"},
+        launcher=activate(str(path), "NOTIFY_SOCKET", "WATCHDOG_USEC"),
     )
     assert wait_for(lambda: "Listening on" in server.log, 10), server.log
-    client = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    client.settimeout(30)
-    try:
-        client.connect(str(path))
-        client.sendall(b"GET /env HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-        response = b""
-        while chunk := client.recv(65536):
-            response += chunk
-    finally:
-        client.close()
-    assert response.startswith(b"HTTP/1.1 200 ")
-    assert notify.wait_for("READY=1")
+
+    def unix_get() -> bytes:
+        client = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        client.settimeout(30)
+        try:
+            client.connect(str(path))
+            client.sendall(b"GET /env HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            response = b""
+            while chunk := client.recv(65536):
+                response += chunk
+        finally:
+            client.close()
+        return response
+
+    # The first connection starts the service; it is answered once wsgipool runs.
+    assert unix_get().startswith(b"HTTP/1.1 200 ")
+    assert "STATUS=serving with 4 worker process(es)" in notify.wait_for("READY=1")
     assert "systemd socket activation: fd://3" in server.log
+    assert notify.wait_for("WATCHDOG=1", timeout=10) == "WATCHDOG=1"
+
+    # ExecReload, as systemctl reload runs it.
+    reload = unit["ExecReload"].replace("$MAINPID", str(server.pid))
+    server.descendants()
+    subprocess.run(shlex.split(reload), check=True, timeout=10)
+    assert notify.wait_for("RELOADING=1")
+    assert notify.wait_for("READY=1")
+    assert unix_get().startswith(b"HTTP/1.1 200 ")
+
+    # systemctl stop: SIGTERM to the main process (KillMode=mixed).
     server.signal(signal.SIGTERM)
-    assert notify.wait_for("STOPPING=1")
-    assert server.wait(30) == 0
+    assert notify.wait_for("STOPPING=1") == "STOPPING=1"
+    assert server.wait(float(unit["TimeoutStopSec"])) == 0
