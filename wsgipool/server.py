@@ -31,6 +31,7 @@ from wsgipool.executor import ProcessExecutor
 from wsgipool.handler import WSGIHandler
 from wsgipool.limits import GuardedAppRunner, GuardedServer
 from wsgipool.loader import load_app
+from wsgipool.supervisor.handle import WorkerState
 
 __all__ = ["Server", "serve"]
 
@@ -80,6 +81,7 @@ class Server:
         # Certificates are read now: a bad path is a one-line error before anything starts.
         self.ssl_context = ssl_context or tls.server_context(config)
         self.notifier = systemd.Notifier(None)
+        self._ready_task: asyncio.Task[None] | None = None
         self.executor: ProcessExecutor | ThreadPoolExecutor | None = None
         self.runner: web.BaseRunner | None = None
         self.sockets: list[socket.socket] = []
@@ -149,10 +151,21 @@ class Server:
             else f"{self.pool.threads} threads in the main process"
         )
         logger.info("wsgipool %s serving with %s", _version(), mode)
-        # The workers have answered READY (executor.start waits for them) and the
-        # sockets listen: only now is the service ready for systemd.
-        self.notifier.ready(f"serving with {mode}")
-        self.notifier.start_watchdog()
+        if self.notifier.enabled:
+            self._ready_task = loop.create_task(self._ready_when_serving(f"serving with {mode}"))
+            self.notifier.start_watchdog()
+
+    async def _ready_when_serving(self, status: str) -> None:
+        """systemd's READY=1 once the sockets listen and a worker answers.
+
+        executor.start() has normally waited for the workers already; if they
+        were slower than its limit, READY waits for the first one.
+        """
+        executor = self.executor
+        if isinstance(executor, ProcessExecutor):
+            while not any(w.state is WorkerState.READY for w in executor.workers):
+                await asyncio.sleep(0.05)
+        self.notifier.ready(status)
 
     def _addresses(self, activated: list[int]) -> tuple[BindAddress, ...]:
         """systemd's sockets when it passed any (they replace --bind), else the configured ones."""
@@ -351,6 +364,8 @@ class Server:
         if self._stop is None or not self._stop.done():
             self.notifier.stopping()  # request_stop() has not said it yet
         self.notifier.stop_watchdog()
+        if self._ready_task is not None:
+            self._ready_task.cancel()
         for sig in (
             signal.SIGTERM,
             signal.SIGINT,
