@@ -39,14 +39,20 @@ class ServerProcess:
     """A `wsgipool serve` subprocess and what it printed."""
 
     def __init__(
-        self, args: list[str], port: int | None, log_path: Path, env: dict[str, str], cwd: Path
+        self,
+        args: list[str],
+        port: int | None,
+        log_path: Path,
+        env: dict[str, str],
+        cwd: Path,
+        launcher: tuple[str, ...] = (),
     ) -> None:
         self.args = args
         self.port = port
         self.log_path = log_path
         self._log = open(log_path, "wb")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "wsgipool", *args],
+            [*launcher, sys.executable, "-m", "wsgipool", *args],
             stdout=self._log,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
@@ -163,7 +169,11 @@ def short_tmp() -> Iterator[Path]:
 
 @pytest.fixture
 def run_server(tmp_path: Path) -> Iterator[Callable[..., ServerProcess]]:
-    """Start servers: ``run_server("envapp:app", "--workers", "2")``; all stopped at teardown."""
+    """Start servers: ``run_server("envapp:app", "--workers", "2")``; all stopped at teardown.
+
+    `launcher` goes before ``python -m wsgipool`` (a program that execs it, such as
+    systemd-socket-activate, so the PID stays the server's).
+    """
     started: list[ServerProcess] = []
 
     def start(
@@ -173,13 +183,14 @@ def run_server(tmp_path: Path) -> Iterator[Callable[..., ServerProcess]]:
         bind: bool = True,
         env: dict[str, str] | None = None,
         cwd: Path | None = None,
+        launcher: tuple[str, ...] = (),
     ) -> ServerProcess:
         port = free_port() if bind else None
         argv = ["serve", app, *args]
         if bind:
             argv += ["--bind", f"127.0.0.1:{port}"]
         log_path = tmp_path / f"server-{len(started)}.log"
-        server = ServerProcess(argv, port, log_path, server_env(env), cwd or tmp_path)
+        server = ServerProcess(argv, port, log_path, server_env(env), cwd or tmp_path, launcher)
         started.append(server)
         if wait:
             server.wait_until_serving()

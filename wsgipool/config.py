@@ -9,6 +9,7 @@ option is one field here and nothing else.
 from __future__ import annotations
 
 import dataclasses
+import grp
 import ipaddress
 import os
 import re
@@ -191,6 +192,32 @@ def _parse_url_scheme(value: object) -> str:
     if text not in ("http", "https"):
         raise ValueError(f"expected http or https, got {value!r}")
     return text
+
+
+def _parse_group(value: object) -> str:
+    """A group that exists: its name, or its number as text."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        value = str(value)
+    name = _parse_str(value).strip()
+    try:
+        if name.isdigit():
+            grp.getgrgid(int(name))
+        else:
+            grp.getgrnam(name)
+    except KeyError:
+        raise ValueError(f"no such group: {name!r}") from None
+    return name
+
+
+_TLS_VERSIONS = ("TLSv1.2", "TLSv1.3")
+
+
+def _parse_tls_version(value: object) -> str:
+    text = _parse_str(value).strip()
+    for version in _TLS_VERSIONS:
+        if text.lower() in (version.lower(), version[4:]):
+            return version
+    raise ValueError(f"expected {' or '.join(_TLS_VERSIONS)}, got {value!r}")
 
 
 def _iterable(value: object) -> Iterable[Any]:
@@ -453,6 +480,21 @@ class Config(_Validated):
         metavar="MODE",
         default_text="600",
     )
+    unix_socket_group: str | None = option(
+        None,
+        _parse_optional(_parse_group),
+        "Group (name or number) given to the unix socket, so that a proxy running "
+        "as another user but in that group can connect (with --unix-socket-perms 660).",
+        metavar="GROUP",
+        default_text="the server's group",
+    )
+    umask: int | None = option(
+        None,
+        _parse_optional(_parse_octal),
+        "Umask of the server and its workers (files they create), in octal, like 027.",
+        metavar="MASK",
+        default_text="inherited",
+    )
     backlog: int = option(1024, _parse_int, "Listen backlog of each socket.", metavar="N")
     static: tuple[tuple[str, str], ...] = option(
         (),
@@ -543,6 +585,39 @@ class Config(_Validated):
     access_log: bool = option(
         False, _parse_bool, "Log one line per request to stderr.", switch=True
     )
+    certfile: str | None = option(
+        None,
+        _parse_optional(_parse_str),
+        "Serve HTTPS: the PEM certificate (chain) file.",
+        metavar="FILE",
+    )
+    keyfile: str | None = option(
+        None,
+        _parse_optional(_parse_str),
+        "The PEM private key of --certfile.",
+        metavar="FILE",
+        default_text="in --certfile",
+    )
+    ca_certs: str | None = option(
+        None,
+        _parse_optional(_parse_str),
+        "PEM file of the CAs that sign client certificates; when given, every "
+        "client must present one (mutual TLS).",
+        metavar="FILE",
+    )
+    ssl_ciphers: str | None = option(
+        None,
+        _parse_optional(_parse_str),
+        "OpenSSL cipher list for TLS 1.2 connections.",
+        metavar="CIPHERS",
+        default_text="Python's defaults",
+    )
+    ssl_min_version: str = option(
+        "TLSv1.2",
+        _parse_tls_version,
+        "Oldest TLS version accepted: TLSv1.2 or TLSv1.3.",
+        metavar="VERSION",
+    )
 
     def __post_init__(self) -> None:
         self._normalise()
@@ -555,6 +630,10 @@ class Config(_Validated):
                 raise ConfigError(f"{describe(name)}: must be 1 or more")
         if self.header_timeout <= 0:
             raise ConfigError(f"{describe('header_timeout')}: must be more than 0")
+        if self.certfile is None:
+            for name in ("keyfile", "ca_certs", "ssl_ciphers"):
+                if getattr(self, name) is not None:
+                    raise ConfigError(f"{describe(name)}: needs --certfile")
 
     def binds(self) -> tuple[BindAddress, ...]:
         """The addresses to listen on, from --bind or the aiohttp-wsgi style options."""

@@ -16,6 +16,7 @@ import os
 import resource
 import signal
 import socket
+import ssl
 import stat
 import sys
 from collections.abc import Callable, Iterator
@@ -24,11 +25,13 @@ from typing import Any
 
 from aiohttp import web
 
+from wsgipool import systemd, tls
 from wsgipool.config import BindAddress, Config, ConfigError, PoolConfig, split_options
 from wsgipool.executor import ProcessExecutor
 from wsgipool.handler import WSGIHandler
 from wsgipool.limits import GuardedAppRunner, GuardedServer
 from wsgipool.loader import load_app
+from wsgipool.supervisor.handle import WorkerState
 
 __all__ = ["Server", "serve"]
 
@@ -44,15 +47,17 @@ def serve(application: Callable[..., Any] | str, **kwargs: Any) -> None:
     """Serve a WSGI app until SIGTERM or SIGINT; takes aiohttp-wsgi's keywords and wsgipool's.
 
     `application` is a WSGI callable or "module:attr".  Keywords are those of
-    `Config` (server), `PoolConfig` (workers) and `WSGIHandler` (``stderr``).
+    `Config` (server), `PoolConfig` (workers), `WSGIHandler` (``stderr``) and
+    ``ssl_context`` (an `ssl.SSLContext` for HTTPS, instead of ``certfile``).
     """
     server_options, pool_options, rest = split_options(kwargs)
     stderr = rest.pop("stderr", None)
+    ssl_context = rest.pop("ssl_context", None)
     if rest:
         raise TypeError(f"serve() got unexpected keyword arguments: {', '.join(sorted(rest))}")
     config = Config(**server_options)
     pool = PoolConfig(**pool_options)
-    Server(application, config, pool, stderr=stderr).run()
+    Server(application, config, pool, stderr=stderr, ssl_context=ssl_context).run()
 
 
 class Server:
@@ -65,11 +70,18 @@ class Server:
         pool: PoolConfig,
         *,
         stderr: Any = None,
+        ssl_context: ssl.SSLContext | None = None,
     ) -> None:
         self.application = application
         self.config = config
         self.pool = pool
         self.stderr = stderr
+        if ssl_context is not None and config.certfile is not None:
+            raise ConfigError("ssl_context: give either ssl_context or certfile, not both")
+        # Certificates are read now: a bad path is a one-line error before anything starts.
+        self.ssl_context = ssl_context or tls.server_context(config)
+        self.notifier = systemd.Notifier(None)
+        self._ready_task: asyncio.Task[None] | None = None
         self.executor: ProcessExecutor | ThreadPoolExecutor | None = None
         self.runner: web.BaseRunner | None = None
         self.sockets: list[socket.socket] = []
@@ -110,18 +122,25 @@ class Server:
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
         self._stop = loop.create_future()
+        # Taken (and removed from the environment) before the app's processes start.
+        self.notifier = systemd.Notifier.from_environ()
+        activated = systemd.listen_fds()
+        if self.config.umask is not None:
+            os.umask(self.config.umask)  # before the template starts: the workers inherit it
         handler = self._make_handler()
         if isinstance(self.executor, ProcessExecutor):
             await self.executor.start()  # imports the app: fails before any socket exists
         self.runner = self._make_runner(handler)
         await self.runner.setup()
         try:
-            for address in self.config.binds():
+            for address in self._addresses(activated):
                 for sock in self._bind_all(address):
                     self.sockets.append(sock)
-                    site = web.SockSite(self.runner, sock)
+                    site = web.SockSite(self.runner, sock, ssl_context=self.ssl_context)
                     await site.start()
-                    logger.info("listening on %s", _describe(address, sock))
+                    logger.info(
+                        "listening on %s", _describe(address, sock, self.ssl_context is not None)
+                    )
         except BaseException:
             await self.stop(graceful=False)
             raise
@@ -132,6 +151,31 @@ class Server:
             else f"{self.pool.threads} threads in the main process"
         )
         logger.info("wsgipool %s serving with %s", _version(), mode)
+        if self.notifier.enabled:
+            self._ready_task = loop.create_task(self._ready_when_serving(f"serving with {mode}"))
+            self.notifier.start_watchdog()
+
+    async def _ready_when_serving(self, status: str) -> None:
+        """systemd's READY=1 once the sockets listen and a worker answers.
+
+        executor.start() has normally waited for the workers already; if they
+        were slower than its limit, READY waits for the first one.
+        """
+        executor = self.executor
+        if isinstance(executor, ProcessExecutor):
+            while not any(w.state is WorkerState.READY for w in executor.workers):
+                await asyncio.sleep(0.05)
+        self.notifier.ready(status)
+
+    def _addresses(self, activated: list[int]) -> tuple[BindAddress, ...]:
+        """systemd's sockets when it passed any (they replace --bind), else the configured ones."""
+        if not activated:
+            return self.config.binds()
+        logger.info(
+            "systemd socket activation: %s (instead of the configured addresses)",
+            ", ".join(f"fd://{fd}" for fd in activated),
+        )
+        return tuple(BindAddress("fd", fd=fd) for fd in activated)
 
     def _make_handler(self) -> WSGIHandler:
         config = self.config
@@ -259,6 +303,8 @@ class Server:
             with _umask(0o777 & ~perms):  # the socket is born with its permissions
                 sock.bind(path)
             os.chmod(path, perms)  # umask cannot grant bits such as setgid; chmod settles it
+            if self.config.unix_socket_group is not None:
+                os.chown(path, -1, _group_id(self.config.unix_socket_group))
             sock.listen(backlog)
         except OSError as exc:
             sock.close()
@@ -286,6 +332,7 @@ class Server:
     def request_stop(self, how: str = "graceful") -> None:
         if self._stop is not None and not self._stop.done():
             logger.info("stopping (%s)", "at once" if how == "quit" else "gracefully")
+            self.notifier.stopping()
             if how == "quit" and isinstance(self.executor, ProcessExecutor):
                 self.executor.kill()
             self._stop.set_result(how)
@@ -293,10 +340,18 @@ class Server:
     def _reload(self) -> None:
         if isinstance(self.executor, ProcessExecutor):
             logger.info("SIGHUP: reloading the app")
+            self.notifier.reloading()
             task = asyncio.get_running_loop().create_task(self.executor.reload())
-            task.add_done_callback(lambda t: t.exception() if not t.cancelled() else None)
+            task.add_done_callback(self._reloaded)
         else:
             logger.warning("SIGHUP ignored: reload needs worker processes (--workers 1 or more)")
+
+    def _reloaded(self, task: asyncio.Task[bool]) -> None:
+        """The new app is imported (or failed to, and the old workers serve on): ready again."""
+        if not task.cancelled():
+            task.exception()
+        if self._stop is not None and not self._stop.done():
+            self.notifier.ready("serving")
 
     def _scale(self, delta: int) -> None:
         if isinstance(self.executor, ProcessExecutor):
@@ -306,6 +361,11 @@ class Server:
 
     async def stop(self, graceful: bool = True) -> None:
         loop = asyncio.get_running_loop()
+        if self._stop is None or not self._stop.done():
+            self.notifier.stopping()  # request_stop() has not said it yet
+        self.notifier.stop_watchdog()
+        if self._ready_task is not None:
+            self._ready_task.cancel()
         for sig in (
             signal.SIGTERM,
             signal.SIGINT,
@@ -368,14 +428,22 @@ def _umask(mask: int) -> Iterator[None]:
         os.umask(old)
 
 
-def _describe(address: BindAddress, sock: socket.socket) -> str:
+def _group_id(group: str) -> int:
+    import grp
+
+    return int(group) if group.isdigit() else grp.getgrnam(group).gr_gid
+
+
+def _describe(address: BindAddress, sock: socket.socket, tls: bool = False) -> str:
+    suffix = " (TLS)" if tls else ""
     if address.kind == "unix":
-        return f"unix:{address.path}"
+        return f"unix:{address.path}{suffix}"
     name = sock.getsockname()
+    scheme = "https" if tls else "http"
     if isinstance(name, tuple):
         host = name[0]
-        return f"http://[{host}]:{name[1]}" if ":" in host else f"http://{host}:{name[1]}"
-    return f"fd://{address.fd}"
+        return f"{scheme}://[{host}]:{name[1]}" if ":" in host else f"{scheme}://{host}:{name[1]}"
+    return f"fd://{address.fd}{suffix}"
 
 
 def _expect_handler(limit: int) -> Callable[[web.Request], Any]:
