@@ -375,8 +375,7 @@ def test_unix_socket_with_group_perms_and_umask(
         "--unix-socket-perms", "660",
         "--unix-socket-group", group,
         "--umask", "027",
-        # TODO(lead): `--forwarded-allow-ips unix` once it exists; '*' trusts any peer.
-        "--forwarded-allow-ips", "*",
+        "--forwarded-allow-ips", "unix",
         bind=False,
     )  # fmt: skip
     info = path.stat()
@@ -392,7 +391,10 @@ def test_unix_socket_with_group_perms_and_umask(
     assert status == 200, nginx.errors()
     environ = json.loads(body)
     assert environ["wsgi.url_scheme"] == "https"
-    assert environ["REMOTE_ADDR"] == "198.51.100.2"
+    # The hop nginx appended (the address it saw), not the one the client wrote:
+    # with only `unix` trusted, 127.0.0.1 is no proxy of ours.
+    assert environ["HTTP_X_FORWARDED_FOR"] == "198.51.100.2, 127.0.0.1"
+    assert environ["REMOTE_ADDR"] == "127.0.0.1"
 
     upload = os.urandom(1 << 20) * 50
     status, _, body = nginx.request("POST", "/env", body=upload)
