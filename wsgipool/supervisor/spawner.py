@@ -126,17 +126,39 @@ class TemplateProcess:
         if self._channel is not None and not self._channel.closed:
             self._channel.send(p.frame(p.SHUTDOWN, 0))
 
+    async def stop(self, timeout: float = 5.0) -> None:
+        """Ask the template to exit, wait for it off the loop, then close its channel on the loop.
+
+        Only the join runs in a thread: the channel belongs to the event loop,
+        whose flush may still be sending the SHUTDOWN frame (closing it from a
+        thread raced that flush: ``IndexError: pop from an empty deque``).
+        """
+        self.shutdown()
+        process = self._process
+        if process is not None:
+            loop = asyncio.get_running_loop()
+            await loop.run_in_executor(None, process.join, timeout)
+            if process.is_alive():
+                process.kill()
+                await loop.run_in_executor(None, process.join, timeout)
+        self._close_channel()
+
     def kill(self) -> None:
+        """SIGKILL the template and wait for it; on the event loop only."""
         self.stopping = True
         if self._process is not None and self._process.is_alive():
             self._process.kill()
         self.reap()
 
     def reap(self) -> None:
-        if self._channel is not None:
-            self._channel.close()
+        """Close the channel and join the process; on the event loop only (it blocks briefly)."""
+        self._close_channel()
         if self._process is not None:
             self._process.join(5.0)
+
+    def _close_channel(self) -> None:
+        if self._channel is not None:
+            self._channel.close()
         self.alive = False
 
     def _on_frames(self, frames: list[tuple[int, int, bytes]]) -> None:

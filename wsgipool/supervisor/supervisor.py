@@ -88,6 +88,7 @@ class Supervisor:
         self._monitor = RssMonitor()
         self._template_task: asyncio.Future[None] | None = None
         self._template_failures = 0
+        self._retiring: set[asyncio.Task[None]] = set()  # old templates being stopped
 
     # -- lifecycle ---------------------------------------------------------------
 
@@ -121,13 +122,8 @@ class Supervisor:
             if worker.alive:
                 worker.kill(signal.SIGKILL)
         await asyncio.sleep(0)
-        for template in [self.template, *self.retired_templates]:
-            if template is not None:
-                template.shutdown()
-        await asyncio.sleep(0.05)
-        for template in [self.template, *self.retired_templates]:
-            if template is not None:
-                await asyncio.get_running_loop().run_in_executor(None, template.reap)
+        templates = [t for t in [self.template, *self.retired_templates] if t is not None]
+        await asyncio.gather(*(template.stop() for template in templates), *self._retiring)
         for _pid, (_worker, _text, timer) in self._awaiting_exit.items():
             timer.cancel()
         self._flush_exit_logs()
@@ -604,9 +600,10 @@ class Supervisor:
             if any(w.template is template for w, _, _ in self._awaiting_exit.values()):
                 continue  # it reaps them: stopped now, it could not tell how they exited
             self.retired_templates.remove(template)
-            template.shutdown()
             assert self._loop is not None
-            self._loop.run_in_executor(None, template.reap)
+            task = self._loop.create_task(template.stop())
+            self._retiring.add(task)
+            task.add_done_callback(self._retiring.discard)
 
     # -- helpers --------------------------------------------------------------------------
 
