@@ -39,6 +39,20 @@ _OPEN_FILES_CAP = 1 << 20
 
 LOG_FORMAT = "[%(asctime)s] [%(process)d] [%(levelname)s] %(message)s"
 
+#: The signals the main process answers, and the method that does (docs/operations.md, Signals).
+#: gunicorn's list less SIGCHLD, whose default is to be ignored.
+SIGNALS: dict[signal.Signals, str] = {
+    signal.SIGTERM: "_on_term",  # graceful stop, bounded by --graceful-timeout
+    signal.SIGINT: "_on_int",  # the same (Ctrl-C)
+    signal.SIGQUIT: "_on_quit",  # stop at once
+    signal.SIGHUP: "_on_hup",  # rolling reload
+    signal.SIGTTIN: "_on_ttin",  # one worker more
+    signal.SIGTTOU: "_on_ttou",  # one worker less
+    signal.SIGUSR1: "_on_usr1",  # reopen log files
+    signal.SIGUSR2: "_on_usr2",  # ignored, logged: no binary upgrade
+    signal.SIGWINCH: "_on_winch",  # ignored, logged: no binary upgrade
+}
+
 
 def serve(application: Callable[..., Any] | str, **kwargs: Any) -> None:
     """Serve a WSGI app until SIGTERM or SIGINT; takes aiohttp-wsgi's keywords and wsgipool's.
@@ -272,16 +286,37 @@ class Server:
     # -- signals and stopping ---------------------------------------------------------
 
     def _install_signals(self, loop: asyncio.AbstractEventLoop) -> None:
-        handlers: dict[int, Callable[[], None]] = {
-            signal.SIGTERM: lambda: self.request_stop("graceful"),
-            signal.SIGINT: lambda: self.request_stop("graceful"),
-            signal.SIGQUIT: lambda: self.request_stop("quit"),
-            signal.SIGHUP: self._reload,
-            signal.SIGTTIN: lambda: self._scale(+1),
-            signal.SIGTTOU: lambda: self._scale(-1),
-        }
-        for sig, callback in handlers.items():
-            loop.add_signal_handler(sig, callback)
+        for sig, name in SIGNALS.items():
+            loop.add_signal_handler(sig, getattr(self, name))
+
+    # Each runs on the loop (add_signal_handler) and returns at once: slow work goes in a task.
+
+    def _on_term(self) -> None:
+        self.request_stop("graceful")
+
+    def _on_int(self) -> None:
+        self.request_stop("graceful")
+
+    def _on_quit(self) -> None:
+        self.request_stop("quit")
+
+    def _on_hup(self) -> None:
+        self._reload()
+
+    def _on_ttin(self) -> None:
+        self._scale(+1)
+
+    def _on_ttou(self) -> None:
+        self._scale(-1)
+
+    def _on_usr1(self) -> None:
+        logger.info("SIGUSR1: no log file to reopen (logs go to stderr)")
+
+    def _on_usr2(self) -> None:
+        logger.info("SIGUSR2 ignored: wsgipool has no binary upgrade; SIGHUP reloads the app")
+
+    def _on_winch(self) -> None:
+        logger.info("SIGWINCH ignored: wsgipool has no binary upgrade to hand workers over to")
 
     def request_stop(self, how: str = "graceful") -> None:
         if self._stop is not None and not self._stop.done():
@@ -306,14 +341,7 @@ class Server:
 
     async def stop(self, graceful: bool = True) -> None:
         loop = asyncio.get_running_loop()
-        for sig in (
-            signal.SIGTERM,
-            signal.SIGINT,
-            signal.SIGQUIT,
-            signal.SIGHUP,
-            signal.SIGTTIN,
-            signal.SIGTTOU,
-        ):
+        for sig in SIGNALS:
             with contextlib.suppress(Exception):
                 loop.remove_signal_handler(sig)
         if self.runner is not None:
@@ -437,7 +465,8 @@ def _event_loop_runner() -> Callable[[Any], Any]:
         import uvloop
     except ImportError:
         return asyncio.run
-    return uvloop.run
+    run: Callable[[Any], Any] = uvloop.run
+    return run
 
 
 def _version() -> str:

@@ -8,7 +8,6 @@ from __future__ import annotations
 import signal
 import time
 
-import pytest
 
 from tests.integration.test_supervisor import (
     LoadLoop,

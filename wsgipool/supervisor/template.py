@@ -37,7 +37,17 @@ def template_main(app_ref: str | bytes, control: socket.socket, settings: Worker
         os.setpgid(0, 0)  # a Ctrl-C in the terminal reaches the main process only
     except OSError:
         pass
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # Operator signals are for the main process; a stray one must not end the template.
+    for sig in (
+        signal.SIGINT,
+        signal.SIGHUP,
+        signal.SIGTTIN,
+        signal.SIGTTOU,
+        signal.SIGUSR1,
+        signal.SIGUSR2,
+        signal.SIGWINCH,
+    ):
+        signal.signal(sig, signal.SIG_IGN)
     logging.basicConfig(level=settings.log_level.upper(), format=LOG_FORMAT, stream=sys.stderr)
     channel = BlockingChannel(control)
     try:

@@ -86,6 +86,16 @@ class _RssProbe:
         return int(fields[1]) * self._page
 
 
+#: Signals a worker ignores: the main process alone acts on them (docs/operations.md).
+_IGNORED_SIGNALS = (
+    signal.SIGINT,
+    signal.SIGHUP,
+    signal.SIGTTIN,
+    signal.SIGTTOU,
+    signal.SIGUSR2,
+    signal.SIGWINCH,
+)
+
 #: How long the reader may run a request that waits (on I/O, on credit) before the
 #: watchdog hands the requests queued behind it to the request threads.
 RESCUE_AFTER = 0.001
@@ -321,7 +331,7 @@ class Worker:
 
     def _install_signals(self) -> None:
         signal.set_wakeup_fd(-1)
-        for sig in (signal.SIGINT, signal.SIGHUP, signal.SIGTTIN, signal.SIGTTOU):
+        for sig in _IGNORED_SIGNALS:
             signal.signal(sig, signal.SIG_IGN)
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)
         signal.signal(signal.SIGTERM, lambda *_: self._stop(30.0))
