@@ -8,7 +8,6 @@ from __future__ import annotations
 import signal
 import time
 
-
 from tests.integration.test_supervisor import (
     LoadLoop,
     failures,
