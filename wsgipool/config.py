@@ -370,8 +370,9 @@ class PoolConfig(_Validated):
     graceful_timeout: float = option(
         30.0,
         parse_duration,
-        "How long a worker being recycled, reloaded or stopped may take to finish "
-        "its requests before it is killed.",
+        "On SIGTERM or SIGINT, the total time from the signal to exit (stop accepting, "
+        "let requests in flight finish, stop the workers, kill what is left); for a worker "
+        "being recycled or reloaded, how long it may take to finish its requests.",
         metavar="DURATION",
     )
 
@@ -490,11 +491,13 @@ class Config(_Validated):
         "Largest request body accepted; a larger one gets 413.",
         metavar="SIZE",
     )
-    shutdown_timeout: float = option(
-        60.0,
-        parse_duration,
-        "On SIGTERM or SIGINT, how long requests in flight may take to finish.",
+    shutdown_timeout: float | None = option(
+        None,
+        _parse_optional(parse_duration),
+        "The part of --graceful-timeout that requests in flight get to finish after "
+        "SIGTERM or SIGINT before they are cut; it never extends the total.",
         metavar="DURATION",
+        default_text="all of --graceful-timeout",
     )
     forwarded_allow_ips: tuple[str, ...] = option(
         ("127.0.0.1", "::1"),

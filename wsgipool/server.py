@@ -3,8 +3,9 @@
 Startup order matters to users: the app is imported (by the template process,
 or here with ``workers=0``) before any socket is bound, so a broken app never
 leaves a half-started server; the sockets are bound before the first request
-can arrive.  Shutdown is the reverse: stop accepting, let requests in flight
-finish (``shutdown_timeout``), stop the workers, remove the unix socket.
+can arrive.  Shutdown is the reverse, all within ``graceful_timeout``: stop
+accepting, let requests in flight finish (cut at the end of the drain), stop
+the workers (killed when the budget is spent), remove the unix socket.
 """
 
 from __future__ import annotations
@@ -147,6 +148,34 @@ class Server:
         )
         logger.info("wsgipool %s serving with %s", _version(), mode)
 
+    def _drain_time(self) -> float:
+        """How long requests in flight may run after SIGTERM before they are cut."""
+        budget = self.pool.graceful_timeout
+        part = self.config.shutdown_timeout
+        return budget if part is None else min(part, budget)
+
+    def _cut_in_flight(self) -> None:
+        """The drain is over: log the requests still in flight and close their connections.
+
+        aiohttp would wait as long again for them after cancelling their requests'
+        bodies; closing the connection cancels the handler (handler_cancellation),
+        which tells the worker to stop producing.
+        """
+        server = self.runner.server if self.runner is not None else None
+        connections = server.connections if server is not None else []
+        if not connections:
+            return
+        if isinstance(self.executor, ProcessExecutor):
+            count = sum(len(worker.inflight) for worker in self.executor.workers)
+            what = f"{count} request(s) in flight"
+        else:
+            what = f"{len(connections)} connection(s) with a request in flight"
+        logger.warning(
+            "graceful timeout: %s after %.1fs; closing their connections", what, self._drain_time()
+        )
+        for connection in connections:
+            connection.force_close()
+
     def _make_handler(self) -> WSGIHandler:
         config = self.config
         if self.pool.workers > 0:
@@ -183,7 +212,7 @@ class Server:
                 self._make_app(handler),
                 header_timeout=config.header_timeout,
                 handle_signals=False,
-                shutdown_timeout=config.shutdown_timeout,
+                shutdown_timeout=self._drain_time() + 1.0,  # a backstop: see _cut_in_flight
                 handler_cancellation=True,
                 **protocol_options,
             )
@@ -194,7 +223,7 @@ class Server:
             **protocol_options,
         )
         return web.ServerRunner(
-            server, handle_signals=False, shutdown_timeout=config.shutdown_timeout
+            server, handle_signals=False, shutdown_timeout=self._drain_time() + 1.0
         )
 
     def _make_app(self, handler: WSGIHandler) -> web.Application:
@@ -340,17 +369,31 @@ class Server:
             logger.warning("SIGTTIN/SIGTTOU ignored: scaling needs worker processes")
 
     async def stop(self, graceful: bool = True) -> None:
+        """Stop within --graceful-timeout in all: drain, then stop the workers, then kill.
+
+        Requests in flight get the drain (all of the budget, or --shutdown-timeout
+        if that is shorter) and are cut when it ends; the workers get what is left
+        of the budget (nothing, if the drain used it all) and are killed a second
+        after that.
+        """
         loop = asyncio.get_running_loop()
+        budget = self.pool.graceful_timeout if graceful else 0.0
+        deadline = loop.time() + budget
         for sig in SIGNALS:
             with contextlib.suppress(Exception):
                 loop.remove_signal_handler(sig)
         if self.runner is not None:
-            # Stops accepting, then waits up to shutdown_timeout for requests in flight.
-            await self.runner.cleanup()
+            # Stops accepting, then waits for requests in flight; those left at the end
+            # of the drain are cut by `_cut_in_flight`.
+            cut = loop.call_later(self._drain_time(), self._cut_in_flight)
+            try:
+                await self.runner.cleanup()
+            finally:
+                cut.cancel()
             self.runner = None
         executor = self.executor
         if isinstance(executor, ProcessExecutor):
-            await executor.shutdown(self.pool.graceful_timeout if graceful else 0.0)
+            await executor.shutdown(max(0.0, deadline - loop.time()))
         elif isinstance(executor, ThreadPoolExecutor):
             executor.shutdown(wait=False, cancel_futures=True)
         for sock in self.sockets:

@@ -7,12 +7,17 @@ from __future__ import annotations
 
 import signal
 import time
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
 
 from tests.integration.test_supervisor import (
     LoadLoop,
     failures,
     fetch,
+    gone,
     log_lines,
+    still_running,
 )
 from tests.polling import wait_for
 
@@ -92,3 +97,38 @@ def test_fifty_reloads_under_load_log_no_error_and_fail_no_request(run_server):
     assert errors == [], "\n".join(errors)
     assert reloads >= 20, reloads
     print(f"\nreloads: {reloads} under load, {len(results)} requests, 0 failed, 0 error lines")
+
+
+# -- a bounded SIGTERM -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "executor",
+    [["--workers", "2", "--threads", "2"], ["--workers", "0", "--threads", "4"]],
+    ids=["processes", "threads"],
+)
+def test_graceful_timeout_bounds_sigterm_and_cuts_the_long_request(run_server, tmp_path, executor):
+    marks = tmp_path / "marks"
+    marks.mkdir()
+    server = run_server(
+        "faultapp:app",
+        *executor,
+        "--graceful-timeout",
+        "2s",
+        env={"FAULTAPP_MARK_DIR": str(marks)},
+    )
+    with ThreadPoolExecutor(1) as pool:
+        slow = pool.submit(fetch, server.port, "/slow?ms=10000&touch=long", 30)
+        assert wait_for((marks / "long").exists, 10), server.log
+        processes = server.descendants()
+        signalled = time.monotonic()
+        server.signal(signal.SIGTERM)
+        code = server.wait(15)
+        took = time.monotonic() - signalled
+        result = slow.result(30)
+    assert code == 0, server.log
+    assert took < 6.0, (took, server.log)  # 2 s and a generous bound, not the 10 s request
+    assert result.status != 200, result  # cut: no answer, or not a whole one
+    assert "graceful timeout: 1 " in server.log, server.log
+    assert wait_for(lambda: gone(processes), 10), still_running(processes)
+    print(f"\nSIGTERM with a 10 s request in flight, --graceful-timeout 2s: exit after {took:.2f}s")

@@ -32,6 +32,9 @@ __all__ = ["Supervisor"]
 logger = logging.getLogger("wsgipool.supervisor")
 
 _EXIT_STATUS_WAIT = 1.0
+#: How long past its grace a stopping worker (one that cannot exit: a thread holding the GIL
+#: in C code) gets before SIGKILL; WorkerHandle's own kill timer uses the same second.
+_KILL_AFTER = 1.0
 #: How long a worker taken out of service waits for its replacement before it is stopped anyway.
 _REPLACEMENT_WAIT = 10.0
 #: Recycles that keep the worker serving until its replacement is ready.
@@ -115,7 +118,7 @@ class Supervisor:
         for worker in list(self.workers):
             self.pool.remove(worker)
             worker.stop(grace)
-        deadline = time.monotonic() + grace + 2.0
+        deadline = time.monotonic() + grace + _KILL_AFTER
         while any(w.alive for w in self.workers) and time.monotonic() < deadline:
             await asyncio.sleep(0.05)
         for worker in self.workers:
