@@ -57,7 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
             "help": f"{meta['help']} (default: {default})".replace("%", "%%"),  # argparse %-formats
         }
         if meta["switch"]:
-            kwargs["action"] = "store_true"
+            kwargs["action"] = argparse.BooleanOptionalAction  # --x and --no-x
         else:
             kwargs["metavar"] = meta["metavar"]
             if meta["repeat"]:

@@ -191,6 +191,17 @@ def _parse_url_scheme(value: object) -> str:
     return text
 
 
+#: A hook option: a dotted module, a colon, a dotted attribute path (wsgipool/hooks.py).
+_HOOK_RE = re.compile(r"[A-Za-z_][\w.]*:[A-Za-z_][\w.]*")
+
+
+def _parse_hook(value: object) -> str:
+    text = _parse_str(value).strip()
+    if not _HOOK_RE.fullmatch(text):
+        raise ValueError(f"expected MODULE:FUNCTION, like myproject.hooks:post_fork, got {value!r}")
+    return text
+
+
 def _iterable(value: object) -> Iterable[Any]:
     if isinstance(value, str | bytes) or not isinstance(value, Iterable):
         raise ValueError(f"expected a list, got {value!r}")
@@ -376,6 +387,42 @@ class PoolConfig(_Validated):
         metavar="DURATION",
     )
 
+    preload: bool = option(
+        False,
+        _parse_bool,
+        "Import the app once in the template process and fork the workers from it "
+        "(fast starts, shared memory; connections and threads made at import are "
+        "shared or lost: reopen them in --post-fork). --no-preload: each worker "
+        "imports the app after the fork, as gunicorn does by default.",
+        switch=True,
+    )
+    on_starting: str | None = option(
+        None,
+        _parse_optional(_parse_hook),
+        "Hook MODULE:FUNCTION called as f(server) in the main process before the app is imported.",
+        metavar="HOOK",
+    )
+    when_ready: str | None = option(
+        None,
+        _parse_optional(_parse_hook),
+        "Hook called as f(server) in the main process once the workers are ready and "
+        "the sockets listen.",
+        metavar="HOOK",
+    )
+    post_fork: str | None = option(
+        None,
+        _parse_optional(_parse_hook),
+        "Hook called as f(worker) in each worker after the fork and the app's import, "
+        "before it serves; an exception fails the worker (retried with the crash backoff).",
+        metavar="HOOK",
+    )
+    worker_exit: str | None = option(
+        None,
+        _parse_optional(_parse_hook),
+        "Hook called as f(worker) in each worker as it exits on its own (not when killed).",
+        metavar="HOOK",
+    )
+
     def __post_init__(self) -> None:
         self._normalise()
         if self.workers < 0:
@@ -415,6 +462,8 @@ class PoolConfig(_Validated):
             "max_requests",
             "max_lifetime",
             "timeout",
+            "post_fork",
+            "worker_exit",
         )
         return [name for name in names if getattr(self, name) not in (None, 0)]
 
@@ -602,6 +651,8 @@ def reference_markdown() -> str:
         for spec in fields(cls):
             meta = spec.metadata
             flag = "--" + spec.name.replace("_", "-")
+            if meta["switch"]:
+                flag += "` / `--no-" + spec.name.replace("_", "-")
             if meta["metavar"]:
                 flag += " " + meta["metavar"]
             default = meta["default_text"] or _default_text(spec.default)

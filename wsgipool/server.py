@@ -28,6 +28,7 @@ from aiohttp import web
 from wsgipool.config import BindAddress, Config, ConfigError, PoolConfig, split_options
 from wsgipool.executor import ProcessExecutor
 from wsgipool.handler import WSGIHandler
+from wsgipool.hooks import call_hook, load_hook
 from wsgipool.limits import GuardedAppRunner, GuardedServer
 from wsgipool.loader import load_app
 
@@ -125,6 +126,10 @@ class Server:
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
         self._stop = loop.create_future()
+        pool = self.pool
+        on_starting = load_hook(pool.on_starting, "on_starting") if pool.on_starting else None
+        when_ready = load_hook(pool.when_ready, "when_ready") if pool.when_ready else None
+        call_hook(on_starting, "on_starting", self)
         handler = self._make_handler()
         if isinstance(self.executor, ProcessExecutor):
             await self.executor.start()  # imports the app: fails before any socket exists
@@ -141,12 +146,14 @@ class Server:
             await self.stop(graceful=False)
             raise
         self._install_signals(loop)
+        preload = "preloaded" if self.pool.preload else "each imports the app"
         mode = (
-            f"{self.pool.workers} worker process(es) x {self.pool.threads} threads"
+            f"{self.pool.workers} worker process(es) x {self.pool.threads} threads ({preload})"
             if isinstance(self.executor, ProcessExecutor)
             else f"{self.pool.threads} threads in the main process"
         )
         logger.info("wsgipool %s serving with %s", _version(), mode)
+        call_hook(when_ready, "when_ready", self)
 
     def _drain_time(self) -> float:
         """How long requests in flight may run after SIGTERM before they are cut."""

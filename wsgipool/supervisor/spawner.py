@@ -53,7 +53,6 @@ class TemplateProcess:
         self._channel: AsyncChannel | None = None
         self._ready: asyncio.Future[int] | None = None
         self._spawns: dict[int, asyncio.Future[int]] = {}
-        self._next_spawn = 0
         self.pid = 0
         self.alive = False
         self.stopping = False
@@ -67,7 +66,7 @@ class TemplateProcess:
         context = multiprocess.get_context("spawn")
         process = context.Process(
             target=template_main,
-            args=(self.app_ref, theirs, self.settings),
+            args=(self.app_ref, theirs, self.settings, self.generation),
             name="wsgipool-template",
             daemon=True,
         )
@@ -90,13 +89,15 @@ class TemplateProcess:
             self.reap()
             raise
 
-    async def spawn(self, timeout: float = 30.0) -> tuple[int, socket.socket]:
-        """Fork a worker; returns its pid and the main process's end of its socketpair."""
+    async def spawn(self, number: int, timeout: float = 30.0) -> tuple[int, socket.socket]:
+        """Fork worker `number`; returns its pid and the main process's end of its socketpair.
+
+        The number (unique for the server's life) is the SPAWN frame's id, echoed in SPAWNED.
+        """
         if not self.alive or self._channel is None:
             raise SpawnError("the template process is not running")
         loop = asyncio.get_running_loop()
-        self._next_spawn = (self._next_spawn + 1) & 0xFFFFFFFF
-        token = self._next_spawn
+        token = number & 0xFFFFFFFF
         future: asyncio.Future[int] = loop.create_future()
         self._spawns[token] = future
         try:

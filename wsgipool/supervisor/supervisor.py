@@ -71,6 +71,9 @@ class Supervisor:
             max_rss_hard=config.max_rss_hard,
             log_level=log_level,
             environ=environ or EnvironOptions(),
+            preload=config.preload,
+            post_fork=config.post_fork,
+            worker_exit=config.worker_exit,
         )
         self.target = config.workers
         self.workers: list[WorkerHandle] = []
@@ -152,10 +155,11 @@ class Supervisor:
         started = time.monotonic()
         await template.start()
         logger.info(
-            "template %d imported the app in %.0f ms (generation %d)",
+            "template %d imported the app in %.0f ms (generation %d%s)",
             template.pid,
             (time.monotonic() - started) * 1000,
             template.generation,
+            "" if self.config.preload else "; checked in a child: each worker imports it",
         )
         return template
 
@@ -186,7 +190,9 @@ class Supervisor:
             template = await self._wait_template()
             if self.stopping:
                 return
-            pid, sock = await template.spawn()
+            self._numbers += 1
+            number = self._numbers
+            pid, sock = await template.spawn(number)
         except SpawnError as exc:
             self._scheduled -= 1
             logger.error("could not spawn a worker: %s", exc)
@@ -197,9 +203,8 @@ class Supervisor:
             raise
         self._scheduled -= 1
         assert self._loop is not None
-        self._numbers += 1
         worker = WorkerHandle(
-            self._loop, self._numbers, pid, sock, template, self, self.config.threads, "spawn"
+            self._loop, number, pid, sock, template, self, self.config.threads, "spawn"
         )
         worker.request_limit = policy.jittered_request_limit(
             self.config.max_requests, self.config.max_requests_jitter, self._rng
