@@ -1,8 +1,9 @@
 """Find a WSGI application from "module:attr", the way gunicorn users write it.
 
-Used in the main process (``--workers 0``) and in the template process that
-imports the app once for all workers.  Failures become `AppImportError` with a
-one-line message, because the CLI prints exactly that and exits 2.
+Used in the main process (``--workers 0``), in the template process with
+--preload, and in each worker (after a check in a child of the template)
+without.  Failures become `AppImportError` with a one-line message, because
+the CLI prints exactly that and exits 2.
 """
 
 from __future__ import annotations
