@@ -299,3 +299,22 @@ def test_a_bad_hook_stops_the_boot_with_one_line(run_server, sink):
     )
     assert server.wait(30) == 2, server.log
     assert "post_fork (--post-fork): module 'importtime' has no 'no_such_hook'" in server.log
+
+
+def test_a_worker_that_cannot_import_new_code_backs_off_while_the_old_ones_serve(
+    run_server, tmp_path
+):
+    """--no-preload: code broken on disk after boot fails new workers, with the crash backoff."""
+    module = tmp_path / "lateapp.py"
+    module.write_text("from faultapp import app\n")
+    server = run_server("lateapp:app", "--workers", "1", "--threads", "2", cwd=tmp_path)
+    module.write_text("raise ImportError('half-deployed release')\n")
+    server.signal(signal.SIGTTIN)
+    assert wait_for(lambda: "crash backoff" in server.log, 15), server.log
+    time.sleep(2)
+    log = server.log
+    cannot = log_lines(server, r"\[ERROR\] worker \d+: cannot import 'lateapp:app': ImportError")
+    assert cannot and "half-deployed release" in cannot[0].string, log
+    assert len(log_lines(server, r"worker \d+ died .*exit code 2")) < 12, log  # not a fork loop
+    assert fetch(server.port, "/hello").status == 200  # the worker that imported serves on
+    assert server.proc.poll() is None
