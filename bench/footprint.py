@@ -1,13 +1,14 @@
 """How fast a worker starts and how much memory it adds, for the test Django project.
 
-    .venv/bin/python -m bench.footprint [--workers 4] [--requests 200]
+    .venv/bin/python -m bench.footprint [--workers 4] [--requests 200] [--preload | --no-preload]
 
 Starts ``wsgipool serve djangoproj.wsgi:application`` (tests/apps) on
 127.0.0.1, warms every worker with real requests (Django imports lazily on the
 first request), then reads:
 
 - each worker's start time, from its "ready in N ms" log line (fork from the
-  template to its HELLO), and the template's import time;
+  template to its HELLO: with --no-preload, the default, that includes the
+  worker's own import of the app), and the template's import time;
 - each process's USS (memory no other process shares) and PSS, with psutil;
 - one recycle under load: SIGTTIN adds a worker, whose ready time is read too.
 
@@ -58,6 +59,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--workers", type=int, default=4)
     parser.add_argument("--requests", type=int, default=200)
+    parser.add_argument(
+        "--preload",
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help="import the app in the template and fork (default: each worker imports it)",
+    )
     args = parser.parse_args(argv)
 
     port = _free_port()
@@ -66,6 +73,7 @@ def main(argv: list[str] | None = None) -> int:
     log_path = Path(data) / "server.log"
     argv = [sys.executable, "-m", "wsgipool", "serve", "djangoproj.wsgi:application"]
     argv += ["--workers", str(args.workers), "--threads", "2", "--bind", f"127.0.0.1:{port}"]
+    argv += ["--preload" if args.preload else "--no-preload"]
     with open(log_path, "wb") as log:
         server = subprocess.Popen(
             argv, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=data, start_new_session=True
@@ -75,6 +83,8 @@ def main(argv: list[str] | None = None) -> int:
         deadline = time.monotonic() + 60
         while "serving with" not in log_path.read_text() and time.monotonic() < deadline:
             time.sleep(0.05)
+        idle_tree = psutil.Process(server.pid).children(recursive=True)
+        idle = [p.memory_full_info().uss / MIB for p in idle_tree if p.ppid() != server.pid]
         for _ in range(args.requests):  # every worker imports Django's request path lazily
             if _get(port, "/") != 200:
                 raise SystemExit("the Django project does not answer 200 on /")
@@ -84,12 +94,21 @@ def main(argv: list[str] | None = None) -> int:
         template = [p for p in tree if p.ppid() == server.pid]
         workers = [p for p in tree if p not in template and p is not main_process]
         os.kill(server.pid, signal.SIGTTIN)  # one more worker: a start under way
-        time.sleep(1.0)
+        deadline = time.monotonic() + 30
+        while log_path.read_text().count(" ready in ") <= args.workers:
+            if time.monotonic() > deadline:
+                raise SystemExit("the worker added by SIGTTIN did not start within 30s")
+            time.sleep(0.05)
         log = log_path.read_text()
         imports = re.findall(r"template \d+ imported the app in (\d+) ms", log)
         ready = [float(ms) for ms in re.findall(r"worker \d+ ready in ([\d.]+) ms", log)]
-        print(f"# Worker footprint: the test Django project, {args.workers} workers x 2 threads\n")
-        print(f"- template imported the app in {imports[0]} ms (once, before any worker)")
+        mode = "--preload" if args.preload else "--no-preload"
+        print(
+            f"# Worker footprint: the test Django project, {args.workers} workers x 2 threads, "
+            f"{mode}\n"
+        )
+        where = "once, before any worker" if args.preload else "a check; each worker imports it"
+        print(f"- template imported the app in {imports[0]} ms ({where})")
         print(
             f"- worker start (fork to ready), {len(ready)} starts: median "
             f"{statistics.median(ready):.1f} ms, max {max(ready):.1f} ms"
@@ -107,7 +126,10 @@ def main(argv: list[str] | None = None) -> int:
                 f"| {name} | {info.uss / MIB:.1f} | {info.pss / MIB:.1f} | {info.rss / MIB:.1f} |"
             )
         uss = [p.memory_full_info().uss / MIB for p in workers]
-        print(f"\nunique memory per worker (USS): median {statistics.median(uss):.1f} MiB")
+        print(
+            f"\nunique memory per worker (USS): idle median {statistics.median(idle):.1f} MiB, "
+            f"after the requests median {statistics.median(uss):.1f} MiB"
+        )
     finally:
         for pid in [server.pid, *known]:
             try:

@@ -76,7 +76,8 @@ def _one_process_shape(s: Settings) -> str:
 
 def _wsgipool(s: Settings, app: str, port: int, extra: list[str]) -> tuple[Argv, Env]:
     argv = [PY, "-m", "wsgipool", "serve", app, "--workers", str(s.workers)]
-    argv += ["--threads", str(s.threads), "--bind", f"{HOST}:{port}", *extra]
+    # bench/results were measured with the app imported once and forked (the default then).
+    argv += ["--preload", "--threads", str(s.threads), "--bind", f"{HOST}:{port}", *extra]
     return argv, {}
 
 

@@ -57,7 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
             "help": f"{meta['help']} (default: {default})".replace("%", "%%"),  # argparse %-formats
         }
         if meta["switch"]:
-            kwargs["action"] = "store_true"
+            kwargs["action"] = argparse.BooleanOptionalAction  # --x and --no-x
         else:
             kwargs["metavar"] = meta["metavar"]
             if meta["repeat"]:
@@ -90,4 +90,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ConfigError, AppImportError) as exc:
         print(f"wsgipool: error: {exc}", file=sys.stderr)
         return 2
+    _exit_past_app_threads()
     return 0
+
+
+def _exit_past_app_threads() -> None:
+    """With --workers 0, app threads cut at the end of --graceful-timeout may still run.
+
+    Python would wait for them at exit (a 10 s request keeps the process 10 s);
+    the graceful timeout is the bound, so the process exits without them.
+    """
+    import logging
+    import threading
+
+    left = [t for t in threading.enumerate() if t.name.startswith("wsgipool-app") and t.is_alive()]
+    if left:
+        logging.getLogger("wsgipool.server").warning(
+            "%d app thread(s) still running at the end of the graceful timeout; exiting", len(left)
+        )
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)

@@ -220,6 +220,17 @@ def _parse_tls_version(value: object) -> str:
     raise ValueError(f"expected {' or '.join(_TLS_VERSIONS)}, got {value!r}")
 
 
+#: A hook option: a dotted module, a colon, a dotted attribute path (wsgipool/hooks.py).
+_HOOK_RE = re.compile(r"[A-Za-z_][\w.]*:[A-Za-z_][\w.]*")
+
+
+def _parse_hook(value: object) -> str:
+    text = _parse_str(value).strip()
+    if not _HOOK_RE.fullmatch(text):
+        raise ValueError(f"expected MODULE:FUNCTION, like myproject.hooks:post_fork, got {value!r}")
+    return text
+
+
 def _iterable(value: object) -> Iterable[Any]:
     if isinstance(value, str | bytes) or not isinstance(value, Iterable):
         raise ValueError(f"expected a list, got {value!r}")
@@ -399,9 +410,46 @@ class PoolConfig(_Validated):
     graceful_timeout: float = option(
         30.0,
         parse_duration,
-        "How long a worker being recycled, reloaded or stopped may take to finish "
-        "its requests before it is killed.",
+        "On SIGTERM or SIGINT, the total time from the signal to exit (stop accepting, "
+        "let requests in flight finish, stop the workers, kill what is left); for a worker "
+        "being recycled or reloaded, how long it may take to finish its requests.",
         metavar="DURATION",
+    )
+
+    preload: bool = option(
+        False,
+        _parse_bool,
+        "Import the app once in the template process and fork the workers from it "
+        "(fast starts, shared memory; connections and threads made at import are "
+        "shared or lost: reopen them in --post-fork). --no-preload: each worker "
+        "imports the app after the fork, as gunicorn does by default.",
+        switch=True,
+    )
+    on_starting: str | None = option(
+        None,
+        _parse_optional(_parse_hook),
+        "Hook MODULE:FUNCTION called as f(server) in the main process before the app is imported.",
+        metavar="HOOK",
+    )
+    when_ready: str | None = option(
+        None,
+        _parse_optional(_parse_hook),
+        "Hook called as f(server) in the main process once the workers are ready and "
+        "the sockets listen.",
+        metavar="HOOK",
+    )
+    post_fork: str | None = option(
+        None,
+        _parse_optional(_parse_hook),
+        "Hook called as f(worker) in each worker after the fork and the app's import, "
+        "before it serves; an exception fails the worker (retried with the crash backoff).",
+        metavar="HOOK",
+    )
+    worker_exit: str | None = option(
+        None,
+        _parse_optional(_parse_hook),
+        "Hook called as f(worker) in each worker as it exits on its own (not when killed).",
+        metavar="HOOK",
     )
 
     def __post_init__(self) -> None:
@@ -443,6 +491,8 @@ class PoolConfig(_Validated):
             "max_requests",
             "max_lifetime",
             "timeout",
+            "post_fork",
+            "worker_exit",
         )
         return [name for name in names if getattr(self, name) not in (None, 0)]
 
@@ -534,11 +584,13 @@ class Config(_Validated):
         "Largest request body accepted; a larger one gets 413.",
         metavar="SIZE",
     )
-    shutdown_timeout: float = option(
-        60.0,
-        parse_duration,
-        "On SIGTERM or SIGINT, how long requests in flight may take to finish.",
+    shutdown_timeout: float | None = option(
+        None,
+        _parse_optional(parse_duration),
+        "The part of --graceful-timeout that requests in flight get to finish after "
+        "SIGTERM or SIGINT before they are cut; it never extends the total.",
         metavar="DURATION",
+        default_text="all of --graceful-timeout",
     )
     forwarded_allow_ips: tuple[str, ...] = option(
         ("127.0.0.1", "::1"),
@@ -681,6 +733,8 @@ def reference_markdown() -> str:
         for spec in fields(cls):
             meta = spec.metadata
             flag = "--" + spec.name.replace("_", "-")
+            if meta["switch"]:
+                flag += "` / `--no-" + spec.name.replace("_", "-")
             if meta["metavar"]:
                 flag += " " + meta["metavar"]
             default = meta["default_text"] or _default_text(spec.default)

@@ -74,7 +74,7 @@ class ProcessExecutor:
     # -- lifecycle ------------------------------------------------------------------
 
     async def start(self) -> None:
-        """Import the app once in a template process and start the workers.
+        """Start the template process (it imports the app, or checks it imports) and the workers.
 
         Raises AppImportError with a one-line message if the app cannot be imported.
         """

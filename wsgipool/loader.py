@@ -1,8 +1,9 @@
 """Find a WSGI application from "module:attr", the way gunicorn users write it.
 
-Used in the main process (``--workers 0``) and in the template process that
-imports the app once for all workers.  Failures become `AppImportError` with a
-one-line message, because the CLI prints exactly that and exits 2.
+Used in the main process (``--workers 0``), in the template process with
+--preload, and in each worker (after a check in a child of the template)
+without.  Failures become `AppImportError` with a one-line message, because
+the CLI prints exactly that and exits 2.
 """
 
 from __future__ import annotations
@@ -62,7 +63,7 @@ def load_app(spec: str) -> Callable[..., Any]:
         try:
             obj = obj(*call_args, **call_kwargs)
         except Exception as exc:
-            raise AppImportError(f"calling {target} failed: {_one_line(exc)}") from None
+            raise AppImportError(f"calling {target} failed: {one_line(exc)}") from None
     if not callable(obj):
         kind = type(obj).__name__
         article = "an" if kind[:1].lower() in "aeiou" else "a"
@@ -136,17 +137,17 @@ def _import(module_name: str, spec: str) -> Any:
                 f"cannot import {spec!r}: no module named {exc.name!r} "
                 f"(searched the current directory and sys.path)"
             ) from None
-        raise AppImportError(f"cannot import {spec!r}: {_one_line(exc)}") from None
+        raise AppImportError(f"cannot import {spec!r}: {one_line(exc)}") from None
     except SyntaxError as exc:
         where = f"{exc.filename}, line {exc.lineno}" if exc.filename else "unknown place"
         raise AppImportError(f"cannot import {spec!r}: SyntaxError: {exc.msg} ({where})") from None
     except BaseException as exc:
         if isinstance(exc, KeyboardInterrupt):
             raise
-        raise AppImportError(f"cannot import {spec!r}: {_one_line(exc)}") from None
+        raise AppImportError(f"cannot import {spec!r}: {one_line(exc)}") from None
 
 
-def _one_line(exc: BaseException) -> str:
+def one_line(exc: BaseException) -> str:
     """The exception and where it was raised, on one line."""
     frames = traceback.extract_tb(exc.__traceback__)
     where = ""

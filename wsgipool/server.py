@@ -3,8 +3,9 @@
 Startup order matters to users: the app is imported (by the template process,
 or here with ``workers=0``) before any socket is bound, so a broken app never
 leaves a half-started server; the sockets are bound before the first request
-can arrive.  Shutdown is the reverse: stop accepting, let requests in flight
-finish (``shutdown_timeout``), stop the workers, remove the unix socket.
+can arrive.  Shutdown is the reverse, all within ``graceful_timeout``: stop
+accepting, let requests in flight finish (cut at the end of the drain), stop
+the workers (killed when the budget is spent), remove the unix socket.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from wsgipool import systemd, tls
 from wsgipool.config import BindAddress, Config, ConfigError, PoolConfig, split_options
 from wsgipool.executor import ProcessExecutor
 from wsgipool.handler import WSGIHandler
+from wsgipool.hooks import call_hook, load_hook
 from wsgipool.limits import GuardedAppRunner, GuardedServer
 from wsgipool.loader import load_app
 from wsgipool.supervisor.handle import WorkerState
@@ -41,6 +43,20 @@ logger = logging.getLogger("wsgipool.server")
 _OPEN_FILES_CAP = 1 << 20
 
 LOG_FORMAT = "[%(asctime)s] [%(process)d] [%(levelname)s] %(message)s"
+
+#: The signals the main process answers, and the method that does (docs/operations.md, Signals).
+#: gunicorn's list less SIGCHLD, whose default is to be ignored.
+SIGNALS: dict[signal.Signals, str] = {
+    signal.SIGTERM: "_on_term",  # graceful stop, bounded by --graceful-timeout
+    signal.SIGINT: "_on_int",  # the same (Ctrl-C)
+    signal.SIGQUIT: "_on_quit",  # stop at once
+    signal.SIGHUP: "_on_hup",  # rolling reload
+    signal.SIGTTIN: "_on_ttin",  # one worker more
+    signal.SIGTTOU: "_on_ttou",  # one worker less
+    signal.SIGUSR1: "_on_usr1",  # reopen log files
+    signal.SIGUSR2: "_on_usr2",  # ignored, logged: no binary upgrade
+    signal.SIGWINCH: "_on_winch",  # ignored, logged: no binary upgrade
+}
 
 
 def serve(application: Callable[..., Any] | str, **kwargs: Any) -> None:
@@ -127,6 +143,10 @@ class Server:
         activated = systemd.listen_fds()
         if self.config.umask is not None:
             os.umask(self.config.umask)  # before the template starts: the workers inherit it
+        pool = self.pool
+        on_starting = load_hook(pool.on_starting, "on_starting") if pool.on_starting else None
+        when_ready = load_hook(pool.when_ready, "when_ready") if pool.when_ready else None
+        call_hook(on_starting, "on_starting", self)
         handler = self._make_handler()
         if isinstance(self.executor, ProcessExecutor):
             await self.executor.start()  # imports the app: fails before any socket exists
@@ -145,12 +165,14 @@ class Server:
             await self.stop(graceful=False)
             raise
         self._install_signals(loop)
+        preload = "preloaded" if self.pool.preload else "each imports the app"
         mode = (
-            f"{self.pool.workers} worker process(es) x {self.pool.threads} threads"
+            f"{self.pool.workers} worker process(es) x {self.pool.threads} threads ({preload})"
             if isinstance(self.executor, ProcessExecutor)
             else f"{self.pool.threads} threads in the main process"
         )
         logger.info("wsgipool %s serving with %s", _version(), mode)
+        call_hook(when_ready, "when_ready", self)
         if self.notifier.enabled:
             self._ready_task = loop.create_task(self._ready_when_serving(f"serving with {mode}"))
             self.notifier.start_watchdog()
@@ -176,6 +198,34 @@ class Server:
             ", ".join(f"fd://{fd}" for fd in activated),
         )
         return tuple(BindAddress("fd", fd=fd) for fd in activated)
+
+    def _drain_time(self) -> float:
+        """How long requests in flight may run after SIGTERM before they are cut."""
+        budget = self.pool.graceful_timeout
+        part = self.config.shutdown_timeout
+        return budget if part is None else min(part, budget)
+
+    def _cut_in_flight(self) -> None:
+        """The drain is over: log the requests still in flight and close their connections.
+
+        aiohttp would wait as long again for them after cancelling their requests'
+        bodies; closing the connection cancels the handler (handler_cancellation),
+        which tells the worker to stop producing.
+        """
+        server = self.runner.server if self.runner is not None else None
+        connections = server.connections if server is not None else []
+        if not connections:
+            return
+        if isinstance(self.executor, ProcessExecutor):
+            count = sum(len(worker.inflight) for worker in self.executor.workers)
+            what = f"{count} request(s) in flight"
+        else:
+            what = f"{len(connections)} connection(s) with a request in flight"
+        logger.warning(
+            "graceful timeout: %s after %.1fs; closing their connections", what, self._drain_time()
+        )
+        for connection in connections:
+            connection.force_close()
 
     def _make_handler(self) -> WSGIHandler:
         config = self.config
@@ -213,7 +263,7 @@ class Server:
                 self._make_app(handler),
                 header_timeout=config.header_timeout,
                 handle_signals=False,
-                shutdown_timeout=config.shutdown_timeout,
+                shutdown_timeout=self._drain_time() + 1.0,  # a backstop: see _cut_in_flight
                 handler_cancellation=True,
                 **protocol_options,
             )
@@ -224,7 +274,7 @@ class Server:
             **protocol_options,
         )
         return web.ServerRunner(
-            server, handle_signals=False, shutdown_timeout=config.shutdown_timeout
+            server, handle_signals=False, shutdown_timeout=self._drain_time() + 1.0
         )
 
     def _make_app(self, handler: WSGIHandler) -> web.Application:
@@ -318,16 +368,37 @@ class Server:
     # -- signals and stopping ---------------------------------------------------------
 
     def _install_signals(self, loop: asyncio.AbstractEventLoop) -> None:
-        handlers: dict[int, Callable[[], None]] = {
-            signal.SIGTERM: lambda: self.request_stop("graceful"),
-            signal.SIGINT: lambda: self.request_stop("graceful"),
-            signal.SIGQUIT: lambda: self.request_stop("quit"),
-            signal.SIGHUP: self._reload,
-            signal.SIGTTIN: lambda: self._scale(+1),
-            signal.SIGTTOU: lambda: self._scale(-1),
-        }
-        for sig, callback in handlers.items():
-            loop.add_signal_handler(sig, callback)
+        for sig, name in SIGNALS.items():
+            loop.add_signal_handler(sig, getattr(self, name))
+
+    # Each runs on the loop (add_signal_handler) and returns at once: slow work goes in a task.
+
+    def _on_term(self) -> None:
+        self.request_stop("graceful")
+
+    def _on_int(self) -> None:
+        self.request_stop("graceful")
+
+    def _on_quit(self) -> None:
+        self.request_stop("quit")
+
+    def _on_hup(self) -> None:
+        self._reload()
+
+    def _on_ttin(self) -> None:
+        self._scale(+1)
+
+    def _on_ttou(self) -> None:
+        self._scale(-1)
+
+    def _on_usr1(self) -> None:
+        logger.info("SIGUSR1: no log file to reopen (logs go to stderr)")
+
+    def _on_usr2(self) -> None:
+        logger.info("SIGUSR2 ignored: wsgipool has no binary upgrade; SIGHUP reloads the app")
+
+    def _on_winch(self) -> None:
+        logger.info("SIGWINCH ignored: wsgipool has no binary upgrade to hand workers over to")
 
     def request_stop(self, how: str = "graceful") -> None:
         if self._stop is not None and not self._stop.done():
@@ -360,29 +431,36 @@ class Server:
             logger.warning("SIGTTIN/SIGTTOU ignored: scaling needs worker processes")
 
     async def stop(self, graceful: bool = True) -> None:
+        """Stop within --graceful-timeout in all: drain, then stop the workers, then kill.
+
+        Requests in flight get the drain (all of the budget, or --shutdown-timeout
+        if that is shorter) and are cut when it ends; the workers get what is left
+        of the budget (nothing, if the drain used it all) and are killed a second
+        after that.
+        """
         loop = asyncio.get_running_loop()
         if self._stop is None or not self._stop.done():
             self.notifier.stopping()  # request_stop() has not said it yet
         self.notifier.stop_watchdog()
         if self._ready_task is not None:
             self._ready_task.cancel()
-        for sig in (
-            signal.SIGTERM,
-            signal.SIGINT,
-            signal.SIGQUIT,
-            signal.SIGHUP,
-            signal.SIGTTIN,
-            signal.SIGTTOU,
-        ):
+        budget = self.pool.graceful_timeout if graceful else 0.0
+        deadline = loop.time() + budget
+        for sig in SIGNALS:
             with contextlib.suppress(Exception):
                 loop.remove_signal_handler(sig)
         if self.runner is not None:
-            # Stops accepting, then waits up to shutdown_timeout for requests in flight.
-            await self.runner.cleanup()
+            # Stops accepting, then waits for requests in flight; those left at the end
+            # of the drain are cut by `_cut_in_flight`.
+            cut = loop.call_later(self._drain_time(), self._cut_in_flight)
+            try:
+                await self.runner.cleanup()
+            finally:
+                cut.cancel()
             self.runner = None
         executor = self.executor
         if isinstance(executor, ProcessExecutor):
-            await executor.shutdown(self.pool.graceful_timeout if graceful else 0.0)
+            await executor.shutdown(max(0.0, deadline - loop.time()))
         elif isinstance(executor, ThreadPoolExecutor):
             executor.shutdown(wait=False, cancel_futures=True)
         for sock in self.sockets:

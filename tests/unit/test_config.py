@@ -155,3 +155,22 @@ def test_split_options_sorts_keywords():
     assert server == {"port": 1}
     assert pool == {"workers": 2, "max_rss": "64M"}
     assert rest == {"stderr": None}
+
+
+def test_hooks_are_module_colon_function_and_preload_is_off_by_default():
+    pool = PoolConfig(post_fork="myproject.hooks:post_fork", worker_exit=None)
+    assert pool.post_fork == "myproject.hooks:post_fork" and pool.preload is False
+    for bad in ("myproject.hooks", "hooks:", ":f", "a b:c", "m:f()"):
+        with pytest.raises(ConfigError, match=r"^post_fork \(--post-fork\): expected MODULE:"):
+            PoolConfig(post_fork=bad)
+    assert PoolConfig(workers=0, post_fork="m:f").process_only_options() == ["post_fork"]
+    assert PoolConfig(preload="yes").preload is True
+
+
+def test_switches_have_a_no_form_on_the_command_line():
+    from wsgipool.cli import build_parser
+
+    parser = build_parser()
+    assert parser.parse_args(["serve", "m:a", "--preload"]).preload is True
+    assert parser.parse_args(["serve", "m:a", "--no-preload"]).preload is False
+    assert "preload" not in vars(parser.parse_args(["serve", "m:a"]))  # the declared default

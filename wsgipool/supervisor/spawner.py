@@ -53,7 +53,6 @@ class TemplateProcess:
         self._channel: AsyncChannel | None = None
         self._ready: asyncio.Future[int] | None = None
         self._spawns: dict[int, asyncio.Future[int]] = {}
-        self._next_spawn = 0
         self.pid = 0
         self.alive = False
         self.stopping = False
@@ -67,7 +66,7 @@ class TemplateProcess:
         context = multiprocess.get_context("spawn")
         process = context.Process(
             target=template_main,
-            args=(self.app_ref, theirs, self.settings),
+            args=(self.app_ref, theirs, self.settings, self.generation),
             name="wsgipool-template",
             daemon=True,
         )
@@ -90,13 +89,15 @@ class TemplateProcess:
             self.reap()
             raise
 
-    async def spawn(self, timeout: float = 30.0) -> tuple[int, socket.socket]:
-        """Fork a worker; returns its pid and the main process's end of its socketpair."""
+    async def spawn(self, number: int, timeout: float = 30.0) -> tuple[int, socket.socket]:
+        """Fork worker `number`; returns its pid and the main process's end of its socketpair.
+
+        The number (unique for the server's life) is the SPAWN frame's id, echoed in SPAWNED.
+        """
         if not self.alive or self._channel is None:
             raise SpawnError("the template process is not running")
         loop = asyncio.get_running_loop()
-        self._next_spawn = (self._next_spawn + 1) & 0xFFFFFFFF
-        token = self._next_spawn
+        token = number & 0xFFFFFFFF
         future: asyncio.Future[int] = loop.create_future()
         self._spawns[token] = future
         try:
@@ -126,17 +127,39 @@ class TemplateProcess:
         if self._channel is not None and not self._channel.closed:
             self._channel.send(p.frame(p.SHUTDOWN, 0))
 
+    async def stop(self, timeout: float = 5.0) -> None:
+        """Ask the template to exit, wait for it off the loop, then close its channel on the loop.
+
+        Only the join runs in a thread: the channel belongs to the event loop,
+        whose flush may still be sending the SHUTDOWN frame (closing it from a
+        thread raced that flush: ``IndexError: pop from an empty deque``).
+        """
+        self.shutdown()
+        process = self._process
+        if process is not None:
+            loop = asyncio.get_running_loop()
+            await loop.run_in_executor(None, process.join, timeout)
+            if process.is_alive():
+                process.kill()
+                await loop.run_in_executor(None, process.join, timeout)
+        self._close_channel()
+
     def kill(self) -> None:
+        """SIGKILL the template and wait for it; on the event loop only."""
         self.stopping = True
         if self._process is not None and self._process.is_alive():
             self._process.kill()
         self.reap()
 
     def reap(self) -> None:
-        if self._channel is not None:
-            self._channel.close()
+        """Close the channel and join the process; on the event loop only (it blocks briefly)."""
+        self._close_channel()
         if self._process is not None:
             self._process.join(5.0)
+
+    def _close_channel(self) -> None:
+        if self._channel is not None:
+            self._channel.close()
         self.alive = False
 
     def _on_frames(self, frames: list[tuple[int, int, bytes]]) -> None:

@@ -32,6 +32,9 @@ __all__ = ["Supervisor"]
 logger = logging.getLogger("wsgipool.supervisor")
 
 _EXIT_STATUS_WAIT = 1.0
+#: How long past its grace a stopping worker (one that cannot exit: a thread holding the GIL
+#: in C code) gets before SIGKILL; WorkerHandle's own kill timer uses the same second.
+_KILL_AFTER = 1.0
 #: How long a worker taken out of service waits for its replacement before it is stopped anyway.
 _REPLACEMENT_WAIT = 10.0
 #: Recycles that keep the worker serving until its replacement is ready.
@@ -68,6 +71,9 @@ class Supervisor:
             max_rss_hard=config.max_rss_hard,
             log_level=log_level,
             environ=environ or EnvironOptions(),
+            preload=config.preload,
+            post_fork=config.post_fork,
+            worker_exit=config.worker_exit,
         )
         self.target = config.workers
         self.workers: list[WorkerHandle] = []
@@ -88,6 +94,7 @@ class Supervisor:
         self._monitor = RssMonitor()
         self._template_task: asyncio.Future[None] | None = None
         self._template_failures = 0
+        self._retiring: set[asyncio.Task[None]] = set()  # old templates being stopped
 
     # -- lifecycle ---------------------------------------------------------------
 
@@ -114,20 +121,15 @@ class Supervisor:
         for worker in list(self.workers):
             self.pool.remove(worker)
             worker.stop(grace)
-        deadline = time.monotonic() + grace + 2.0
+        deadline = time.monotonic() + grace + _KILL_AFTER
         while any(w.alive for w in self.workers) and time.monotonic() < deadline:
             await asyncio.sleep(0.05)
         for worker in self.workers:
             if worker.alive:
                 worker.kill(signal.SIGKILL)
         await asyncio.sleep(0)
-        for template in [self.template, *self.retired_templates]:
-            if template is not None:
-                template.shutdown()
-        await asyncio.sleep(0.05)
-        for template in [self.template, *self.retired_templates]:
-            if template is not None:
-                await asyncio.get_running_loop().run_in_executor(None, template.reap)
+        templates = [t for t in [self.template, *self.retired_templates] if t is not None]
+        await asyncio.gather(*(template.stop() for template in templates), *self._retiring)
         for _pid, (_worker, _text, timer) in self._awaiting_exit.items():
             timer.cancel()
         self._flush_exit_logs()
@@ -153,10 +155,11 @@ class Supervisor:
         started = time.monotonic()
         await template.start()
         logger.info(
-            "template %d imported the app in %.0f ms (generation %d)",
+            "template %d imported the app in %.0f ms (generation %d%s)",
             template.pid,
             (time.monotonic() - started) * 1000,
             template.generation,
+            "" if self.config.preload else "; checked in a child: each worker imports it",
         )
         return template
 
@@ -187,7 +190,9 @@ class Supervisor:
             template = await self._wait_template()
             if self.stopping:
                 return
-            pid, sock = await template.spawn()
+            self._numbers += 1
+            number = self._numbers
+            pid, sock = await template.spawn(number)
         except SpawnError as exc:
             self._scheduled -= 1
             logger.error("could not spawn a worker: %s", exc)
@@ -198,9 +203,8 @@ class Supervisor:
             raise
         self._scheduled -= 1
         assert self._loop is not None
-        self._numbers += 1
         worker = WorkerHandle(
-            self._loop, self._numbers, pid, sock, template, self, self.config.threads, "spawn"
+            self._loop, number, pid, sock, template, self, self.config.threads, "spawn"
         )
         worker.request_limit = policy.jittered_request_limit(
             self.config.max_requests, self.config.max_requests_jitter, self._rng
@@ -604,9 +608,10 @@ class Supervisor:
             if any(w.template is template for w, _, _ in self._awaiting_exit.values()):
                 continue  # it reaps them: stopped now, it could not tell how they exited
             self.retired_templates.remove(template)
-            template.shutdown()
             assert self._loop is not None
-            self._loop.run_in_executor(None, template.reap)
+            task = self._loop.create_task(template.stop())
+            self._retiring.add(task)
+            task.add_done_callback(self._retiring.discard)
 
     # -- helpers --------------------------------------------------------------------------
 

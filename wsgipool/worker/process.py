@@ -33,6 +33,7 @@ from wsgipool.cgi import (
     build_environ,
     facts_from_fields,
 )
+from wsgipool.hooks import WorkerInfo, call_hook
 from wsgipool.worker.channel import BlockingChannel, ChannelClosed
 from wsgipool.worker.output import FrameOutput, RawHead
 from wsgipool.wsgicall import complete_environ, not_found, run_wsgi
@@ -51,6 +52,11 @@ class WorkerSettings:
     max_rss_hard: int | None = None
     log_level: str = "info"
     environ: EnvironOptions = field(default_factory=EnvironOptions)
+    #: Import the app in the template (True) or in each worker after the fork (False).
+    preload: bool = False
+    #: Hooks run in the worker, as "module:function" (wsgipool/hooks.py).
+    post_fork: str | None = None
+    worker_exit: str | None = None
 
 
 class _Job:
@@ -86,6 +92,19 @@ class _RssProbe:
         return int(fields[1]) * self._page
 
 
+#: A worker's exit status when its post_fork hook raised.
+_HOOK_FAILED = 4
+
+#: Signals a worker ignores: the main process alone acts on them (docs/operations.md).
+_IGNORED_SIGNALS = (
+    signal.SIGINT,
+    signal.SIGHUP,
+    signal.SIGTTIN,
+    signal.SIGTTOU,
+    signal.SIGUSR2,
+    signal.SIGWINCH,
+)
+
 #: How long the reader may run a request that waits (on I/O, on credit) before the
 #: watchdog hands the requests queued behind it to the request threads.
 RESCUE_AFTER = 0.001
@@ -116,11 +135,16 @@ class Worker:
         app: Callable[..., Any],
         channel: BlockingChannel,
         settings: WorkerSettings,
+        info: WorkerInfo | None = None,
+        on_exit: Callable[..., Any] | None = None,
     ) -> None:
         self.app = app
         self.channel = channel
         self.settings = settings
         self.pid = os.getpid()
+        self.info = info
+        self._on_exit = on_exit  # the worker_exit hook
+        self._exiting = threading.Lock()
         self.jobs: dict[int, _Job] = {}
         self.queue: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
         self.stopping = False
@@ -312,6 +336,8 @@ class Worker:
             self.exit(0)
 
     def exit(self, code: int) -> NoReturn:
+        if self._exiting.acquire(blocking=False):  # the first thread to exit runs the hook
+            call_hook(self._on_exit, "worker_exit", self.info)
         for stream in (sys.stdout, sys.stderr):
             try:
                 stream.flush()
@@ -321,7 +347,7 @@ class Worker:
 
     def _install_signals(self) -> None:
         signal.set_wakeup_fd(-1)
-        for sig in (signal.SIGINT, signal.SIGHUP, signal.SIGTTIN, signal.SIGTTOU):
+        for sig in _IGNORED_SIGNALS:
             signal.signal(sig, signal.SIG_IGN)
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)
         signal.signal(signal.SIGTERM, lambda *_: self._stop(30.0))
@@ -444,6 +470,20 @@ class Worker:
         return p.frame(p.STATUS, 0, p.encode_status(rss, served, flags))
 
 
-def run_worker(app: Callable[..., Any], sock: Any, settings: WorkerSettings) -> NoReturn:
-    """Entry point in a freshly forked worker; never returns."""
-    Worker(app, BlockingChannel(sock), settings).run()
+def run_worker(
+    app: Callable[..., Any],
+    sock: Any,
+    settings: WorkerSettings,
+    info: WorkerInfo | None = None,
+    post_fork: Callable[..., Any] | None = None,
+    worker_exit: Callable[..., Any] | None = None,
+) -> NoReturn:
+    """Entry point in a freshly forked worker, with its app; never returns.
+
+    The post_fork hook runs first: if it raises, the worker exits with status 4
+    before it says HELLO, and the supervisor replaces it with the crash backoff.
+    """
+    if not call_hook(post_fork, "post_fork", info):
+        sys.stderr.flush()
+        os._exit(_HOOK_FAILED)
+    Worker(app, BlockingChannel(sock), settings, info, worker_exit).run()
