@@ -24,11 +24,13 @@ from typing import Any
 
 from aiohttp import web
 
+from wsgipool import wire
 from wsgipool.config import BindAddress, Config, ConfigError, PoolConfig, split_options
 from wsgipool.executor import ProcessExecutor
 from wsgipool.handler import WSGIHandler
 from wsgipool.limits import GuardedAppRunner, GuardedServer
 from wsgipool.loader import load_app
+from wsgipool.static import hide_dotfiles
 
 __all__ = ["Server", "serve"]
 
@@ -142,7 +144,7 @@ class Server:
         else:
             self.executor = ThreadPoolExecutor(self.pool.threads, thread_name_prefix="wsgipool-app")
             application = self.application  # imported in __init__, before any loop
-        return WSGIHandler(
+        handler = WSGIHandler(
             application,
             url_scheme=config.url_scheme,
             stderr=self.stderr,
@@ -153,6 +155,9 @@ class Server:
             script_name="" if config.static else config.script_name,
             watch_disconnects=False,  # aiohttp cancels the handler: handler_cancellation=True
         )
+        if self.pool.workers == 0:  # the same waiting queue as the worker pool's
+            handler.limit_queue(self.pool.threads, self.pool.queue_size, self.pool.queue_timeout)
+        return handler
 
     def _make_runner(self, handler: WSGIHandler) -> web.BaseRunner:
         """aiohttp's low-level server when the app is all there is, else an Application."""
@@ -185,7 +190,10 @@ class Server:
 
     def _make_app(self, handler: WSGIHandler) -> web.Application:
         config = self.config
-        middlewares = []
+        prefixes = tuple(url for url, _ in config.static)
+        middlewares = [wire.middleware]  # wsgipool's own answers, on every route
+        if not config.static_dotfiles:
+            middlewares.append(hide_dotfiles(prefixes))
         if config.static_cors and config.static:
             middlewares.append(
                 _static_cors(tuple(url for url, _ in config.static), config.static_cors)
