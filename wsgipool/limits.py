@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any
+from typing import Any, cast
 
 from aiohttp import hdrs, web
 from aiohttp.http import HttpVersion11
@@ -29,6 +29,7 @@ from aiohttp.http_parser import RawRequestMessage
 from aiohttp.web_protocol import RequestHandler
 
 from wsgipool.response import error_response
+from wsgipool.upgrade import UpgradeSafeParser
 from wsgipool.wsgicall import SERVER_HEADER
 
 __all__ = ["GuardedAppRunner", "GuardedServer"]
@@ -46,6 +47,9 @@ class _GuardedRequestHandler(RequestHandler):
 
     def __init__(self, manager: web.Server, **kwargs: Any) -> None:
         super().__init__(manager, **kwargs)
+        # Requests pipelined behind an Upgrade that is not granted are not lost.
+        # (Duck-typed: it is the parser for everything but how data is fed to it.)
+        self._parser = cast(Any, UpgradeSafeParser(self._parser, self.close))
         # The connection's encoded addresses, kept by wsgipool.environ for its requests.
         self.wsgi_connection: tuple[bytes, ...] | None = None
         # Length of the current head's request line: None while no newline was
