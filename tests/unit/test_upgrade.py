@@ -19,7 +19,8 @@ LAST = b"GET /last HTTP/1.1\r\nHost: x\r\n\r\n"
 UPGRADES = {
     "h2c": b"GET /up HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: h2c\r\n\r\n",
     "h2c-body": b"POST /up HTTP/1.1\r\nHost: x\r\nConnection: Upgrade, HTTP2-Settings\r\n"
-    b"UPGRADE: h2c\r\nHTTP2-Settings: AAMAAABkAAQAAP__\r\nContent-Length: 11\r\n\r\nhello\r\n\r\nup",
+    b"UPGRADE: h2c\r\nHTTP2-Settings: AAMAAABkAAQAAP__\r\nContent-Length: 11\r\n\r\n"
+    b"hello\r\n\r\nup",
     "body-mentions-it": b"POST /up HTTP/1.1\r\nHost: x\r\nContent-Length: 9\r\n\r\nupgrade!!",
 }
 
