@@ -122,16 +122,18 @@ def test_version_attack_under_load_kills_no_worker(run_server):
     assert "died" not in server.log
 
 
-# -- 5. HTTP/1.0 keep-alive and a body of unknown length -------------------------------
+# -- the rules on every response path (RAW head, aiohttp's objects, a router) --------
 
 
-def test_http10_keep_alive_streamed_response_is_close_delimited(
-    run_server, executor_args, route_args
-):
+def test_response_rules_on_every_path(run_server, executor_args, route_args):
+    """Items 5 and 6, and item 9's Server, reason-phrase and Content-Type rules."""
     server = run_server("wireapp:app", *executor_args, *route_args)
+    addr = address(server)
+
+    # 5. HTTP/1.0 keep-alive and a body of unknown length: delimited by the close
+    # (exchange() fails if the server never closes).
     request = b"GET /stream?parts=4 HTTP/1.0\r\nConnection: keep-alive\r\n\r\n"
-    # The server must end the body by closing: exchange() fails if it never does.
-    raw = rawhttp.exchange(address(server), request, timeout=10)
+    raw = rawhttp.exchange(addr, request, timeout=10)
     response = rawhttp.parse_one(raw)
     assert response.status == 200
     assert raw.startswith(b"HTTP/1.0 200 "), raw
@@ -140,37 +142,47 @@ def test_http10_keep_alive_streamed_response_is_close_delimited(
     assert response.header("connection") in (None, "close")
     assert response.body == b"part-0;part-1;part-2;part-3;"
 
-
-# -- 6. HTTP/1.0 with Transfer-Encoding ---------------------------------------------------
-
-
-def test_http10_transfer_encoding_is_400_and_closes(run_server, executor_args, route_args):
-    server = run_server("wireapp:app", *executor_args, *route_args)
+    # 6. HTTP/1.0 with Transfer-Encoding: 400, closed, what follows never runs.
     smuggled = b"GET /count HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
     request = (
         b"POST /echo HTTP/1.0\r\nConnection: keep-alive\r\nTransfer-Encoding: chunked\r\n\r\n"
         b"3\r\nabc\r\n0\r\n\r\n" + smuggled
     )
-    raw = rawhttp.exchange(address(server), request)
+    raw = rawhttp.exchange(addr, request)
     response = rawhttp.parse_one(raw)
     assert response.status == 400, raw
     assert response.header("server") == "wsgipool"
     assert b"method" not in raw  # the app never ran
     assert response.rest == b"", "the bytes after it must not run as a request"
 
+    # An app response without Server gets "wsgipool", never a version; the app's own wins.
+    for target, expected in (("/echo", "wsgipool"), ("/stream", "wsgipool"), ("/server", "my-app")):
+        response = one(addr, rawhttp.request_bytes("GET", target))
+        assert response.header("server") == expected, response.raw_head
+        assert b"aiohttp" not in response.raw_head and b"Python" not in response.raw_head
+
+    # A status without a reason phrase keeps its space (RFC 9112 section 4).
+    for status in ("200", "200+", "404"):
+        raw = rawhttp.exchange(addr, rawhttp.request_bytes("GET", f"/echo?status={status}"))
+        assert raw.startswith(b"HTTP/1.1 " + status[:3].encode() + b" \r\n"), raw[:100]
+
+    # No Content-Type the app did not set.
+    response = one(addr, rawhttp.request_bytes("GET", "/bare"))
+    assert (response.status, response.body) == (200, b"bare-body")
+    assert response.header("content-type") is None, response.raw_head
+
 
 # -- 9. smaller wire defects ---------------------------------------------------------------
 
 
-def test_fragment_is_stripped_before_the_query(run_server, executor_args):
-    server = run_server("wireapp:app", *executor_args)
+def _fragment_is_stripped_before_the_query(addr) -> None:
     for target, path, query in (
         (b"/a?x=1#frag", "/a", "x=1"),
         (b"/a#f?x=1", "/a", ""),
         (b"/a%23b?x=%23#f", "/a#b", "x=%23"),
     ):
         request = b"GET " + target + b" HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
-        echo = json.loads(one(address(server), request).body)
+        echo = json.loads(one(addr, request).body)
         assert (echo["path"], echo["query"]) == (path, query), target
 
 
@@ -244,46 +256,15 @@ def test_app_500_says_server_wsgipool(run_server, executor_args):
     assert_own_answer(one(address(server), rawhttp.request_bytes("GET", "/error-before")), 500)
 
 
-def test_app_response_without_server_gets_server_wsgipool_never_a_version(
-    run_server, executor_args, route_args
-):
-    server = run_server("wireapp:app", *executor_args, *route_args)
-    for target, expected in (("/echo", "wsgipool"), ("/stream", "wsgipool"), ("/server", "my-app")):
-        response = one(address(server), rawhttp.request_bytes("GET", target))
-        assert response.header("server") == expected, response.raw_head
-        assert b"aiohttp" not in response.raw_head and b"Python" not in response.raw_head
-
-
-def test_status_without_reason_keeps_the_space(run_server, executor_args, route_args):
-    """RAW heads (serialised by the worker), aiohttp's path, and streamed responses."""
-    server = run_server("wireapp:app", *executor_args, *route_args)
-    for status in ("200", "200+", "404"):
-        request = rawhttp.request_bytes("GET", f"/echo?status={status}")
-        raw = rawhttp.exchange(address(server), request)
-        code = status[:3].encode()
-        assert raw.startswith(b"HTTP/1.1 " + code + b" \r\n"), raw[:100]
-
-
-def test_no_content_type_is_invented(run_server, executor_args, route_args):
-    server = run_server("wireapp:app", *executor_args, *route_args)
-    response = one(address(server), rawhttp.request_bytes("GET", "/bare"))
-    assert response.status == 200
-    assert response.header("content-type") is None, response.raw_head
-    assert response.body == b"bare-body"
-
-
-def test_connect_is_501_in_both_modes_and_closes(run_server, executor_args):
-    server = run_server("wireapp:app", *executor_args)
+def _connect_is_501_and_closes(addr) -> None:
     request = b"CONNECT example.com:443 HTTP/1.1\r\nHost: example.com:443\r\n\r\n"
-    response = one(address(server), request + b"GET /echo HTTP/1.1\r\nHost: x\r\n\r\n")
+    response = one(addr, request + b"GET /echo HTTP/1.1\r\nHost: x\r\n\r\n")
     assert_own_answer(response, 501)
     assert response.header("connection") == "close"
     assert response.rest == b""  # what follows a CONNECT is never a request
 
 
-def test_bytes_after_an_upgrade_request_are_answered(run_server, executor_args):
-    """A WSGI app never upgrades: what follows the request in the same packet is the next one."""
-    server = run_server("wireapp:app", *executor_args)
+def _bytes_after_an_upgrade_request_are_answered(addr) -> None:
     follow = b"GET /echo?x=2 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
     for upgrade in (
         b"GET /echo?x=1 HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n",
@@ -291,7 +272,7 @@ def test_bytes_after_an_upgrade_request_are_answered(run_server, executor_args):
         b"POST /echo?x=1 HTTP/1.1\r\nHost: x\r\nConnection: Upgrade, HTTP2-Settings\r\n"
         b"Upgrade: h2c\r\nHTTP2-Settings: AAMAAABkAAQAAP__\r\nContent-Length: 3\r\n\r\nabc",
     ):
-        raw = rawhttp.exchange(address(server), upgrade + follow, timeout=10)
+        raw = rawhttp.exchange(addr, upgrade + follow, timeout=10)
         first = rawhttp.parse_one(raw)
         assert first.status == 200 and json.loads(first.body)["query"] == "x=1", raw
         second = rawhttp.parse_one(first.rest)
@@ -362,9 +343,7 @@ def test_queue_size_and_timeout_bound_thread_mode(run_server, tmp_path):
 # -- CONTENT_LENGTH of bodyless requests -------------------------------------------------
 
 
-def test_content_length_only_when_the_request_has_a_body_or_says_so(run_server, executor_args):
-    server = run_server("wireapp:app", *executor_args)
-    addr = address(server)
+def _content_length_only_when_the_request_has_a_body_or_says_so(addr) -> None:
 
     def echo(data: bytes) -> dict:
         return json.loads(one(addr, data).body)
@@ -381,6 +360,16 @@ def test_content_length_only_when_the_request_has_a_body_or_says_so(run_server, 
 
 
 # -- the embedded handler (WSGIHandler in an aiohttp app of this process) ----------------
+
+
+def test_request_rules(run_server, executor_args):
+    """Fragment, CONNECT, Upgrade pipelining and CONTENT_LENGTH, on one server per mode."""
+    server = run_server("wireapp:app", *executor_args)
+    addr = address(server)
+    _fragment_is_stripped_before_the_query(addr)
+    _connect_is_501_and_closes(addr)
+    _bytes_after_an_upgrade_request_are_answered(addr)
+    _content_length_only_when_the_request_has_a_body_or_says_so(addr)
 
 
 def _stream_app(environ, start_response):
