@@ -30,6 +30,7 @@ from wsgipool.executor import ProcessExecutor
 from wsgipool.handler import WSGIHandler
 from wsgipool.limits import GuardedAppRunner, GuardedServer
 from wsgipool.loader import load_app
+from wsgipool.response import error_response
 from wsgipool.static import hide_dotfiles
 
 __all__ = ["Server", "serve"]
@@ -394,11 +395,9 @@ def _expect_handler(limit: int) -> Callable[[web.Request], Any]:
             return None
         expectation = request.headers.get("Expect", "").lower()
         if expectation != "100-continue":
-            raise web.HTTPExpectationFailed(text=f"Unknown Expect: {expectation}")
+            return error_response(417, close=True)
         if request.content_length is not None and request.content_length > limit:
-            response = web.Response(status=413, text="413 Payload Too Large\n")
-            response.force_close()
-            return response
+            return error_response(413, close=True)
         await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
         request.writer.output_size = 0  # the response proper has not started
         return None

@@ -42,7 +42,12 @@ class UpgradeSafeParser:
         return getattr(self._parser, name)
 
     def feed_data(self, data: bytes) -> tuple[Any, bool, bytes]:
-        if not data or (not self._in_head and not self._body_left and _mark(data, 0) < 0):
+        if (
+            not self._in_head
+            and not self._body_left
+            and b"pgrade" not in data
+            and b"PGRADE" not in data
+        ) or not data:
             return self._parser.feed_data(data)  # type: ignore[no-any-return]
         return self._feed_carefully(bytes(data))
 

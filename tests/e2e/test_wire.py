@@ -23,6 +23,7 @@ import pytest
 from aiohttp import web
 
 from tests.e2e import rawhttp
+from tests.e2e.test_limits import read_response
 from tests.polling import wait_for
 from wsgipool import WSGIHandler
 
@@ -165,6 +166,17 @@ def test_response_rules_on_every_path(run_server, executor_args, route_args):
     for status in ("200", "200+", "404"):
         raw = rawhttp.exchange(addr, rawhttp.request_bytes("GET", f"/echo?status={status}"))
         assert raw.startswith(b"HTTP/1.1 " + status[:3].encode() + b" \r\n"), raw[:100]
+
+    # Expect: 413 over the limit, 417 for an unknown expectation, wsgipool's own answers.
+    # (The body is never sent: the answer is read without waiting for the close.)
+    for expect, length, status in (("100-continue", 4 << 30, 413), ("teapot", 3, 417)):
+        headers = [("Content-Length", str(length)), ("Expect", expect)]
+        with rawhttp.connect(addr) as sock:
+            sock.sendall(rawhttp.request_bytes("POST", "/echo", headers, close=False))
+            response = read_response(sock)
+        assert response.status == status, response.raw_head
+        assert response.header("server") == "wsgipool", response.raw_head
+        assert response.header("connection") == "close", response.raw_head
 
     # No Content-Type the app did not set.
     response = one(addr, rawhttp.request_bytes("GET", "/bare"))
