@@ -68,7 +68,7 @@ class RequestFacts:
         remote_addr: str,
         remote_port: str,
         prefix: bytes | None,
-        content_length: int,
+        content_length: int | None,
         keep_alive: bool,
         headers: Sequence[tuple[bytes, bytes]],
     ) -> None:
@@ -81,7 +81,7 @@ class RequestFacts:
         self.remote_addr = remote_addr
         self.remote_port = remote_port
         self.prefix = prefix  # what a router matched before the app's path, if any
-        self.content_length = content_length
+        self.content_length = content_length  # None: no body and no Content-Length
         self.keep_alive = keep_alive
         self.headers = headers  # (name, value) bytes, as received
 
@@ -101,7 +101,7 @@ def facts_from_fields(
         addr.decode("latin-1"),
         port.decode("latin-1"),
         prefix or None,
-        int(length) if length.isdigit() else 0,
+        int(length) if length.isdigit() else None,
         keep_alive,
         headers,
     )
@@ -189,11 +189,12 @@ def http_key(name: bytes) -> str | None:
 def build_environ(facts: RequestFacts, options: EnvironOptions) -> dict[str, str]:
     """The str-valued CGI variables and ``wsgi.url_scheme``; NotMounted outside the mount."""
     raw = facts.target
-    path, _, query = raw.partition(b"?")
+    # A fragment is the client's alone (clients do not send one; when sent, it is
+    # neither path nor query): cut before the query is split off.
+    target = raw.partition(b"#")[0] if b"#" in raw else raw
+    path, _, query = target.partition(b"?")
     if not path.startswith(b"/"):
         path = _origin_path(path)
-    if b"#" in path:
-        path = path.partition(b"#")[0]
     path_bytes = unquote_to_bytes(path) if b"%" in path else path
     if path == b"*":  # OPTIONS *: about the server, no path at all
         script_name, path_info = "", ""
@@ -219,8 +220,9 @@ def build_environ(facts: RequestFacts, options: EnvironOptions) -> dict[str, str
         "REMOTE_PORT": facts.remote_port,
         "SERVER_PROTOCOL": "HTTP/" + facts.version,
         "SERVER_SOFTWARE": SERVER_SOFTWARE,
-        "CONTENT_LENGTH": str(facts.content_length),
     }
+    if facts.content_length is not None:  # absent: no body, no Content-Length header
+        environ["CONTENT_LENGTH"] = str(facts.content_length)
     for name, value in facts.headers:
         key = http_key(name)
         if key is None:

@@ -559,6 +559,13 @@ class Config(_Validated):
         "Access-Control-Allow-Origin value for static files ('*' for any origin).",
         metavar="ORIGIN",
     )
+    static_dotfiles: bool = option(
+        False,
+        _parse_bool,
+        "Serve files and directories whose name starts with a dot under --static "
+        "(by default such a path is 404).",
+        switch=True,
+    )
     script_name: str = option(
         "",
         _parse_script_name,

@@ -5,16 +5,38 @@ to a worker without a free thread.  When every thread is busy the request
 waits in a bounded FIFO; a full queue or a wait past the timeout is a 503.
 A slot is taken when a request is sent and given back when the worker says
 the request ended (END or ERROR) or when the worker dies.
+
+Anything with ``threads`` and ``busy`` can hold the slots: a worker's handle in
+process mode, the one thread pool (`ThreadSlots`) with ``--workers 0``.
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections import deque
+from typing import Generic, Protocol, TypeVar
 
-from wsgipool.supervisor.handle import WorkerHandle
+__all__ = ["Dispatcher", "QueueFull", "QueueTimeout", "Slots", "ThreadSlots"]
 
-__all__ = ["Dispatcher", "QueueFull", "QueueTimeout"]
+
+class Slots(Protocol):
+    """Where requests run: `threads` of them at once, `busy` taken now."""
+
+    threads: int
+    busy: int
+
+
+W = TypeVar("W", bound=Slots)
+
+
+class ThreadSlots:
+    """The app threads of thread mode, as one place with `threads` slots."""
+
+    __slots__ = ("busy", "threads")
+
+    def __init__(self, threads: int) -> None:
+        self.threads = threads
+        self.busy = 0
 
 
 class QueueFull(Exception):
@@ -25,31 +47,31 @@ class QueueTimeout(Exception):
     pass
 
 
-class Dispatcher:
+class Dispatcher(Generic[W]):
     def __init__(self, queue_size: int, queue_timeout: float) -> None:
         self.queue_size = queue_size
         self.queue_timeout = queue_timeout
-        self._ready: list[WorkerHandle] = []
+        self._ready: list[W] = []
         # (deadline, future) in arrival order, so also in deadline order.
-        self._waiters: deque[tuple[float, asyncio.Future[WorkerHandle]]] = deque()
+        self._waiters: deque[tuple[float, asyncio.Future[W]]] = deque()
         self._live = 0  # waiters not yet served, expired or cancelled
         self._sweep: asyncio.TimerHandle | None = None
 
     # -- the pool ------------------------------------------------------------------
 
-    def add(self, worker: WorkerHandle) -> None:
+    def add(self, worker: W) -> None:
         """A worker is ready for requests."""
         if worker not in self._ready:
             self._ready.append(worker)
         self._wake()
 
-    def remove(self, worker: WorkerHandle) -> None:
+    def remove(self, worker: W) -> None:
         """A worker takes no new requests (draining, dead)."""
         if worker in self._ready:
             self._ready.remove(worker)
 
     @property
-    def workers(self) -> list[WorkerHandle]:
+    def workers(self) -> list[W]:
         return list(self._ready)
 
     @property
@@ -58,8 +80,8 @@ class Dispatcher:
 
     # -- slots ---------------------------------------------------------------------
 
-    def _pick(self) -> WorkerHandle | None:
-        best: WorkerHandle | None = None
+    def _pick(self) -> W | None:
+        best: W | None = None
         best_free = 0
         for worker in self._ready:
             free = worker.threads - worker.busy
@@ -67,7 +89,7 @@ class Dispatcher:
                 best, best_free = worker, free
         return best
 
-    def try_acquire(self) -> WorkerHandle | None:
+    def try_acquire(self) -> W | None:
         """A worker with a slot taken, if one is free and nobody is queued before us."""
         if self._live:
             return None
@@ -76,7 +98,7 @@ class Dispatcher:
             worker.busy += 1
         return worker
 
-    async def acquire(self) -> WorkerHandle:
+    async def acquire(self) -> W:
         """A worker with a slot taken for one request; QueueFull or QueueTimeout if none."""
         worker = self.try_acquire()
         if worker is not None:
@@ -84,7 +106,7 @@ class Dispatcher:
         if self._live >= self.queue_size:
             raise QueueFull(f"{self._live} requests already waiting for a worker")
         loop = asyncio.get_running_loop()
-        future: asyncio.Future[WorkerHandle] = loop.create_future()
+        future: asyncio.Future[W] = loop.create_future()
         self._waiters.append((loop.time() + self.queue_timeout, future))
         self._live += 1
         if self._sweep is None:
@@ -98,12 +120,12 @@ class Dispatcher:
                 self.release(future.result())  # got a slot just as we were cancelled
             raise
 
-    def release(self, worker: WorkerHandle) -> None:
+    def release(self, worker: W) -> None:
         """Give a slot back without a request having been sent (a cancelled waiter)."""
         worker.busy -= 1
         self._wake()
 
-    def on_slot_free(self, worker: WorkerHandle) -> None:
+    def on_slot_free(self, worker: W) -> None:
         """A worker finished a request; hand its slot to the oldest waiter."""
         if self._live:
             self._wake()

@@ -43,7 +43,12 @@ class Collected:
 
 
 def collect(request: web.BaseRequest, content_length: int) -> Collected:
-    """The facts of `request`, whose body turned out to have `content_length` bytes."""
+    """The facts of `request`, whose body turned out to have `content_length` bytes.
+
+    A request without a body and without a Content-Length header has no
+    CONTENT_LENGTH (an empty field); ``Content-Length: 0`` and an empty chunked
+    body have "0".
+    """
     scheme, server_name, server_port, remote_addr, remote_port = _connection(request)
     version = request.version
     fields = [
@@ -56,7 +61,9 @@ def collect(request: web.BaseRequest, content_length: int) -> Collected:
         remote_addr,
         remote_port,
         _route_prefix(request),
-        b"%d" % content_length,
+        b"%d" % content_length
+        if content_length or request.body_exists or "Content-Length" in request.headers
+        else b"",
     ]
     return Collected(fields, request.raw_headers, request.keep_alive)
 

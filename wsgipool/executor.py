@@ -47,7 +47,9 @@ class ProcessExecutor:
         self.log_level = log_level
         self._app_ref: str | bytes | None = None
         self._options = EnvironOptions()
-        self._dispatcher = Dispatcher(self.config.queue_size, self.config.queue_timeout)
+        self._dispatcher: Dispatcher[WorkerHandle] = Dispatcher(
+            self.config.queue_size, self.config.queue_timeout
+        )
         self._supervisor: Supervisor | None = None
         self._starting: asyncio.Future[None] | None = None
         self._next_rid = 0

@@ -29,6 +29,7 @@ from wsgipool.loader import load_app
 from wsgipool.ratelog import RateLimitedLog
 from wsgipool.response import error_response, write_response
 from wsgipool.threaded import ThreadBackend
+from wsgipool.wire import refuse
 
 if TYPE_CHECKING:
     from wsgipool.executor import ProcessExecutor
@@ -106,7 +107,20 @@ class WSGIHandler:
     def executor(self) -> Executor | ProcessExecutor | None:
         return self._executor
 
+    def limit_queue(self, threads: int, queue_size: int, queue_timeout: float) -> None:
+        """Thread mode: run at most `threads` requests at once (the executor's threads);
+        at most `queue_size` wait, each at most `queue_timeout` seconds, others get 503.
+
+        Process mode has its own queue (`ProcessExecutor`'s queue_size, queue_timeout).
+        """
+        if not isinstance(self._backend, ThreadBackend):
+            raise TypeError("limit_queue() is for thread mode; ProcessExecutor has its own queue")
+        self._backend.bound(threads, queue_size, queue_timeout)
+
     async def handle_request(self, request: web.BaseRequest) -> web.StreamResponse:
+        refusal = refuse(request)  # no worker or app may see these
+        if refusal is not None:
+            return refusal
         declared = request.content_length
         if declared is not None and declared > self._max_body:
             return error_response(413, close=True)

@@ -4,8 +4,10 @@ aiohttp limits line and header sizes but answers every overflow with 400, and
 gives a client that trickles a request head byte by byte as long as it likes.
 `GuardedServer` (and `GuardedAppRunner` for a full aiohttp Application) uses a
 request handler that answers an overlong request line with 414, overlong or too
-many headers with 431, and a head not complete within ``header_timeout`` with
-408.  The deadline is enforced by one sweep per server, not a timer per
+many headers with 431, a version the parser refuses (HTTP/1.2) with 505, and a
+head not complete within ``header_timeout`` with 408; each is wsgipool's own
+answer (``Server: wsgipool``, an HTTP/1.1 status line) and closes the
+connection.  The deadline is enforced by one sweep per server, not a timer per
 request, so keep-alive traffic pays nothing for it.
 """
 
@@ -13,20 +15,29 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from http import HTTPStatus
-from typing import Any
+from typing import Any, cast
 
-from aiohttp import web
-from aiohttp.http_exceptions import BadHttpMessage, HttpProcessingError, LineTooLong
+from aiohttp import hdrs, web
+from aiohttp.http import HttpVersion11
+from aiohttp.http_exceptions import (
+    BadHttpMessage,
+    BadStatusLine,
+    HttpProcessingError,
+    LineTooLong,
+)
 from aiohttp.http_parser import RawRequestMessage
 from aiohttp.web_protocol import RequestHandler
+
+from wsgipool.response import error_response
+from wsgipool.upgrade import UpgradeSafeParser
+from wsgipool.wsgicall import SERVER_HEADER
 
 __all__ = ["GuardedAppRunner", "GuardedServer"]
 
 logger = logging.getLogger("wsgipool.server")
 
 _TIMEOUT_RESPONSE = (
-    b"HTTP/1.1 408 Request Timeout\r\nConnection: close\r\n"
+    b"HTTP/1.1 408 Request Timeout\r\nConnection: close\r\nServer: wsgipool\r\n"
     b"Content-Type: text/plain\r\nContent-Length: 20\r\n\r\n408 Request Timeout\n"
 )
 
@@ -36,6 +47,9 @@ class _GuardedRequestHandler(RequestHandler):
 
     def __init__(self, manager: web.Server, **kwargs: Any) -> None:
         super().__init__(manager, **kwargs)
+        # Requests pipelined behind an Upgrade that is not granted are not lost.
+        # (Duck-typed: it is the parser for everything but how data is fed to it.)
+        self._parser = cast(Any, UpgradeSafeParser(self._parser, self.close))
         # The connection's encoded addresses, kept by wsgipool.environ for its requests.
         self.wsgi_connection: tuple[bytes, ...] | None = None
         # Length of the current head's request line: None while no newline was
@@ -97,10 +111,12 @@ class _GuardedRequestHandler(RequestHandler):
                 status = self._status_for(exc)
             reason = (exc.message or type(exc).__name__).strip().splitlines()[0]
             logger.info("%d for a malformed request from %s: %s", status, request.remote, reason)
-            response = web.Response(status=status, text=f"{status} {_phrase(status)}\n")
-            response.force_close()  # the stream cannot be trusted past a parse error
-            return response
-        return super().handle_error(request, status, exc, message)
+            # The stream cannot be trusted past a parse error: the connection closes.
+            # The request's version is unknown (aiohttp's placeholder says 1.0): HTTP/1.1.
+            return error_response(status, close=True, version=HttpVersion11)
+        response = super().handle_error(request, status, exc, message)
+        response.headers[hdrs.SERVER] = SERVER_HEADER
+        return response
 
     def _status_for(self, exc: BaseException) -> int:
         if isinstance(exc, LineTooLong):
@@ -114,6 +130,8 @@ class _GuardedRequestHandler(RequestHandler):
             return 414 if text[:1] in (b"/", b"*") or text[:4] == b"http" else 431
         if isinstance(exc, BadHttpMessage) and "Too many headers" in str(exc):
             return 431
+        if isinstance(exc, BadStatusLine) and "Invalid HTTP version" in exc.message:
+            return 505  # HTTP/1.2, HTTP/3.0: the parser's own refusal of a version
         return 400
 
 
@@ -168,10 +186,3 @@ class GuardedAppRunner(web.AppRunner):
             header_timeout=self._header_timeout,
             **plain._kwargs,
         )
-
-
-def _phrase(status: int) -> str:
-    try:
-        return HTTPStatus(status).phrase
-    except ValueError:
-        return "Error"

@@ -14,8 +14,9 @@ import logging
 import os
 from typing import IO, Any, cast
 
-from aiohttp import web
+from aiohttp import hdrs, web
 from aiohttp.abc import AbstractStreamWriter
+from aiohttp.http import HttpVersion, HttpVersion10, HttpVersion11
 
 from wsgipool import exchange as ev
 from wsgipool.wsgicall import HOP_BY_HOP, SERVER_HEADER
@@ -25,13 +26,19 @@ __all__ = ["error_response", "write_response"]
 logger = logging.getLogger("wsgipool.handler")
 
 _REASONS = {
+    400: "Bad Request",
     404: "Not Found",
+    408: "Request Timeout",
     413: "Payload Too Large",
+    414: "URI Too Long",
     417: "Expectation Failed",
+    431: "Request Header Fields Too Large",
     500: "Internal Server Error",
+    501: "Not Implemented",
     502: "Bad Gateway",
     503: "Service Unavailable",
     504: "Gateway Timeout",
+    505: "HTTP Version Not Supported",
 }
 _CREDIT_BATCH = 64 * 1024
 _FALLBACK_CHUNK = 256 * 1024
@@ -47,6 +54,26 @@ class _Response(web.StreamResponse):
 
     _send_headers_immediately = False
     _latin1 = False
+
+    async def _prepare_headers(self) -> None:
+        # aiohttp would invent "Content-Type: application/octet-stream" for a body the
+        # app sent without one; a worker does not, and neither does this path.
+        typed = hdrs.CONTENT_TYPE in self._headers
+        await super()._prepare_headers()
+        if not typed:
+            self._headers.popall(hdrs.CONTENT_TYPE, None)
+        writer = self._payload_writer
+        if (
+            self._keep_alive
+            and self._length_check
+            and writer is not None
+            and writer.length is None
+            and not getattr(writer, "chunked", False)
+            and not self._must_be_empty_body
+        ):
+            # A body of unknown length without chunking (HTTP/1.0) ends with the
+            # connection (RFC 9112 section 6.3): aiohttp decides so but keeps it open.
+            self._keep_alive = False
 
     async def _write_headers(self) -> None:
         if not self._latin1:
@@ -163,13 +190,47 @@ class _WholeResponse(web.Response, _Response):
     """A response with its whole body, sent with its head in one write (latin-1 aware)."""
 
 
+class _ErrorResponse(web.Response):
+    """A response wsgipool makes itself: ``Server: wsgipool``, and an HTTP/1.x status line.
+
+    aiohttp echoes the request's version in the status line; a request in a version
+    we do not speak (the 505) is answered in HTTP/1.1, as is a request the parser
+    could not read (`version`, since aiohttp's placeholder for it says HTTP/1.0).
+    """
+
+    version: HttpVersion | None = None
+
+    async def _write_headers(self) -> None:
+        request = self._req
+        writer = self._payload_writer
+        assert request is not None and writer is not None
+        version = self.version or request.version
+        if version not in (HttpVersion11, HttpVersion10):
+            version = HttpVersion11
+        if not self._keep_alive and version == HttpVersion11:
+            self._headers[hdrs.CONNECTION] = "close"
+        status_line = f"HTTP/{version[0]}.{version[1]} {self._status} {self._reason}"
+        await writer.write_headers(status_line, self._headers)
+
+
 def error_response(
-    status: int, *, close: bool = False, retry_after: int | None = None
+    status: int,
+    *,
+    close: bool = False,
+    retry_after: int | None = None,
+    version: HttpVersion | None = None,
 ) -> web.Response:
+    """wsgipool's own answer `status`: a one-line text body, ``Server: wsgipool``.
+
+    `version` fixes the status line's version (else the request's, if 1.0 or 1.1).
+    """
     reason = _REASONS.get(status, "Error")
-    response = web.Response(
-        status=status, text=f"{status} {reason}\n", headers={"Content-Type": "text/plain"}
+    response = _ErrorResponse(
+        status=status,
+        text=f"{status} {reason}\n",
+        headers={"Content-Type": "text/plain", "Server": SERVER_HEADER},
     )
+    response.version = version
     if retry_after is not None:
         response.headers["Retry-After"] = str(retry_after)
     if close:

@@ -26,13 +26,15 @@ from typing import Any
 
 from aiohttp import web
 
-from wsgipool import systemd, tls
+from wsgipool import systemd, tls, wire
 from wsgipool.config import BindAddress, Config, ConfigError, PoolConfig, split_options
 from wsgipool.executor import ProcessExecutor
 from wsgipool.handler import WSGIHandler
 from wsgipool.hooks import call_hook, load_hook
 from wsgipool.limits import GuardedAppRunner, GuardedServer
 from wsgipool.loader import load_app
+from wsgipool.response import error_response
+from wsgipool.static import hide_dotfiles
 from wsgipool.supervisor.handle import WorkerState
 
 __all__ = ["Server", "serve"]
@@ -236,7 +238,7 @@ class Server:
         else:
             self.executor = ThreadPoolExecutor(self.pool.threads, thread_name_prefix="wsgipool-app")
             application = self.application  # imported in __init__, before any loop
-        return WSGIHandler(
+        handler = WSGIHandler(
             application,
             url_scheme=config.url_scheme,
             stderr=self.stderr,
@@ -247,6 +249,9 @@ class Server:
             script_name="" if config.static else config.script_name,
             watch_disconnects=False,  # aiohttp cancels the handler: handler_cancellation=True
         )
+        if self.pool.workers == 0:  # the same waiting queue as the worker pool's
+            handler.limit_queue(self.pool.threads, self.pool.queue_size, self.pool.queue_timeout)
+        return handler
 
     def _make_runner(self, handler: WSGIHandler) -> web.BaseRunner:
         """aiohttp's low-level server when the app is all there is, else an Application."""
@@ -279,7 +284,10 @@ class Server:
 
     def _make_app(self, handler: WSGIHandler) -> web.Application:
         config = self.config
-        middlewares = []
+        prefixes = tuple(url for url, _ in config.static)
+        middlewares = [wire.middleware]  # wsgipool's own answers, on every route
+        if not config.static_dotfiles:
+            middlewares.append(hide_dotfiles(prefixes))
         if config.static_cors and config.static:
             middlewares.append(
                 _static_cors(tuple(url for url, _ in config.static), config.static_cors)
@@ -532,11 +540,9 @@ def _expect_handler(limit: int) -> Callable[[web.Request], Any]:
             return None
         expectation = request.headers.get("Expect", "").lower()
         if expectation != "100-continue":
-            raise web.HTTPExpectationFailed(text=f"Unknown Expect: {expectation}")
+            return error_response(417, close=True)
         if request.content_length is not None and request.content_length > limit:
-            response = web.Response(status=413, text="413 Payload Too Large\n")
-            response.force_close()
-            return response
+            return error_response(413, close=True)
         await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
         request.writer.output_size = 0  # the response proper has not started
         return None

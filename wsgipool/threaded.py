@@ -18,6 +18,7 @@ from typing import IO, Any
 from wsgipool import exchange as ev
 from wsgipool.body import Body
 from wsgipool.cgi import EnvironOptions, NotMounted, build_environ, facts_from_fields
+from wsgipool.dispatch import Dispatcher, QueueFull, QueueTimeout, ThreadSlots
 from wsgipool.environ import Collected
 from wsgipool.protocol import validate_status
 from wsgipool.wsgicall import ResponseOutput, WSGIApp, complete_environ, not_found, run_wsgi
@@ -110,25 +111,63 @@ class ThreadBackend:
         self.options = options
         self.stderr = stderr
         self.window = window
+        # Without a bound, the executor's own (unbounded) queue does the waiting.
+        self._slots: ThreadSlots | None = None
+        self._queue: Dispatcher[ThreadSlots] | None = None
+
+    def bound(self, threads: int, queue_size: int, queue_timeout: float) -> None:
+        """At most `threads` requests run at once; the others wait in a bounded FIFO.
+
+        As in process mode: a full queue (`queue_size`) or a wait past
+        `queue_timeout` is `Unavailable` (503).  `threads` must be the executor's.
+        """
+        self._slots = ThreadSlots(threads)
+        self._queue = Dispatcher(queue_size, queue_timeout)
+        self._queue.add(self._slots)
 
     def submit_now(
         self, collected: Collected, body: Body, extras: dict[str, Any] | None, _raw_ok: bool
-    ) -> ev.Exchange:
-        """Hand the request to the executor's threads (their own queue does the waiting)."""
-        loop = asyncio.get_running_loop()
-        exchange = ev.Exchange(loop, self)
-        output = _LoopOutput(loop, exchange, self.window)
-        exchange.owner = output
-        future = loop.run_in_executor(
-            self.executor, self._run, collected, body.stream(), extras, output
-        )
-        future.add_done_callback(_log_failure)
-        return exchange
+    ) -> ev.Exchange | None:
+        """Hand the request to the executor's threads; None: wait for a slot with `submit`."""
+        queue = self._queue
+        if queue is not None and queue.try_acquire() is None:
+            return None
+        return self._start(collected, body, extras)
 
     async def submit(
         self, collected: Collected, body: Body, extras: dict[str, Any] | None, raw_ok: bool
     ) -> ev.Exchange:
-        return self.submit_now(collected, body, extras, raw_ok)
+        queue = self._queue
+        if queue is not None:
+            try:
+                await queue.acquire()
+            except (QueueFull, QueueTimeout) as exc:
+                raise ev.Unavailable(str(exc)) from None
+        return self._start(collected, body, extras)
+
+    def _start(
+        self, collected: Collected, body: Body, extras: dict[str, Any] | None
+    ) -> ev.Exchange:
+        loop = asyncio.get_running_loop()
+        exchange = ev.Exchange(loop, self)
+        output = _LoopOutput(loop, exchange, self.window)
+        exchange.owner = output
+        try:
+            future = loop.run_in_executor(
+                self.executor, self._run, collected, body.stream(), extras, output
+            )
+        except RuntimeError as exc:  # the executor is shut down: the server is stopping
+            if self._queue is not None and self._slots is not None:
+                self._queue.release(self._slots)
+            raise ev.Unavailable(f"cannot run the request: {exc}") from None
+        future.add_done_callback(self._finished)
+        return exchange
+
+    def _finished(self, future: asyncio.Future[None]) -> None:
+        """On the loop, when the app's thread is done with a request: its slot is free."""
+        if self._queue is not None and self._slots is not None:
+            self._queue.release(self._slots)
+        _log_failure(future)
 
     def _run(
         self,

@@ -37,7 +37,8 @@ def head_lines(
     version: str, status: str, headers: list[tuple[str, str]]
 ) -> tuple[list[str], int | None]:
     """The head's lines but framing and the blank line, and the Content-Length declared."""
-    lines = [f"HTTP/{version} {status}\r\n"]
+    # A status without a reason ("200") still needs the space (RFC 9112 section 4).
+    lines = [f"HTTP/{version} {status}\r\n" if len(status) > 3 else f"HTTP/{version} {status} \r\n"]
     declared: int | None = None
     server = date = False
     for name, value in headers:

@@ -1,0 +1,76 @@
+"""wsgipool/upgrade.py: requests pipelined behind an ungranted Upgrade reach the parser whole.
+
+aiohttp's own C parser, wrapped, fed the same bytes split at every position:
+every request must come out, in order, whatever the split.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from unittest import mock
+
+import pytest
+from aiohttp.http_parser import HttpRequestParser
+
+from wsgipool.upgrade import UpgradeSafeParser
+
+NEXT = b"GET /next HTTP/1.1\r\nHost: x\r\n\r\n"
+LAST = b"GET /last HTTP/1.1\r\nHost: x\r\n\r\n"
+UPGRADES = {
+    "h2c": b"GET /up HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: h2c\r\n\r\n",
+    "h2c-body": b"POST /up HTTP/1.1\r\nHost: x\r\nConnection: Upgrade, HTTP2-Settings\r\n"
+    b"UPGRADE: h2c\r\nHTTP2-Settings: AAMAAABkAAQAAP__\r\nContent-Length: 11\r\n\r\n"
+    b"hello\r\n\r\nup",
+    "body-mentions-it": b"POST /up HTTP/1.1\r\nHost: x\r\nContent-Length: 9\r\n\r\nupgrade!!",
+}
+
+
+@pytest.fixture(scope="module")
+def loop():
+    loop = asyncio.new_event_loop()
+    yield loop
+    loop.close()
+
+
+def parse(loop, packets: list[bytes]) -> tuple[list[str], list[bytes], mock.Mock]:
+    protocol = mock.Mock()
+    close = mock.Mock()
+    inner = HttpRequestParser(protocol, loop, 2**16, max_line_size=8190, max_field_size=8190)
+    parser = UpgradeSafeParser(inner, close)
+    paths: list[str] = []
+    payloads = []
+    for packet in packets:
+        messages, upgraded, _tail = parser.feed_data(packet)
+        assert not upgraded
+        for message, payload in messages:
+            paths.append(message.path)
+            payloads.append(payload)
+    bodies = [b"".join(getattr(payload, "_buffer", ())) for payload in payloads]
+    return paths, bodies, close
+
+
+@pytest.mark.parametrize("name", list(UPGRADES))
+def test_every_split_keeps_every_request(loop, name):
+    data = NEXT + UPGRADES[name] + NEXT + LAST
+    for cut in range(len(data) + 1):
+        paths, bodies, close = parse(loop, [data[:cut], data[cut:]])
+        assert paths == ["/next", "/up", "/next", "/last"], (name, cut)
+        if name == "h2c-body":
+            assert bodies[1] == b"hello\r\n\r\nup", cut
+        assert not close.called
+
+
+def test_the_unwrapped_parser_loses_them(loop):
+    """What the wrapper is for: aiohttp alone drops the request after an h2c upgrade."""
+    inner = HttpRequestParser(mock.Mock(), loop, 2**16, max_line_size=8190, max_field_size=8190)
+    messages, _upgraded, _tail = inner.feed_data(UPGRADES["h2c"] + NEXT)
+    assert [m.path for m, _ in messages] == ["/up"]
+
+
+def test_chunked_upgrade_request_ends_the_connection(loop):
+    data = (
+        b"POST /up HTTP/1.1\r\nHost: x\r\nConnection: upgrade\r\nUpgrade: h2c\r\n"
+        b"Transfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n" + NEXT
+    )
+    _paths, _bodies, close = parse(loop, [data])
+    assert close.called

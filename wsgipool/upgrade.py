@@ -1,0 +1,114 @@
+"""Bytes after a request that asked for an Upgrade nobody grants are the next request.
+
+aiohttp's C parser (llhttp) stops at the end of a request that carries
+``Connection: upgrade`` and an ``Upgrade`` header, since what follows may be in
+the new protocol.  For ``Upgrade: websocket`` aiohttp keeps those bytes and
+parses them as HTTP again if the handler does not upgrade; for any other
+protocol (``h2c``, which curl sends) it drops the rest of the packet: a request
+pipelined behind it is never answered.  A WSGI app upgrades nothing, so
+`UpgradeSafeParser` feeds the parser in pieces that end where such a request
+may end: at the end of its head, then after its Content-Length body.  Packets
+without the word "upgrade" (any of its usual spellings) go to the parser whole,
+as before.  A chunked body on such a request ends the connection after its
+response instead (no client sends one).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = ["UpgradeSafeParser"]
+
+_MARKS = (b"pgrade", b"PGRADE")  # "Upgrade", "upgrade", "UPGRADE"
+_HEAD_END = b"\r\n\r\n"
+
+
+def _mark(data: bytes, start: int) -> int:
+    found = [i for i in (data.find(mark, start) for mark in _MARKS) if i >= 0]
+    return min(found) if found else -1
+
+
+class UpgradeSafeParser:
+    """Wraps aiohttp's request parser; everything but `feed_data` is the parser's."""
+
+    def __init__(self, parser: Any, close: Any) -> None:
+        self._parser = parser
+        self._close = close  # the protocol's close(): no more requests on this connection
+        self._in_head = False  # a head with the mark is not complete yet
+        self._carry = b""  # the last bytes of a careful packet (a head end may straddle)
+        self._body_left = 0  # body bytes of a non-upgraded upgrade request still to come
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._parser, name)
+
+    def feed_data(self, data: bytes) -> tuple[Any, bool, bytes]:
+        if (
+            not self._in_head
+            and not self._body_left
+            and b"pgrade" not in data
+            and b"PGRADE" not in data
+        ) or not data:
+            return self._parser.feed_data(data)  # type: ignore[no-any-return]
+        return self._feed_carefully(bytes(data))
+
+    def _feed_carefully(self, data: bytes) -> tuple[Any, bool, bytes]:
+        messages: list[Any] = []
+        size = len(data)
+        pos = 0
+        while pos < size:
+            end = size
+            head_done = False
+            if self._body_left:
+                end = min(size, pos + self._body_left)
+                self._body_left -= end - pos
+            else:
+                if not self._in_head:
+                    mark = _mark(data, pos)
+                    if mark < 0:
+                        end = size
+                    else:
+                        self._in_head = True
+                        self._carry = b""
+                if self._in_head:
+                    head_end = self._head_end(data, pos)
+                    if head_end >= 0:
+                        end = head_end
+                        head_done = True
+            result = self._parser.feed_data(data[pos:end])
+            new, upgraded, tail = result
+            messages.extend(new)
+            if upgraded:  # a websocket upgrade: aiohttp keeps the tail itself
+                self._in_head = False
+                return messages, True, tail + data[end:]
+            if head_done:
+                self._in_head = False
+                self._after_head(new)
+            elif self._in_head:
+                self._carry = (self._carry + data[pos:end])[-3:]
+            pos = end
+        return messages, False, b""
+
+    def _head_end(self, data: bytes, pos: int) -> int:
+        """Where the pending head ends in `data` (after its blank line), or -1."""
+        carry = self._carry
+        if carry:
+            window = carry + data[pos : pos + 3]
+            found = window.find(_HEAD_END)
+            if found >= 0:
+                return pos + found + 4 - len(carry)
+        found = data.find(_HEAD_END, pos)
+        return found + 4 if found >= 0 else -1
+
+    def _after_head(self, new: list[Any]) -> None:
+        """A head with the mark ended: if it asked for an upgrade, mind its body."""
+        if not new:
+            return
+        message = new[-1][0]
+        if not getattr(message, "upgrade", False):
+            return
+        if getattr(message, "chunked", False):
+            self._close()  # its end cannot be found cheaply here: no request after it
+            return
+        length = message.headers.get("Content-Length", "")
+        if length.isdigit():
+            self._body_left = int(length)
