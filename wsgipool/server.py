@@ -152,6 +152,8 @@ class Server:
             forwarded_allow_ips=config.forwarded_allow_ips,
             script_name="" if config.static else config.script_name,
             watch_disconnects=False,  # aiohttp cancels the handler: handler_cancellation=True
+            send_timeout=config.send_timeout,
+            body_timeout=config.body_timeout,
         )
 
     def _make_runner(self, handler: WSGIHandler) -> web.BaseRunner:

@@ -71,7 +71,8 @@ class FrameOutput(ResponseOutput):
         self._before_end = before_end
         self._raw = raw  # the main process takes RAW heads and direct writes
         self._waiter = waiter
-        self._answer: tuple[int, bool] | None = None  # (client socket fd or -1, keep-alive)
+        # (client socket fd or -1, keep-alive, send timeout)
+        self._answer: tuple[int, bool, float | None] | None = None
         self._direct: DirectWriter | None = None
 
     # -- what the reader delivers ---------------------------------------------
@@ -82,10 +83,10 @@ class FrameOutput(ResponseOutput):
         else:  # reads the channel itself if nobody else does
             self._waiter(self._cond, ready)
 
-    def answer(self, fd: int, keep_alive: bool) -> None:
+    def answer(self, fd: int, keep_alive: bool, send_timeout: float | None = None) -> None:
         """The main process's answer to TAKEOVER: the client socket, or -1."""
         with self._cond:
-            self._answer = (fd, keep_alive)
+            self._answer = (fd, keep_alive, send_timeout)
             self._cond.notify_all()
 
     # -- the response ---------------------------------------------------------
@@ -175,7 +176,9 @@ class FrameOutput(ResponseOutput):
         if answer is None or answer[0] < 0:
             return False  # declined, or cancelled while asking
         self._start = None
-        direct = DirectWriter(answer[0], raw.version, answer[1], start[0], start[1], self._progress)
+        direct = DirectWriter(
+            answer[0], raw.version, answer[1], start[0], start[1], self._progress, answer[2]
+        )
         self._direct = direct
         held = self._held
         self._held = []
