@@ -13,7 +13,10 @@ The app is stopped (its iterable's close() is called), the connection is reset
 (SO_LINGER 0: the kernel drops what it still held for the client), and a
 sendfile waiting for the socket is woken.  A response the worker writes to the
 client itself enforces the same deadline in the worker (worker/direct.py);
-the SOCKET frame carries it.
+the SOCKET frame carries it.  The main process still watches the kernel's
+send queue of such a response, and cuts it a second later if the worker did
+not: a worker is not trusted to stop (shutdown() wakes it, since its
+duplicate of the socket would keep the connection open).
 
 `BodyDeadline` bounds the silence of a request body being read: it rides on
 one `asyncio.timeout` per body, moved forward as bytes arrive (at most a few
@@ -43,6 +46,8 @@ __all__ = ["BodyDeadline", "BodyTimeout", "SendWatch", "Sending"]
 logger = logging.getLogger("wsgipool.handler")
 
 _LINGER_RESET = struct.pack("ii", 1, 0)
+#: How much longer than the worker the main process waits before it cuts a direct write.
+_WORKER_GRACE = 1.0
 
 
 def sweep_interval(timeout: float) -> float:
@@ -81,6 +86,7 @@ class Sending:
     """One request being answered, as the send deadline sees it."""
 
     __slots__ = (
+        "direct",
         "exchange",
         "filing",
         "mark",
@@ -105,6 +111,8 @@ class Sending:
         self.waiter: asyncio.Future[None] | None = None
         self.mark: tuple[int, int, int, int] | None = None
         self.since = 0.0
+        #: A worker writes the response to the socket itself.
+        self.direct = False
 
     def release(self) -> None:
         """The response is written (or failed): stop watching it."""
@@ -143,17 +151,28 @@ class SendWatch:
             if transport is None or transport.is_closing():
                 self._active.discard(sending)  # the client is gone: nothing to wait for
                 continue
+            sock = transport.get_extra_info("socket")
             pending = transport.get_write_buffer_size()
-            if not pending and not sending.filing:
+            limit = self.timeout
+            if sending.direct:  # only the kernel's queue shows what the worker wrote
+                backlog = queued(sock)
+                waiting = backlog > 0
+                limit += _WORKER_GRACE  # the worker cuts first; this is for one that does not
+            else:
+                backlog = -1
+                waiting = pending > 0 or sending.filing
+            if not waiting:
                 sending.mark = None  # nothing waits for the client (the app may be thinking)
                 continue
+            if backlog < 0:
+                backlog = queued(sock)
             writer = request.writer
             written = writer.output_size if writer is not None else 0
-            mark = (pending, written, sending.sent, queued(transport.get_extra_info("socket")))
+            mark = (pending, written, sending.sent, backlog)
             if mark != sending.mark:
                 sending.mark = mark
                 sending.since = now
-            elif now - sending.since >= self.timeout:
+            elif now - sending.since >= limit:
                 self._active.discard(sending)
                 self._cut(sending, transport)
         if self._active:
@@ -166,7 +185,11 @@ class SendWatch:
             self.timeout,
         )
         sending.exchange.abort(499, "the client accepted no response bytes")
-        reset_on_close(transport.get_extra_info("socket"))
+        sock = transport.get_extra_info("socket")
+        reset_on_close(sock)
+        if sending.direct:  # wake the worker: its duplicate keeps the connection open
+            with contextlib.suppress(OSError, AttributeError):
+                sock.shutdown(socket.SHUT_RDWR)
         transport.abort()
         waiter = sending.waiter
         if waiter is not None and not waiter.done():

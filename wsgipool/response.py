@@ -159,6 +159,8 @@ def _hand_over_socket(
         return False
     timeout = sending.timeout if sending is not None else None
     handed: bool = backend.hand_socket(exchange, sock.fileno(), request.keep_alive, timeout)
+    if handed and sending is not None:
+        sending.direct = True
     return handed
 
 

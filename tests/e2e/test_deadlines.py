@@ -89,6 +89,22 @@ def test_readers_that_take_nothing_are_cut_the_app_closed_and_threads_freed(
     assert "accepted no" in server.log or mode == "processes"
 
 
+def test_a_worker_that_does_not_enforce_the_deadline_is_cut_by_the_main_process(
+    run_server, tmp_path
+):
+    server = run_server("deadlineapp:app", *modes(tmp_path)["processes"], "--send-timeout", "1")
+    mark = tmp_path / "closed"
+    reader = slow_reader(server.port, f"/stream?close={mark}&unwatched=1")
+    try:
+        assert wait_for(lambda: is_cut(reader), PATIENCE), server.log
+        # shutdown() woke the worker's write: the app was stopped there too.
+        assert wait_for(lambda: closed_marks(mark), PATIENCE), server.log
+    finally:
+        reader.close()
+    assert "accepted no response bytes" in server.log
+    assert server.request("GET", "/ok")[0] == 200
+
+
 @pytest.mark.parametrize("mode", ["threads", "processes"])
 def test_a_file_nobody_reads_is_cut_and_its_descriptors_closed(run_server, tmp_path, mode):
     data = tmp_path / "data.bin"
