@@ -23,7 +23,7 @@ from wsgipool.deadlines import queued, reset_on_close
 from wsgipool.protocol import unsent
 from wsgipool.worker.head import head_lines
 
-__all__ = ["ClientGone", "DirectWriter"]
+__all__ = ["ClientGone", "DirectWriter", "SendTimedOut"]
 
 #: How often a long transfer tells the main process it is alive (for --timeout).
 PROGRESS_EVERY = 0.25
@@ -31,6 +31,10 @@ PROGRESS_EVERY = 0.25
 
 class ClientGone(Exception):
     """The client closed the connection during a direct write."""
+
+
+class SendTimedOut(ClientGone):
+    """The client accepted no bytes for the send timeout: the connection is being reset."""
 
 
 class DirectWriter:
@@ -131,7 +135,10 @@ class DirectWriter:
             elif time.monotonic() - self._last_sent >= timeout:
                 # Reset, not a FIN queued behind bytes the client will never take.
                 reset_on_close(self.sock)
-                raise ClientGone(f"the client accepted no bytes for {timeout:g}s")
+                raise SendTimedOut(
+                    f"client accepted no response bytes for {timeout:g}s (--send-timeout); "
+                    "connection reset"
+                )
 
     def _tick(self) -> None:
         now = time.monotonic()

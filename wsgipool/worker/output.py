@@ -11,16 +11,20 @@ main process agrees, it is written straight to the client (worker/direct.py).
 
 from __future__ import annotations
 
+import logging
+import os
 import threading
 from collections.abc import Callable
 
 from wsgipool import protocol as p
 from wsgipool.worker.channel import BlockingChannel
-from wsgipool.worker.direct import ClientGone, DirectWriter
+from wsgipool.worker.direct import ClientGone, DirectWriter, SendTimedOut
 from wsgipool.worker.head import serialise
 from wsgipool.wsgicall import ResponseOutput
 
 __all__ = ["FrameOutput", "RawHead"]
+
+logger = logging.getLogger("wsgipool.worker")
 
 _HOLD_LIMIT = 64 * 1024
 #: A streamed response with this much ready at its first flush is written directly.
@@ -194,21 +198,27 @@ class FrameOutput(ResponseOutput):
             return
         try:
             direct.write(chunks)
-        except ClientGone:
-            self.cancel()
+        except ClientGone as exc:
+            self._client_gone(exc)
 
     def _finish_direct(self, direct: DirectWriter) -> None:
         complete = False
         if not self.cancelled:
             try:
                 complete = direct.finish()
-            except ClientGone:
-                self.cancel()
+            except ClientGone as exc:
+                self._client_gone(exc)
         direct.close()
         self._direct = None
         report = self._before_end()
         done = p.encode_done(direct.written, direct.status, complete and not self.cancelled)
         self._channel.send([report, p.frame(p.DONE, self._rid, done)])
+
+    def _client_gone(self, exc: ClientGone) -> None:
+        """Stop the app: the client left, or took nothing for the send timeout (logged)."""
+        if isinstance(exc, SendTimedOut):
+            logger.warning("worker %d: %s", os.getpid(), exc)
+        self.cancel()
 
     def _progress(self) -> None:
         self._channel.send([p.frame(p.PROGRESS, self._rid)])
