@@ -74,6 +74,9 @@ async def _scenario(handler: WSGIHandler, executor: ProcessExecutor | None, tmp:
         finally:
             upload.close()
         assert answer.startswith(b"HTTP/1.1 408 "), answer[:200]
+        # Every response, the whole ones aiohttp writes after the handler returned
+        # included, is released by the send deadline once written.
+        assert await _until(lambda: len(handler._sends or ()) == 0, 10)
     finally:
         await runner.cleanup()
 

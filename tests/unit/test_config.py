@@ -155,3 +155,16 @@ def test_split_options_sorts_keywords():
     assert server == {"port": 1}
     assert pool == {"workers": 2, "max_rss": "64M"}
     assert rest == {"stderr": None}
+
+
+def test_send_and_body_deadlines():
+    config = Config()
+    assert (config.send_timeout, config.body_timeout) == (60.0, 60.0)
+    assert Config(send_timeout="none", body_timeout="2m").send_timeout is None
+    assert Config(body_timeout="2m").body_timeout == 120.0
+    for name in ("send_timeout", "body_timeout"):
+        with pytest.raises(ConfigError) as caught:
+            Config(**{name: 0})
+        message = str(caught.value)
+        assert "\n" not in message and f"--{name.replace('_', '-')}" in message
+        assert "none disables" in message
