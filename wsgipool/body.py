@@ -3,7 +3,9 @@
 The whole body is read before the app runs, as aiohttp-wsgi does: the app gets
 an exact CONTENT_LENGTH even for chunked uploads, and a slow upload never holds
 a worker thread.  Writes to the file happen in the default executor so a large
-upload does not stall the event loop.
+upload does not stall the event loop.  A body that stops arriving for
+``stall`` seconds raises `BodyTimeout` (deadlines.py); a spooled file is
+closed, and so deleted, before the exception leaves.
 """
 
 from __future__ import annotations
@@ -16,7 +18,9 @@ from typing import IO
 
 from aiohttp import web
 
-__all__ = ["Body", "BodyTooLarge", "read_body"]
+from wsgipool.deadlines import BodyDeadline, BodyTimeout
+
+__all__ = ["Body", "BodyTimeout", "BodyTooLarge", "read_body"]
 
 _FILE_WRITE_BATCH = 256 * 1024
 
@@ -60,10 +64,30 @@ class Body:
 EMPTY = Body()
 
 
-async def read_body(request: web.BaseRequest, memory_limit: int, max_size: int) -> Body:
-    """Read the whole body; over `memory_limit` bytes it goes to a temporary file."""
+async def read_body(
+    request: web.BaseRequest, memory_limit: int, max_size: int, stall: float | None = None
+) -> Body:
+    """Read the whole body; over `memory_limit` bytes it goes to a temporary file.
+
+    BodyTimeout if `stall` seconds pass without a byte of it.
+    """
     if not request.body_exists:
         return EMPTY
+    if stall is None:
+        return await _read(request, memory_limit, max_size, None)
+    deadline = BodyDeadline(stall)
+    try:
+        async with deadline.scope:
+            return await _read(request, memory_limit, max_size, deadline)
+    except TimeoutError:
+        if deadline.scope.expired():
+            raise BodyTimeout(stall) from None
+        raise
+
+
+async def _read(
+    request: web.BaseRequest, memory_limit: int, max_size: int, deadline: BodyDeadline | None
+) -> Body:
     content = request.content
     chunks: list[bytes] = []
     size = 0
@@ -75,16 +99,30 @@ async def read_body(request: web.BaseRequest, memory_limit: int, max_size: int) 
         if size > max_size:
             raise BodyTooLarge(max_size)
         chunks.append(chunk)
+        if deadline is not None:
+            deadline.progress()
         if size > memory_limit:
-            return await _spool(request, chunks, size, max_size)
+            return await _spool(request, chunks, size, max_size, deadline)
     if not chunks:
         return EMPTY
     return Body(chunks=chunks, length=size)
 
 
-async def _spool(request: web.BaseRequest, chunks: list[bytes], size: int, max_size: int) -> Body:
+async def _spool(
+    request: web.BaseRequest,
+    chunks: list[bytes],
+    size: int,
+    max_size: int,
+    deadline: BodyDeadline | None,
+) -> Body:
     loop = asyncio.get_running_loop()
+    # Our own work in a thread is never cut short by the deadline: a cancelled
+    # write would still run there, on a descriptor closed (and maybe reused) meanwhile.
+    if deadline is not None:
+        deadline.pause()
     file = await loop.run_in_executor(None, _open_temp)
+    if deadline is not None:
+        deadline.resume()
     try:
         content = request.content
         pending = chunks
@@ -97,11 +135,17 @@ async def _spool(request: web.BaseRequest, chunks: list[bytes], size: int, max_s
                     raise BodyTooLarge(max_size)
                 pending.append(chunk)
                 pending_size += len(chunk)
+                if deadline is not None:
+                    deadline.progress()
             if pending and (pending_size >= _FILE_WRITE_BATCH or not chunk):
                 batch = pending
                 pending = []
                 pending_size = 0
+                if deadline is not None:
+                    deadline.pause()
                 await loop.run_in_executor(None, _write_all, file, batch)
+                if deadline is not None:
+                    deadline.resume()
             if not chunk:
                 break
         file.seek(0)

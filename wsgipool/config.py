@@ -614,6 +614,20 @@ class Config(_Validated):
         "Deadline for a client to send a complete request head; then 408.",
         metavar="DURATION",
     )
+    body_timeout: float | None = option(
+        60.0,
+        _parse_optional(parse_duration),
+        "A request body that makes no progress for this long gets 408 and the connection "
+        "is closed; its temporary file is released at once. 'none' disables it.",
+        metavar="DURATION",
+    )
+    send_timeout: float | None = option(
+        60.0,
+        _parse_optional(parse_duration),
+        "A client that accepts no response bytes for this long is disconnected, and the "
+        "app's iterable is closed. 'none' disables it.",
+        metavar="DURATION",
+    )
     keepalive_timeout: float = option(
         75.0,
         parse_duration,
@@ -693,6 +707,10 @@ class Config(_Validated):
             for name in ("keyfile", "ca_certs", "ssl_ciphers"):
                 if getattr(self, name) is not None:
                     raise ConfigError(f"{describe(name)}: needs --certfile")
+        for name in ("body_timeout", "send_timeout"):
+            value = getattr(self, name)
+            if value is not None and value <= 0:
+                raise ConfigError(f"{describe(name)}: must be more than 0 (none disables it)")
 
     def binds(self) -> tuple[BindAddress, ...]:
         """The addresses to listen on, from --bind or the aiohttp-wsgi style options."""

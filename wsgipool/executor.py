@@ -211,8 +211,12 @@ class ProcessExecutor:
         if exchange.rid in worker.inflight:
             worker.send(p.CREDIT, exchange.rid, p.encode_u32(amount))
 
-    def hand_socket(self, exchange: ev.Exchange, fd: int, keep_alive: bool) -> bool:
+    def hand_socket(
+        self, exchange: ev.Exchange, fd: int, keep_alive: bool, send_timeout: float | None = None
+    ) -> bool:
         """Answer TAKEOVER: the worker writes the response to this socket itself.
+
+        The worker cuts the client if it accepts no bytes for `send_timeout` seconds.
 
         False if the descriptor could not be passed (none to spare for the copy):
         the worker is told to send frames instead.
@@ -220,9 +224,9 @@ class ProcessExecutor:
         worker: WorkerHandle = exchange.owner
         if exchange.rid not in worker.inflight:
             return False
-        flags = p.FLAG_SOCKET_KEEP_ALIVE if keep_alive else 0
+        payload = p.encode_socket(keep_alive, send_timeout)
         try:
-            worker.channel.send_fd(p.frame(p.SOCKET, exchange.rid, bytes((flags,))), fd)
+            worker.channel.send_fd(p.frame(p.SOCKET, exchange.rid, payload), fd)
         except OSError:
             worker.send(p.DECLINE, exchange.rid)
             return False

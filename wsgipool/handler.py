@@ -23,11 +23,13 @@ from wsgipool import exchange as ev
 from wsgipool.body import EMPTY as EMPTY_BODY
 from wsgipool.body import BodyTooLarge, read_body
 from wsgipool.cgi import EnvironOptions
+from wsgipool.config import parse_duration
+from wsgipool.deadlines import BodyTimeout, SendWatch
 from wsgipool.environ import collect
 from wsgipool.exchange import Unavailable
 from wsgipool.loader import load_app
 from wsgipool.ratelog import RateLimitedLog
-from wsgipool.response import error_response, write_response
+from wsgipool.response import error_response, sent_later, write_response
 from wsgipool.threaded import ThreadBackend
 from wsgipool.wire import refuse
 
@@ -55,6 +57,9 @@ class WSGIHandler:
     `watch_disconnects` polls for clients that left while their app runs; a
     server run with aiohttp's ``handler_cancellation`` (as `serve()` is) does not
     need it: the handler is cancelled instead.
+    `send_timeout` cuts a client that accepts no response bytes for that many
+    seconds (the app's iterable is closed); `body_timeout` answers 408 to a
+    request body that makes no progress for that long. None disables either.
     """
 
     def __init__(
@@ -69,6 +74,8 @@ class WSGIHandler:
         forwarded_allow_ips: Iterable[str] = ("127.0.0.1", "::1"),
         script_name: str = "",
         watch_disconnects: bool = True,
+        send_timeout: float | None = 60.0,
+        body_timeout: float | None = 60.0,
     ) -> None:
         for name, value in (
             ("inbuf_overflow", inbuf_overflow),
@@ -76,6 +83,8 @@ class WSGIHandler:
         ):
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
                 raise ValueError(f"{name} must be an int >= 0, got {value!r}")
+        send_timeout = _deadline("send_timeout", send_timeout)
+        self._body_timeout = _deadline("body_timeout", body_timeout)
         if url_scheme is not None and url_scheme not in ("http", "https"):
             raise ValueError(f"url_scheme must be 'http' or 'https', got {url_scheme!r}")
         from wsgipool.executor import ProcessExecutor
@@ -86,6 +95,7 @@ class WSGIHandler:
         options = EnvironOptions(url_scheme, tuple(forwarded_allow_ips), script_name)
         self._executor = executor
         self._watch = _DisconnectWatch() if watch_disconnects else None
+        self._sends = SendWatch(send_timeout) if send_timeout is not None else None
         self._unavailable_log = RateLimitedLog(logger, logging.WARNING)
         self._backend: ThreadBackend | ProcessExecutor
         if isinstance(executor, ProcessExecutor):
@@ -134,9 +144,14 @@ class WSGIHandler:
                 return refusal
         if request.body_exists:
             try:
-                body = await read_body(request, self._memory_limit, self._max_body)
+                body = await read_body(
+                    request, self._memory_limit, self._max_body, self._body_timeout
+                )
             except BodyTooLarge:
                 return error_response(413, close=True)
+            except BodyTimeout as exc:
+                logger.info("408 for %s: %s (--body-timeout)", request.remote, exc)
+                return await _answer_and_close(request, error_response(408, close=True))
         else:
             body = EMPTY_BODY
         collected = collect(request, body.length)
@@ -156,22 +171,54 @@ class WSGIHandler:
             self._unavailable_log.record(f"{request.method} {request.path}: 503, {exc}")
             return error_response(503, retry_after=1)
         watch = self._watch
-        if watch is None:
-            try:
-                return await write_response(request, exchange)
-            finally:
-                exchange.close()
-        watch.add(exchange, request)
+        if watch is not None:
+            watch.add(exchange, request)
+        sends = self._sends
+        sending = sends.watch(request, exchange) if sends is not None else None
+        released = False
         try:
-            return await write_response(request, exchange)
+            response = await write_response(request, exchange, sending)
+            if sending is not None:
+                # A whole response is written by aiohttp after we return: the deadline
+                # keeps watching until it is.
+                released = sent_later(response, sending.release)
+            return response
         finally:
-            watch.discard(exchange)
+            if sending is not None and not released:
+                sending.release()
+            if watch is not None:
+                watch.discard(exchange)
             exchange.close()
 
     __call__ = handle_request
     # aiohttp checks handlers with asyncio.iscoroutinefunction(), which does not
     # look through an instance's __call__; this marker says it is a coroutine.
     _is_coroutine = getattr(asyncio.coroutines, "_is_coroutine", None)
+
+
+async def _answer_and_close(
+    request: web.BaseRequest, response: web.StreamResponse
+) -> web.StreamResponse:
+    """Send `response`, then close: aiohttp would otherwise wait (its lingering time,
+    10 s) for the rest of a body the client has stopped sending."""
+    await response.prepare(request)
+    await response.write_eof()
+    transport = request.transport
+    if transport is not None:
+        transport.close()
+    return response
+
+
+def _deadline(name: str, value: object) -> float | None:
+    if value is None:
+        return None
+    try:
+        seconds = parse_duration(value)
+    except ValueError as exc:
+        raise ValueError(f"{name}: {exc}") from None
+    if seconds <= 0:
+        raise ValueError(f"{name} must be more than 0 seconds (None disables it), got {value!r}")
+    return seconds
 
 
 async def _answer_expect(request: web.BaseRequest) -> web.StreamResponse | None:

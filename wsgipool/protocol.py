@@ -125,6 +125,7 @@ _STATUS = struct.Struct("!QIB")
 _HELLO = struct.Struct("!IH")
 _EXITED = struct.Struct("!IBi")
 _DONE = struct.Struct("!QHB")
+_SOCKET = struct.Struct("!BI")
 _NO_COUNT: Final = (1 << 64) - 1
 
 
@@ -482,6 +483,23 @@ def decode_done(payload: bytes) -> tuple[int, int, bool]:
     if flags & ~FLAG_DONE_COMPLETE or not 200 <= status <= 999:
         raise ProtocolError(f"DONE with status {status} and flags {flags:#x}")
     return written, status, bool(flags & FLAG_DONE_COMPLETE)
+
+
+def encode_socket(keep_alive: bool, send_timeout: float | None) -> bytes:
+    """SOCKET: u8 flags, then u32 milliseconds the client may take no bytes (0: no limit)."""
+    flags = FLAG_SOCKET_KEEP_ALIVE if keep_alive else 0
+    millis = 0 if send_timeout is None else min(max(1, round(send_timeout * 1000)), 0xFFFFFFFF)
+    return _SOCKET.pack(flags, millis)
+
+
+def decode_socket(payload: bytes) -> tuple[bool, float | None]:
+    """(keep-alive, send timeout in seconds or None) from a SOCKET payload."""
+    if len(payload) != _SOCKET.size:
+        raise ProtocolError(f"SOCKET payload must be {_SOCKET.size} bytes, got {len(payload)}")
+    flags, millis = _SOCKET.unpack(payload)
+    if flags & ~FLAG_SOCKET_KEEP_ALIVE:
+        raise ProtocolError(f"SOCKET with flags {flags:#x}")
+    return bool(flags & FLAG_SOCKET_KEEP_ALIVE), (millis / 1000.0 if millis else None)
 
 
 def encode_u32(value: int) -> bytes:

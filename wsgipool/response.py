@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+from collections.abc import Callable
 from typing import IO, Any, cast
 
 from aiohttp import hdrs, web
@@ -19,6 +20,7 @@ from aiohttp.abc import AbstractStreamWriter
 from aiohttp.http import HttpVersion, HttpVersion10, HttpVersion11
 
 from wsgipool import exchange as ev
+from wsgipool.deadlines import Sending
 from wsgipool.wsgicall import HOP_BY_HOP, SERVER_HEADER
 
 __all__ = ["error_response", "write_response"]
@@ -92,6 +94,24 @@ class _Response(web.StreamResponse):
             writer.send_headers()
 
 
+def _sent(response: _RawResponse | _WholeResponse) -> None:
+    on_sent = response.on_sent
+    if on_sent is not None:
+        response.on_sent = None
+        on_sent()
+
+
+def sent_later(response: web.StreamResponse, on_sent: Callable[[], None]) -> bool:
+    """If aiohttp writes `response` after the handler returns, call `on_sent` when it is done.
+
+    The send deadline watches such a response until its last byte is written.
+    """
+    if isinstance(response, _RawResponse | _WholeResponse):
+        response.on_sent = on_sent
+        return True
+    return False
+
+
 class _RawResponse(web.StreamResponse):
     """A whole response whose head a worker serialised and the protocol validated.
 
@@ -100,6 +120,8 @@ class _RawResponse(web.StreamResponse):
     only without a router, where no on_response_prepare hook could want to
     change the headers.
     """
+
+    on_sent: Callable[[], None] | None = None
 
     def __init__(
         self, request: web.BaseRequest, code: int, head_size: int, data: memoryview
@@ -135,14 +157,19 @@ class _RawResponse(web.StreamResponse):
         assert writer is not None, "prepare() first"
         # Typed as bytes, but the writer hands it to transport.write(), which takes any
         # buffer: a view of the frame (immutable bytes) is written without a copy.
-        await writer.write_eof(cast(bytes, self._data))
+        try:
+            await writer.write_eof(cast(bytes, self._data))
+        finally:
+            _sent(self)
         self._eof_sent = True
         self._req = None
         self._body_length = writer.output_size
         self._payload_writer = None
 
 
-def _hand_over_socket(request: web.BaseRequest, exchange: ev.Exchange) -> bool:
+def _hand_over_socket(
+    request: web.BaseRequest, exchange: ev.Exchange, sending: Sending | None
+) -> bool:
     """Give the worker the client socket, if it can write to it directly; else decline."""
     backend: Any = exchange.backend
     transport = request.transport
@@ -156,7 +183,10 @@ def _hand_over_socket(request: web.BaseRequest, exchange: ev.Exchange) -> bool:
     ):
         backend.decline(exchange)
         return False
-    handed: bool = backend.hand_socket(exchange, sock.fileno(), request.keep_alive)
+    timeout = sending.timeout if sending is not None else None
+    handed: bool = backend.hand_socket(exchange, sock.fileno(), request.keep_alive, timeout)
+    if handed and sending is not None:
+        sending.direct = True
     return handed
 
 
@@ -188,6 +218,14 @@ class _WrittenResponse(web.StreamResponse):
 
 class _WholeResponse(web.Response, _Response):
     """A response with its whole body, sent with its head in one write (latin-1 aware)."""
+
+    on_sent: Callable[[], None] | None = None
+
+    async def write_eof(self, data: bytes = b"") -> None:
+        try:
+            await super().write_eof(data)
+        finally:
+            _sent(self)
 
 
 class _ErrorResponse(web.Response):
@@ -238,12 +276,15 @@ def error_response(
     return response
 
 
-async def write_response(request: web.BaseRequest, exchange: ev.Exchange) -> web.StreamResponse:
+async def write_response(
+    request: web.BaseRequest, exchange: ev.Exchange, sending: Sending | None = None
+) -> web.StreamResponse:
+    """The response to `request` from the exchange's events; `sending` is its send deadline."""
     kind, value = await exchange.next()
     if kind == ev.RAW:
         return _RawResponse(request, *value)
     if kind == ev.TAKEOVER:
-        if _hand_over_socket(request, exchange):
+        if _hand_over_socket(request, exchange, sending):
             return await _written_by_worker(request, exchange)
         kind, value = await exchange.next()
     if kind == ev.ERROR:
@@ -271,7 +312,7 @@ async def write_response(request: web.BaseRequest, exchange: ev.Exchange) -> web
         await response.prepare(request)
         await response.write_eof()
         return response
-    return await _write_streamed(request, exchange, response, length)
+    return await _write_streamed(request, exchange, response, length, sending)
 
 
 def _clean_headers(
@@ -332,6 +373,7 @@ async def _write_streamed(
     exchange: ev.Exchange,
     response: _Response,
     length: int | None,
+    sending: Sending | None,
 ) -> web.StreamResponse:
     written = 0
     owed = 0
@@ -368,7 +410,7 @@ async def _write_streamed(
             if not prepared:
                 await response.prepare(request)
                 prepared = True
-            written += await _send_file(request, response, fd, offset, count)
+            written += await _send_file(request, response, fd, offset, count, sending)
         elif kind == ev.END:
             break
         else:  # ERROR after the headers were decided: the client must see a broken response
@@ -406,7 +448,12 @@ def _abort(request: web.BaseRequest) -> None:
 
 
 async def _send_file(
-    request: web.BaseRequest, response: web.StreamResponse, fd: int, offset: int, count: int | None
+    request: web.BaseRequest,
+    response: web.StreamResponse,
+    fd: int,
+    offset: int,
+    count: int | None,
+    sending: Sending | None,
 ) -> int:
     """sendfile() the descriptor straight to the client socket; the fd is ours to close."""
     file: IO[bytes] = os.fdopen(fd, "rb", buffering=0)
@@ -419,15 +466,11 @@ async def _send_file(
         transport = request.transport
         if transport is None:
             raise ConnectionResetError("connection lost")
-        loop = asyncio.get_running_loop()
         plain = transport.get_extra_info("sslcontext") is None
         if writer is not None and not getattr(writer, "chunked", False) and plain:
             writer.send_headers()
             await writer.drain()
-            try:
-                sent: int = await loop.sendfile(transport, file, offset, count, fallback=False)
-            except (NotImplementedError, AttributeError, asyncio.SendfileNotAvailableError):
-                sent = await _sendfile_to_socket(transport, fd, offset, count)  # uvloop
+            sent = await _sendfile_to_socket(transport, fd, offset, count, sending)
             writer.output_size += sent
             return sent
         return await _send_file_fallback(response, file, offset, count)
@@ -436,19 +479,25 @@ async def _send_file(
 
 
 async def _sendfile_to_socket(
-    transport: asyncio.BaseTransport, in_fd: int, offset: int, count: int
+    transport: asyncio.BaseTransport, in_fd: int, offset: int, count: int, sending: Sending | None
 ) -> int:
-    """sendfile(2) straight to the client socket, for loops without loop.sendfile (uvloop).
+    """sendfile(2) straight to the client socket, on any loop (uvloop has no loop.sendfile).
 
-    The transport's own descriptor cannot be watched for writability (the loop
-    refuses a second watcher on it), so a duplicate of it is.
+    Done here rather than by loop.sendfile so that the send deadline sees its
+    progress and can wake it. The transport's own descriptor cannot be watched
+    for writability (the loop refuses a second watcher on it), so a duplicate
+    of it is.
     """
     sock = transport.get_extra_info("socket")
-    if sock is None:
+    if sock is None or transport.is_closing():
         raise ConnectionResetError("connection lost")
     loop = asyncio.get_running_loop()
+    delay = 0.001
     while transport.get_write_buffer_size():  # type: ignore[attr-defined]  # headers first
-        await asyncio.sleep(0.001)
+        await asyncio.sleep(delay)
+        delay = min(delay * 2, 0.05)
+    if transport.is_closing():  # cut by the send deadline while the head waited
+        raise ConnectionResetError("connection lost")
     out_fd = os.dup(sock.fileno())
     sent = 0
     try:
@@ -460,14 +509,24 @@ async def _sendfile_to_socket(
             except BlockingIOError:
                 waiter: asyncio.Future[None] = loop.create_future()
                 loop.add_writer(out_fd, _set_result, waiter)
+                if sending is not None:  # waiting for the client: the send deadline runs
+                    sending.filing = True
+                    sending.waiter = waiter
                 try:
                     await waiter
                 finally:
                     loop.remove_writer(out_fd)
+                    if sending is not None:
+                        sending.filing = False
+                        sending.waiter = None
                 continue
+            except (BrokenPipeError, ConnectionResetError):
+                raise ConnectionResetError("connection lost") from None
             if written == 0:  # the file is shorter than announced
                 break
             sent += written
+            if sending is not None:
+                sending.sent += written
     finally:
         os.close(out_fd)
     return sent

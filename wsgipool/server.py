@@ -248,6 +248,8 @@ class Server:
             forwarded_allow_ips=config.forwarded_allow_ips,
             script_name="" if config.static else config.script_name,
             watch_disconnects=False,  # aiohttp cancels the handler: handler_cancellation=True
+            send_timeout=config.send_timeout,
+            body_timeout=config.body_timeout,
         )
         if self.pool.workers == 0:  # the same waiting queue as the worker pool's
             handler.limit_queue(self.pool.threads, self.pool.queue_size, self.pool.queue_timeout)

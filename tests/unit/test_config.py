@@ -174,3 +174,16 @@ def test_switches_have_a_no_form_on_the_command_line():
     assert parser.parse_args(["serve", "m:a", "--preload"]).preload is True
     assert parser.parse_args(["serve", "m:a", "--no-preload"]).preload is False
     assert "preload" not in vars(parser.parse_args(["serve", "m:a"]))  # the declared default
+
+
+def test_send_and_body_deadlines():
+    config = Config()
+    assert (config.send_timeout, config.body_timeout) == (60.0, 60.0)
+    assert Config(send_timeout="none", body_timeout="2m").send_timeout is None
+    assert Config(body_timeout="2m").body_timeout == 120.0
+    for name in ("send_timeout", "body_timeout"):
+        with pytest.raises(ConfigError) as caught:
+            Config(**{name: 0})
+        message = str(caught.value)
+        assert "\n" not in message and f"--{name.replace('_', '-')}" in message
+        assert "none disables" in message

@@ -572,3 +572,19 @@ def test_raw_frame_parts_are_the_encoded_frame():
     [(kind, rid, payload)] = p.FrameDecoder(p.FROM_WORKER).feed(b"".join(parts))
     assert (kind, rid) == (p.RAW, 7)
     assert payload == p.encode_raw(OK_HEAD, b"hello")
+
+
+@given(st.booleans(), st.one_of(st.none(), st.floats(0.001, 4_000_000)))
+def test_socket_round_trip(keep_alive, timeout):
+    got_keep_alive, got_timeout = p.decode_socket(p.encode_socket(keep_alive, timeout))
+    assert got_keep_alive == keep_alive
+    if timeout is None:
+        assert got_timeout is None
+    else:
+        assert got_timeout == pytest.approx(max(round(timeout * 1000), 1) / 1000)
+
+
+@pytest.mark.parametrize("payload", [b"", b"\x01", b"\x02\x00\x00\x00\x00", b"\x01" * 6])
+def test_socket_payload_is_checked(payload):
+    with pytest.raises(p.ProtocolError, match="SOCKET"):
+        p.decode_socket(payload)

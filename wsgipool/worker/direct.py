@@ -5,7 +5,9 @@ costs it three copies per byte and a frame per chunk; the main process hands
 the worker a duplicate of the client socket instead (as it sends files with
 sendfile in the other direction), and the worker writes the response itself.
 The socket's own backpressure replaces credit: a slow client makes this
-thread wait, never anyone's memory grow.  The framing is this module's job:
+thread wait, never anyone's memory grow, and a client that takes no bytes
+for the send timeout the SOCKET frame carried is cut (the connection reset,
+the app's iterable closed) as the main process would.  The framing is this module's job:
 Content-Length when the app declared one, else chunked, or close-delimited
 for HTTP/1.0; DONE tells the main process whether the connection may be reused.
 """
@@ -17,10 +19,11 @@ import socket
 import time
 from collections.abc import Callable
 
+from wsgipool.deadlines import queued, reset_on_close
 from wsgipool.protocol import unsent
 from wsgipool.worker.head import head_lines
 
-__all__ = ["ClientGone", "DirectWriter"]
+__all__ = ["ClientGone", "DirectWriter", "SendTimedOut"]
 
 #: How often a long transfer tells the main process it is alive (for --timeout).
 PROGRESS_EVERY = 0.25
@@ -28,6 +31,10 @@ PROGRESS_EVERY = 0.25
 
 class ClientGone(Exception):
     """The client closed the connection during a direct write."""
+
+
+class SendTimedOut(ClientGone):
+    """The client accepted no bytes for the send timeout: the connection is being reset."""
 
 
 class DirectWriter:
@@ -39,10 +46,12 @@ class DirectWriter:
         status: str,
         headers: list[tuple[str, str]],
         progress: Callable[[], None],
+        send_timeout: float | None = None,
     ) -> None:
         self.sock = socket.socket(fileno=fd)
         self._progress = progress
-        self._last_progress = time.monotonic()
+        self._last_progress = self._last_sent = time.monotonic()
+        self._send_timeout = send_timeout
         self.status = int(status[:3])
         lines, declared = head_lines(version, status, headers)
         self.declared = declared
@@ -106,14 +115,30 @@ class DirectWriter:
                 raise ClientGone(str(exc)) from None
             self.written += sent
             parts = unsent(parts, sent)
+            self._last_sent = time.monotonic()
             self._tick()
 
     def _wait_writable(self) -> None:
+        timeout = self._send_timeout
+        backlog = queued(self.sock) if timeout is not None else -1
         while True:
             _, writable, _ = select.select([], [self.sock], [], PROGRESS_EVERY)
             self._tick()
             if writable:
                 return
+            if timeout is None:
+                continue
+            now_queued = queued(self.sock)
+            if now_queued != backlog:  # the client is draining the kernel's buffer
+                backlog = now_queued
+                self._last_sent = time.monotonic()
+            elif time.monotonic() - self._last_sent >= timeout:
+                # Reset, not a FIN queued behind bytes the client will never take.
+                reset_on_close(self.sock)
+                raise SendTimedOut(
+                    f"client accepted no response bytes for {timeout:g}s (--send-timeout); "
+                    "connection reset"
+                )
 
     def _tick(self) -> None:
         now = time.monotonic()

@@ -11,16 +11,20 @@ main process agrees, it is written straight to the client (worker/direct.py).
 
 from __future__ import annotations
 
+import logging
+import os
 import threading
 from collections.abc import Callable
 
 from wsgipool import protocol as p
 from wsgipool.worker.channel import BlockingChannel
-from wsgipool.worker.direct import ClientGone, DirectWriter
+from wsgipool.worker.direct import ClientGone, DirectWriter, SendTimedOut
 from wsgipool.worker.head import serialise
 from wsgipool.wsgicall import ResponseOutput
 
 __all__ = ["FrameOutput", "RawHead"]
+
+logger = logging.getLogger("wsgipool.worker")
 
 _HOLD_LIMIT = 64 * 1024
 #: A streamed response with this much ready at its first flush is written directly.
@@ -71,7 +75,8 @@ class FrameOutput(ResponseOutput):
         self._before_end = before_end
         self._raw = raw  # the main process takes RAW heads and direct writes
         self._waiter = waiter
-        self._answer: tuple[int, bool] | None = None  # (client socket fd or -1, keep-alive)
+        # (client socket fd or -1, keep-alive, send timeout)
+        self._answer: tuple[int, bool, float | None] | None = None
         self._direct: DirectWriter | None = None
 
     # -- what the reader delivers ---------------------------------------------
@@ -82,10 +87,10 @@ class FrameOutput(ResponseOutput):
         else:  # reads the channel itself if nobody else does
             self._waiter(self._cond, ready)
 
-    def answer(self, fd: int, keep_alive: bool) -> None:
+    def answer(self, fd: int, keep_alive: bool, send_timeout: float | None = None) -> None:
         """The main process's answer to TAKEOVER: the client socket, or -1."""
         with self._cond:
-            self._answer = (fd, keep_alive)
+            self._answer = (fd, keep_alive, send_timeout)
             self._cond.notify_all()
 
     # -- the response ---------------------------------------------------------
@@ -175,7 +180,9 @@ class FrameOutput(ResponseOutput):
         if answer is None or answer[0] < 0:
             return False  # declined, or cancelled while asking
         self._start = None
-        direct = DirectWriter(answer[0], raw.version, answer[1], start[0], start[1], self._progress)
+        direct = DirectWriter(
+            answer[0], raw.version, answer[1], start[0], start[1], self._progress, answer[2]
+        )
         self._direct = direct
         held = self._held
         self._held = []
@@ -191,21 +198,27 @@ class FrameOutput(ResponseOutput):
             return
         try:
             direct.write(chunks)
-        except ClientGone:
-            self.cancel()
+        except ClientGone as exc:
+            self._client_gone(exc)
 
     def _finish_direct(self, direct: DirectWriter) -> None:
         complete = False
         if not self.cancelled:
             try:
                 complete = direct.finish()
-            except ClientGone:
-                self.cancel()
+            except ClientGone as exc:
+                self._client_gone(exc)
         direct.close()
         self._direct = None
         report = self._before_end()
         done = p.encode_done(direct.written, direct.status, complete and not self.cancelled)
         self._channel.send([report, p.frame(p.DONE, self._rid, done)])
+
+    def _client_gone(self, exc: ClientGone) -> None:
+        """Stop the app: the client left, or took nothing for the send timeout (logged)."""
+        if isinstance(exc, SendTimedOut):
+            logger.warning("worker %d: %s", os.getpid(), exc)
+        self.cancel()
 
     def _progress(self) -> None:
         self._channel.send([p.frame(p.PROGRESS, self._rid)])

@@ -399,10 +399,10 @@ class Worker:
                 pending.output.cancel()
         elif kind in (p.SOCKET, p.DECLINE):
             fd = self.channel.take_fd() if kind == p.SOCKET else -1
-            keep_alive = bool(payload[:1] == b"\x01")
+            keep_alive, send_timeout = p.decode_socket(payload) if fd >= 0 else (False, None)
             pending = self.jobs.get(rid)
             if pending is not None:
-                pending.output.answer(fd, keep_alive)
+                pending.output.answer(fd, keep_alive, send_timeout)
             elif fd >= 0:
                 os.close(fd)
         elif kind == p.DUMP:
