@@ -90,8 +90,8 @@ class TemplateProcess:
             self.reap()
             raise
 
-    async def spawn(self, timeout: float = 30.0) -> tuple[int, socket.socket]:
-        """Fork a worker; returns its pid and the main process's end of its socketpair."""
+    async def spawn(self, number: int = 0, timeout: float = 30.0) -> tuple[int, socket.socket]:
+        """Fork worker `number`; returns its pid and the main process's end of its socketpair."""
         if not self.alive or self._channel is None:
             raise SpawnError("the template process is not running")
         loop = asyncio.get_running_loop()
@@ -105,7 +105,8 @@ class TemplateProcess:
             self._spawns.pop(token, None)
             raise SpawnError(f"cannot create the worker's socket pair: {exc}") from exc
         try:
-            self._channel.send_fd(p.frame(p.SPAWN, token), theirs.fileno())
+            payload = p.encode_u32(number & 0xFFFFFFFF)
+            self._channel.send_fd(p.frame(p.SPAWN, token, payload), theirs.fileno())
         except OSError as exc:
             ours.close()
             self._spawns.pop(token, None)

@@ -68,6 +68,9 @@ class Supervisor:
             max_rss_hard=config.max_rss_hard,
             log_level=log_level,
             environ=environ or EnvironOptions(),
+            app_name=app_ref if isinstance(app_ref, str) else "",
+            user=config.user,
+            group=config.group,
         )
         self.target = config.workers
         self.workers: list[WorkerHandle] = []
@@ -187,7 +190,9 @@ class Supervisor:
             template = await self._wait_template()
             if self.stopping:
                 return
-            pid, sock = await template.spawn()
+            self._numbers += 1
+            number = self._numbers
+            pid, sock = await template.spawn(number)
         except SpawnError as exc:
             self._scheduled -= 1
             logger.error("could not spawn a worker: %s", exc)
@@ -198,9 +203,8 @@ class Supervisor:
             raise
         self._scheduled -= 1
         assert self._loop is not None
-        self._numbers += 1
         worker = WorkerHandle(
-            self._loop, self._numbers, pid, sock, template, self, self.config.threads, "spawn"
+            self._loop, number, pid, sock, template, self, self.config.threads, "spawn"
         )
         worker.request_limit = policy.jittered_request_limit(
             self.config.max_requests, self.config.max_requests_jitter, self._rng

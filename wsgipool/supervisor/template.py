@@ -21,6 +21,8 @@ from typing import Any, NoReturn
 
 from wsgipool import protocol as p
 from wsgipool.loader import AppImportError, load_app
+from wsgipool.privileges import drop_privileges
+from wsgipool.proctitle import set_title
 from wsgipool.worker.channel import BlockingChannel, ChannelClosed
 from wsgipool.worker.process import WorkerSettings, run_worker
 
@@ -40,6 +42,13 @@ def template_main(app_ref: str | bytes, control: socket.socket, settings: Worker
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     logging.basicConfig(level=settings.log_level.upper(), format=LOG_FORMAT, stream=sys.stderr)
     channel = BlockingChannel(control)
+    set_title("template", settings.app_name)
+    try:
+        # Before the import: no application code runs with the main process's privileges.
+        drop_privileges(settings.user, settings.group)
+    except (OSError, ValueError) as exc:
+        channel.send([p.frame(p.FAILED, 0, str(exc).encode("utf-8", "replace"))])
+        _exit(2)
     try:
         app = _load(app_ref)
     except AppImportError as exc:
@@ -105,14 +114,15 @@ class Template:
             frames = self._decoder.feed(data)
         except (ChannelClosed, OSError, p.ProtocolError):
             self._quit()  # the main process is gone: take the workers with us
-        for kind, rid, _payload in frames:
+        for kind, rid, payload in frames:
             if kind == p.SPAWN:
-                pid = self._fork(self.channel.take_fd())
+                number = p.decode_u32(payload, "SPAWN") if len(payload) == 4 else 0
+                pid = self._fork(self.channel.take_fd(), number)
                 self.channel.send([p.frame(p.SPAWNED, rid, p.encode_u32(pid))])
             elif kind == p.SHUTDOWN:
                 self._quit()
 
-    def _fork(self, fd: int) -> int:
+    def _fork(self, fd: int, number: int) -> int:
         sock = socket.socket(fileno=fd)
         pid = os.fork()
         if pid == 0:
@@ -123,6 +133,7 @@ class Template:
                 self.channel.sock.close()
                 self._wake_r.close()
                 self._wake_w.close()
+                set_title(f"worker {number}", self.settings.app_name)
                 run_worker(self.app, sock, self.settings)
             except BaseException:
                 traceback.print_exc()

@@ -51,6 +51,9 @@ class WorkerSettings:
     max_rss_hard: int | None = None
     log_level: str = "info"
     environ: EnvironOptions = field(default_factory=EnvironOptions)
+    app_name: str = ""  # for process titles
+    user: str | None = None  # the template switches to these before importing the app
+    group: str | None = None
 
 
 class _Job:
