@@ -8,8 +8,12 @@ told otherwise, and the default worker count follows the CPUs really available.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
+import time
+import uuid
+from pathlib import Path
 
 import pytest
 
@@ -174,3 +178,60 @@ def test_default_workers_follow_the_affinity_mask(run_server):
     assert len(server.worker_pids()) == 1
     server.signal(signal.SIGTERM)
     assert server.wait(20) == 0
+
+
+@contextlib.contextmanager
+def cpu_limited_cgroup():
+    """A real child cgroup limited to one CPU (v1 cpu.cfs_quota_us or v2 cpu.max), removed after.
+
+    Skips where cgroups cannot be written (not root, a read-only or delegated hierarchy).
+    """
+    if os.geteuid() != 0:
+        pytest.skip("creating a cgroup needs root")
+    name = f"wsgipool-test-{uuid.uuid4().hex[:8]}"
+    v1 = Path("/sys/fs/cgroup/cpu")
+    if (v1 / "cpu.cfs_quota_us").exists():
+        group, limit = v1 / name, [("cpu.cfs_period_us", "100000"), ("cpu.cfs_quota_us", "100000")]
+        root_procs = v1 / "cgroup.procs"
+    elif Path("/sys/fs/cgroup/cgroup.controllers").exists():
+        own = Path("/proc/self/cgroup").read_text().split("0::", 1)[1].strip()
+        group = Path("/sys/fs/cgroup") / own.lstrip("/") / name
+        limit = [("cpu.max", "100000 100000")]
+        root_procs = group.parent / "cgroup.procs"
+    else:
+        pytest.skip("no writable cgroup cpu controller here")
+    try:
+        group.mkdir()
+        for file, value in limit:
+            (group / file).write_text(value)
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            group.rmdir()
+        pytest.skip(f"cannot make a cgroup with a CPU quota here: {exc}")
+    try:
+        yield group, root_procs
+    finally:
+        for _ in range(100):  # empty once the server's processes are reaped
+            try:
+                group.rmdir()
+                break
+            except OSError:
+                time.sleep(0.1)
+
+
+def test_default_workers_follow_a_real_cgroup_cpu_quota(run_server):
+    """A real cgroup with a quota of one CPU: the server inside it starts one worker."""
+    with cpu_limited_cgroup() as (group, root_procs):
+        # This test process joins the cgroup just long enough to start the server in it.
+        (group / "cgroup.procs").write_text(str(os.getpid()))
+        try:
+            server = run_server("envapp:app", wait=False)
+        finally:
+            root_procs.write_text(str(os.getpid()))
+        try:
+            server.wait_until_serving()
+            line = _serving_line(server.log)
+            assert "serving with 1 worker process(es)" in line
+            assert "quota of 1 CPUs" in line, line
+        finally:
+            server.stop()
