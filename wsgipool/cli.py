@@ -108,8 +108,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         layers.enter_directory()  # --chdir first: relative paths below are relative to it
         settings = layers.build()
         if print_config:
-            print(settings.render())
+            try:
+                print(settings.render(), flush=True)
+            except BrokenPipeError:  # `--print-config | head`
+                sys.stdout = None
             return 0
+        if settings.config.reload:
+            from wsgipool.reloader import check_available
+
+            check_available()
         if check_config:
             print(f"wsgipool: the configuration of {app} is valid")
             return 0

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field, fields
 from typing import Any
 
 from wsgipool.cpus import available_cpus
-from wsgipool.privileges import parse_group, parse_user
+from wsgipool.privileges import parse_group, parse_user, resolve_ids
 
 __all__ = [
     "Config",
@@ -704,3 +704,7 @@ def cross_check(config: Config, pool: PoolConfig) -> None:
                 raise ConfigError(
                     f"{describe(name)}: needs worker processes; use --workers 1 or more"
                 )
+    try:
+        resolve_ids(pool.user, pool.group)
+    except ValueError as exc:
+        raise ConfigError(f"{describe('user')}: {exc}") from None

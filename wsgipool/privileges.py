@@ -14,38 +14,42 @@ import grp
 import os
 import pwd
 
-__all__ = ["drop_privileges", "parse_group", "parse_user", "resolve"]
+__all__ = ["drop_privileges", "parse_group", "parse_user", "resolve_ids"]
+
+
+def _text(value: object, what: str) -> str | None:
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | str):
+        raise ValueError(f"expected a {what} name or number, got {value!r}")
+    if isinstance(value, int) and value < 0:
+        raise ValueError(f"expected a {what} name or number, got {value!r}")
+    return str(value).strip()
 
 
 def parse_user(value: object) -> str | None:
     """A user name or numeric uid that exists on this machine (None: stay as started)."""
-    if value is None or (isinstance(value, str) and not value.strip()):
-        return None
-    text = str(value).strip() if isinstance(value, int | str) and value is not True else None
-    if text is None:
-        raise ValueError(f"expected a user name or uid, got {value!r}")
-    _uid(text)
+    text = _text(value, "user")
+    if text is not None:
+        _uid(text)
     return text
 
 
 def parse_group(value: object) -> str | None:
     """A group name or numeric gid that exists on this machine (None: the user's group)."""
-    if value is None or (isinstance(value, str) and not value.strip()):
-        return None
-    text = str(value).strip() if isinstance(value, int | str) and value is not True else None
-    if text is None:
-        raise ValueError(f"expected a group name or gid, got {value!r}")
-    _gid(text)
+    text = _text(value, "group")
+    if text is not None:
+        _gid(text)
     return text
 
 
-def _uid(text: str) -> tuple[int, int, str | None]:
+def _uid(text: str) -> tuple[int, int | None, str | None]:
     """(uid, primary gid, name) of a user given by name or number."""
     try:
         entry = pwd.getpwuid(int(text)) if text.isdigit() else pwd.getpwnam(text)
     except KeyError:
         if text.isdigit():  # a uid without a passwd entry is legal (containers use them)
-            return int(text), int(text), None
+            return int(text), None, None
         raise ValueError(f"no such user: {text!r}") from None
     return entry.pw_uid, entry.pw_gid, entry.pw_name
 
@@ -59,7 +63,7 @@ def _gid(text: str) -> int:
         raise ValueError(f"no such group: {text!r}") from None
 
 
-def resolve(user: str | None, group: str | None) -> tuple[int | None, int | None, str | None]:
+def resolve_ids(user: str | None, group: str | None) -> tuple[int | None, int | None, str | None]:
     """(uid, gid, user name) to switch to; None where nothing changes."""
     uid: int | None = None
     gid: int | None = None
@@ -68,12 +72,15 @@ def resolve(user: str | None, group: str | None) -> tuple[int | None, int | None
         uid, gid, name = _uid(user)
     if group is not None:
         gid = _gid(group)
+    elif uid is not None and gid is None:
+        # Keeping root's group after leaving root's uid would be a trap: say which group.
+        raise ValueError(f"uid {uid} has no entry in the user database; give --group too")
     return uid, gid, name
 
 
 def drop_privileges(user: str | None, group: str | None) -> None:
     """Become `user` (with its groups) and `group`; PermissionError in one line if not root."""
-    uid, gid, name = resolve(user, group)
+    uid, gid, name = resolve_ids(user, group)
     if uid is None and gid is None:
         return
     try:

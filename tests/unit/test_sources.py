@@ -193,3 +193,16 @@ def test_every_declared_option_from_every_source(tmp_path):
 def test_read_config_file_missing(tmp_path):
     with pytest.raises(ConfigError, match="cannot read the config file"):
         read_config_file(tmp_path / "nope.toml")
+
+
+def test_user_checks_name_its_source(tmp_path):
+    assert error(tmp_path, env={"WSGIPOOL_USER": "no-such-user-wp"}) == (
+        "WSGIPOOL_USER: no such user: 'no-such-user-wp'"
+    )
+    # A bare uid without a passwd entry would keep root's group: the group must be given.
+    message = error(tmp_path, file="user = 3999999\n")
+    assert message.endswith(
+        "wsgipool.toml:1: user: uid 3999999 has no entry in the user database; give --group too"
+    )
+    s = settings(tmp_path, env={"WSGIPOOL_GROUP": "0"})
+    assert s.pool.group == "0"
