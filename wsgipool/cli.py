@@ -1,9 +1,10 @@
 """The ``wsgipool`` command: parses the command line and calls the server, nothing more.
 
 Its flags are generated from the option declarations in `wsgipool.config`, so
-the CLI, ``serve()`` and docs/configuration.md cannot drift apart.  Errors a
-user can fix (a bad flag, an app that does not import) are one line on stderr
-and exit status 2.
+the CLI, ``serve()`` and docs/configuration.md cannot drift apart; the config
+file and the environment are read by `wsgipool.sources`.  Errors a user can
+fix (a bad flag, a bad value anywhere, an app that does not import) are one
+line on stderr and exit status 2.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from collections.abc import Sequence
 from typing import NoReturn
 
 from wsgipool import __version__
-from wsgipool.config import Config, ConfigError, PoolConfig, option_fields, split_options
+from wsgipool.config import SAME, Config, ConfigError, PoolConfig, env_name, option_fields
 from wsgipool.loader import AppImportError
 
 __all__ = ["build_parser", "main"]
@@ -44,6 +45,24 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="MODULE:ATTR",
         help="the WSGI app; ATTR defaults to 'application' and may be a factory call: create_app()",
     )
+    sources = serve.add_argument_group("configuration")
+    sources.add_argument(
+        "-c",
+        "--config",
+        metavar="PATH",
+        help="read options from this TOML file (default: ./wsgipool.toml, else the "
+        "[tool.wsgipool] table of ./pyproject.toml; also $WSGIPOOL_CONFIG)",
+    )
+    sources.add_argument(
+        "--print-config",
+        action="store_true",
+        help="print the effective configuration, with the source of each value, and exit",
+    )
+    sources.add_argument(
+        "--check-config",
+        action="store_true",
+        help="check every value from every source and exit (0 when valid; imports nothing)",
+    )
     groups = {
         Config: serve.add_argument_group("server"),
         PoolConfig: serve.add_argument_group("worker pool"),
@@ -51,10 +70,13 @@ def build_parser() -> argparse.ArgumentParser:
     for cls, spec in option_fields():
         meta = spec.metadata
         default = meta["default_text"] or _default_text(spec.default)
+        if meta["cli_default"] is not SAME:
+            default = meta["cli_default_text"] or _default_text(meta["cli_default"])
+        text = f"{meta['help']} (default: {default}; ${env_name(spec.name)})"
         kwargs: dict[str, object] = {
             "dest": spec.name,
             "default": argparse.SUPPRESS,
-            "help": f"{meta['help']} (default: {default})".replace("%", "%%"),  # argparse %-formats
+            "help": text.replace("%", "%%"),  # argparse %-formats
         }
         if meta["switch"]:
             kwargs["action"] = argparse.BooleanOptionalAction  # --x and --no-x
@@ -76,17 +98,35 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = vars(build_parser().parse_args(argv))
     args.pop("command")
     app = args.pop("app")
-    # As with gunicorn: the app's module is found relative to where the command runs.
-    cwd = os.getcwd()
-    if cwd not in sys.path:
-        sys.path.insert(0, cwd)
+    config_file = args.pop("config")
+    print_config = args.pop("print_config")
+    check_config = args.pop("check_config")
     try:
-        server_options, pool_options, _ = split_options(args)
-        config = Config(**server_options)
-        pool = PoolConfig(**pool_options)
+        from wsgipool import sources
+
+        layers = sources.collect(command_line=args, config_file=config_file, cli=True)
+        layers.enter_directory()  # --chdir first: relative paths below are relative to it
+        settings = layers.build()
+        if print_config:
+            try:
+                print(settings.render(), flush=True)
+            except BrokenPipeError:  # `--print-config | head`
+                sys.stdout = None
+            return 0
+        if settings.config.reload:
+            from wsgipool.reloader import check_available
+
+            check_available()
+        if check_config:
+            print(f"wsgipool: the configuration of {app} is valid")
+            return 0
+        # As with gunicorn: the app's module is found relative to where the command runs.
+        cwd = os.getcwd()
+        if cwd not in sys.path:
+            sys.path.insert(0, cwd)
         from wsgipool.server import Server
 
-        Server(app, config, pool).run()
+        Server(app, settings.config, settings.pool, sources=settings.sources).run()
     except (ConfigError, AppImportError) as exc:
         print(f"wsgipool: error: {exc}", file=sys.stderr)
         return 2

@@ -9,7 +9,6 @@ option is one field here and nothing else.
 from __future__ import annotations
 
 import dataclasses
-import grp
 import ipaddress
 import os
 import re
@@ -17,13 +16,20 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any
 
+from wsgipool.cpus import available_cpus
+from wsgipool.privileges import parse_group, parse_user, resolve_ids
+
 __all__ = [
     "Config",
     "ConfigError",
     "PoolConfig",
+    "env_name",
     "parse_duration",
     "parse_size",
 ]
+
+#: Every option ``NAME`` can be set with the environment variable ``WSGIPOOL_NAME``.
+ENV_PREFIX = "WSGIPOOL_"
 
 
 class ConfigError(ValueError):
@@ -194,21 +200,6 @@ def _parse_url_scheme(value: object) -> str:
     return text
 
 
-def _parse_group(value: object) -> str:
-    """A group that exists: its name, or its number as text."""
-    if isinstance(value, int) and not isinstance(value, bool):
-        value = str(value)
-    name = _parse_str(value).strip()
-    try:
-        if name.isdigit():
-            grp.getgrgid(int(name))
-        else:
-            grp.getgrnam(name)
-    except KeyError:
-        raise ValueError(f"no such group: {name!r}") from None
-    return name
-
-
 _TLS_VERSIONS = ("TLSv1.2", "TLSv1.3")
 
 
@@ -280,6 +271,10 @@ def parse_bind(text: str) -> BindAddress:
 # -- option declaration ------------------------------------------------------
 
 
+#: Marks an option whose command-line default is its `serve()` default.
+SAME = object()
+
+
 def option(
     default: Any,
     parse: Callable[[object], Any],
@@ -290,8 +285,19 @@ def option(
     repeat: bool = False,
     switch: bool = False,
     default_text: str | None = None,
+    cli_default: Any = SAME,
+    cli_default_text: str | None = None,
+    env_aliases: tuple[str, ...] = (),
+    show: Callable[[Any], object] | None = None,
 ) -> Any:
-    """A dataclass field carrying what the CLI and the docs need to know."""
+    """A dataclass field carrying what the CLI, the other sources and the docs need to know.
+
+    `cli_default` is the default of the ``wsgipool`` command where it differs from
+    the keyword's (``serve()`` keeps aiohttp-wsgi's); `env_aliases` are variables
+    that users already set for other servers (``WEB_CONCURRENCY``), read when
+    ``WSGIPOOL_<NAME>`` is not set; `show` turns a value back into the form users write
+    (permissions in octal) for ``--print-config``.
+    """
     meta = {
         "parse": parse,
         "help": help,
@@ -300,15 +306,22 @@ def option(
         "repeat": repeat,
         "switch": switch,
         "default_text": default_text,
+        "cli_default": cli_default,
+        "cli_default_text": cli_default_text,
+        "env_aliases": env_aliases,
+        "show": show,
     }
     return field(default=default, metadata=meta)
 
 
-def _cpu_count() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        return os.cpu_count() or 1
+def env_name(name: str) -> str:
+    """The environment variable of an option: ``max_rss`` is ``WSGIPOOL_MAX_RSS``."""
+    return ENV_PREFIX + name.upper()
+
+
+def flag_name(name: str) -> str:
+    """The command-line flag of an option: ``max_rss`` is ``--max-rss``."""
+    return "--" + name.replace("_", "-")
 
 
 class _Validated:
@@ -330,7 +343,7 @@ class _Validated:
 
 def describe(name: str) -> str:
     """How an option is named in messages: both the keyword and the CLI flag."""
-    return f"{name} (--{name.replace('_', '-')})"
+    return f"{name} ({flag_name(name)})"
 
 
 @dataclass(frozen=True, slots=True)
@@ -338,11 +351,12 @@ class PoolConfig(_Validated):
     """How many worker processes, how they are fed, and when they are recycled."""
 
     workers: int = option(
-        _cpu_count(),
+        available_cpus().count,
         _parse_int,
         "Worker processes. 0 runs the app in threads of the main process, like aiohttp-wsgi.",
         metavar="N",
-        default_text="number of CPUs",
+        default_text="CPUs available: the cgroup CPU quota, else the CPU affinity",
+        env_aliases=("WEB_CONCURRENCY",),
     )
     threads: int = option(
         4,
@@ -414,6 +428,21 @@ class PoolConfig(_Validated):
         "let requests in flight finish, stop the workers, kill what is left); for a worker "
         "being recycled or reloaded, how long it may take to finish its requests.",
         metavar="DURATION",
+    )
+    user: str | None = option(
+        None,
+        parse_user,
+        "Run the template and the workers as this user (name or uid); "
+        "the main process binds its sockets first and stays as started. Needs root.",
+        metavar="USER",
+        default_text="the user that started wsgipool",
+    )
+    group: str | None = option(
+        None,
+        parse_group,
+        "Run the template and the workers with this group (name or gid). Needs root.",
+        metavar="GROUP",
+        default_text="the --user's group",
     )
 
     preload: bool = option(
@@ -512,11 +541,20 @@ class Config(_Validated):
     host: str | None = option(
         None,
         _parse_optional(_parse_str),
-        "Host interface to listen on (aiohttp-wsgi style).",
+        "Host interface to listen on (aiohttp-wsgi style); none or empty: all interfaces.",
         metavar="HOST",
         default_text="all interfaces",
+        cli_default="127.0.0.1",
+        cli_default_text="`127.0.0.1`; all interfaces when PORT is set",
     )
-    port: int = option(8080, _parse_int, "TCP port to listen on.", metavar="PORT")
+    port: int = option(
+        8080,
+        _parse_int,
+        "TCP port to listen on.",
+        metavar="PORT",
+        cli_default=8000,
+        env_aliases=("PORT",),
+    )
     unix_socket: str | None = option(
         None,
         _parse_optional(_parse_str),
@@ -529,10 +567,11 @@ class Config(_Validated):
         "Permissions of the unix socket, in octal; it has them from the moment it exists.",
         metavar="MODE",
         default_text="600",
+        show=lambda mode: f"{mode:o}",
     )
     unix_socket_group: str | None = option(
         None,
-        _parse_optional(_parse_group),
+        parse_group,
         "Group (name or number) given to the unix socket, so that a proxy running "
         "as another user but in that group can connect (with --unix-socket-perms 660).",
         metavar="GROUP",
@@ -607,6 +646,7 @@ class Config(_Validated):
         "peers on a unix socket, or '*' for any peer.",
         metavar="IPS",
         default_text="127.0.0.1,::1",
+        env_aliases=("FORWARDED_ALLOW_IPS",),
     )
     header_timeout: float = option(
         10.0,
@@ -691,6 +731,26 @@ class Config(_Validated):
         "Oldest TLS version accepted: TLSv1.2 or TLSv1.3.",
         metavar="VERSION",
     )
+    pid: str | None = option(
+        None,
+        _parse_optional(_parse_str),
+        "Write the main process's PID to this file once its sockets are bound; "
+        "the file is removed when it stops.",
+        metavar="FILE",
+    )
+    chdir: str | None = option(
+        None,
+        _parse_optional(_parse_str),
+        "Change to this directory before importing the app; it is put first on sys.path.",
+        metavar="DIR",
+    )
+    reload: bool = option(
+        False,
+        _parse_bool,
+        "Development: reload the workers (as SIGHUP does) when a .py file under the "
+        "current directory (or --chdir) changes. Needs the 'reload' extra; not with --workers 0.",
+        switch=True,
+    )
 
     def __post_init__(self) -> None:
         self._normalise()
@@ -752,19 +812,24 @@ def reference_markdown() -> str:
         lines += [
             f"### {title}",
             "",
-            "| CLI flag | keyword | default | meaning |",
-            "|---|---|---|---|",
+            "| CLI flag | environment | file key, keyword | default | meaning |",
+            "|---|---|---|---|---|",
         ]
         for spec in fields(cls):
             meta = spec.metadata
             flag = "--" + spec.name.replace("_", "-")
             if meta["switch"]:
                 flag += "` / `--no-" + spec.name.replace("_", "-")
+            flag = flag_name(spec.name)
             if meta["metavar"]:
                 flag += " " + meta["metavar"]
+            env = "<br>".join(f"`{v}`" for v in (env_name(spec.name), *meta["env_aliases"]))
             default = meta["default_text"] or _default_text(spec.default)
+            if meta["cli_default"] is not SAME:
+                cli = meta["cli_default_text"] or _default_text(meta["cli_default"])
+                default = f"{cli} (CLI), {default} (`serve()`)"
             help_text = meta["help"] + (" Repeatable." if meta["repeat"] else "")
-            lines.append(f"| `{flag}` | `{spec.name}` | {default} | {help_text} |")
+            lines.append(f"| `{flag}` | {env} | `{spec.name}` | {default} | {help_text} |")
         lines.append("")
     return "\n".join(lines)
 
@@ -775,3 +840,17 @@ def _default_text(value: object) -> str:
     if isinstance(value, bool):
         return "off" if not value else "on"
     return f"`{value}`"
+
+
+def cross_check(config: Config, pool: PoolConfig) -> None:
+    """Checks that need both the server's and the pool's options."""
+    if pool.workers == 0:
+        for name in ("reload", "user", "group"):
+            if getattr(config if name == "reload" else pool, name) not in (None, False):
+                raise ConfigError(
+                    f"{describe(name)}: needs worker processes; use --workers 1 or more"
+                )
+    try:
+        resolve_ids(pool.user, pool.group)
+    except ValueError as exc:
+        raise ConfigError(f"{describe('user')}: {exc}") from None

@@ -27,12 +27,24 @@ from typing import Any
 from aiohttp import web
 
 from wsgipool import systemd, tls, wire
-from wsgipool.config import BindAddress, Config, ConfigError, PoolConfig, split_options
+from wsgipool.config import (
+    BindAddress,
+    Config,
+    ConfigError,
+    PoolConfig,
+    cross_check,
+    describe,
+    split_options,
+)
+from wsgipool.cpus import available_cpus
 from wsgipool.executor import ProcessExecutor
 from wsgipool.handler import WSGIHandler
 from wsgipool.hooks import call_hook, load_hook
 from wsgipool.limits import GuardedAppRunner, GuardedServer
 from wsgipool.loader import load_app
+from wsgipool.pidfile import check_pid_file, remove_pid_file, write_pid_file
+from wsgipool.proctitle import set_title
+from wsgipool.reloader import Reloader, check_available
 from wsgipool.response import error_response
 from wsgipool.static import hide_dotfiles
 from wsgipool.supervisor.handle import WorkerState
@@ -67,6 +79,8 @@ def serve(application: Callable[..., Any] | str, **kwargs: Any) -> None:
     `application` is a WSGI callable or "module:attr".  Keywords are those of
     `Config` (server), `PoolConfig` (workers), `WSGIHandler` (``stderr``) and
     ``ssl_context`` (an `ssl.SSLContext` for HTTPS, instead of ``certfile``).
+    Only the keywords count: ``serve()`` reads no config file and no environment
+    variable (``wsgipool.sources.resolve()`` does, for a program that wants them).
     """
     server_options, pool_options, rest = split_options(kwargs)
     stderr = rest.pop("stderr", None)
@@ -75,7 +89,8 @@ def serve(application: Callable[..., Any] | str, **kwargs: Any) -> None:
         raise TypeError(f"serve() got unexpected keyword arguments: {', '.join(sorted(rest))}")
     config = Config(**server_options)
     pool = PoolConfig(**pool_options)
-    Server(application, config, pool, stderr=stderr, ssl_context=ssl_context).run()
+    sources = {name: "serve()" for name in kwargs}
+    Server(application, config, pool, stderr=stderr, ssl_context=ssl_context, sources=sources).run()
 
 
 class Server:
@@ -89,6 +104,7 @@ class Server:
         *,
         stderr: Any = None,
         ssl_context: ssl.SSLContext | None = None,
+        sources: dict[str, str] | None = None,
     ) -> None:
         self.application = application
         self.config = config
@@ -100,6 +116,16 @@ class Server:
         self.ssl_context = ssl_context or tls.server_context(config)
         self.notifier = systemd.Notifier(None)
         self._ready_task: asyncio.Task[None] | None = None
+        self.sources = sources or {}
+        self.reloader: Reloader | None = None
+        self._pid_file: str | None = None
+        cross_check(config, pool)
+        if config.reload:
+            check_available()
+        if config.chdir is not None:
+            _enter_directory(config.chdir)
+        if config.pid is not None:
+            check_pid_file(config.pid)
         self.executor: ProcessExecutor | ThreadPoolExecutor | None = None
         self.runner: web.BaseRunner | None = None
         self.sockets: list[socket.socket] = []
@@ -119,6 +145,7 @@ class Server:
 
     def run(self) -> None:
         """Run until stopped; the exit status is the caller's (0 after a clean stop)."""
+        set_title("main", self.application if isinstance(self.application, str) else "")
         _configure_logging(self.config.log_level)
         _raise_open_files_limit()
         runner = _event_loop_runner()
@@ -166,14 +193,24 @@ class Server:
         except BaseException:
             await self.stop(graceful=False)
             raise
+        if self.config.pid is not None:
+            try:
+                write_pid_file(self.config.pid)
+            except BaseException:
+                await self.stop(graceful=False)
+                raise
+            self._pid_file = self.config.pid
         self._install_signals(loop)
         preload = "preloaded" if self.pool.preload else "each imports the app"
+        if self.config.reload and isinstance(self.executor, ProcessExecutor):
+            self.reloader = Reloader(os.getcwd(), self.executor.reload)
+            self.reloader.start()
         mode = (
             f"{self.pool.workers} worker process(es) x {self.pool.threads} threads ({preload})"
             if isinstance(self.executor, ProcessExecutor)
             else f"{self.pool.threads} threads in the main process"
         )
-        logger.info("wsgipool %s serving with %s", _version(), mode)
+        logger.info("wsgipool %s serving with %s (%s)", _version(), mode, self._origins())
         call_hook(when_ready, "when_ready", self)
         if self.notifier.enabled:
             self._ready_task = loop.create_task(self._ready_when_serving(f"serving with {mode}"))
@@ -228,6 +265,21 @@ class Server:
         )
         for connection in connections:
             connection.force_close()
+
+    def _origins(self) -> str:
+        """Where the listening address and the worker count came from, for the startup line."""
+
+        def source(name: str) -> str:
+            return self.sources.get(name, "default")
+
+        if self.config.bind:
+            where = f"bind from {source('bind')}"
+        elif self.config.unix_socket is not None:
+            where = f"unix_socket from {source('unix_socket')}"
+        else:
+            where = f"host from {source('host')}, port from {source('port')}"
+        workers = self.sources.get("workers") or f"default: {available_cpus().reason}"
+        return f"{where}; workers from {workers}"
 
     def _make_handler(self) -> WSGIHandler:
         config = self.config
@@ -449,6 +501,9 @@ class Server:
         after that.
         """
         loop = asyncio.get_running_loop()
+        if self.reloader is not None:
+            await self.reloader.stop()
+            self.reloader = None
         if self._stop is None or not self._stop.done():
             self.notifier.stopping()  # request_stop() has not said it yet
         self.notifier.stop_watchdog()
@@ -480,12 +535,28 @@ class Server:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(path)
         self._unix_paths.clear()
+        if self._pid_file is not None:
+            remove_pid_file(self._pid_file)
+            self._pid_file = None
 
 
 def _pool_fields() -> tuple[Any, ...]:
     import dataclasses
 
     return dataclasses.fields(PoolConfig)
+
+
+def _enter_directory(directory: str) -> None:
+    """--chdir: work in `directory`, and import the app from it first, as gunicorn does."""
+    try:
+        os.chdir(directory)
+    except OSError as exc:
+        raise ConfigError(
+            f"{describe('chdir')}: cannot change to {directory!r}: {exc.strerror}"
+        ) from None
+    here = os.getcwd()
+    if here not in sys.path:
+        sys.path.insert(0, here)
 
 
 def _remove_stale_socket(path: str) -> None:

@@ -28,7 +28,9 @@ from tests.conftest import free_port, server_env
 VENV_BIN = Path(sys.executable).parent
 
 
-def run_cli(argv: list[str], cwd: Path, timeout: float = 30.0) -> tuple[int, str, str, list[int]]:
+def run_cli(
+    argv: list[str], cwd: Path, timeout: float = 30.0, env: dict[str, str] | None = None
+) -> tuple[int, str, str, list[int]]:
     """Run a command that should exit by itself; (code, stdout, stderr, PIDs left alive).
 
     Every process it started is remembered while it runs and killed at the end,
@@ -37,7 +39,7 @@ def run_cli(argv: list[str], cwd: Path, timeout: float = 30.0) -> tuple[int, str
     proc = subprocess.Popen(
         argv,
         cwd=cwd,
-        env=server_env(),
+        env=server_env(env),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         stdin=subprocess.DEVNULL,

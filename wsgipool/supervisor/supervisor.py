@@ -74,6 +74,9 @@ class Supervisor:
             preload=config.preload,
             post_fork=config.post_fork,
             worker_exit=config.worker_exit,
+            app_name=app_ref if isinstance(app_ref, str) else "",
+            user=config.user,
+            group=config.group,
         )
         self.target = config.workers
         self.workers: list[WorkerHandle] = []

@@ -25,6 +25,8 @@ from typing import Any, NamedTuple, NoReturn
 from wsgipool import protocol as p
 from wsgipool.hooks import WorkerInfo, load_hook
 from wsgipool.loader import AppImportError, load_app
+from wsgipool.privileges import drop_privileges
+from wsgipool.proctitle import set_title
 from wsgipool.worker.channel import BlockingChannel, ChannelClosed
 from wsgipool.worker.process import WorkerSettings, run_worker
 
@@ -56,6 +58,13 @@ def template_main(
         signal.signal(sig, signal.SIG_IGN)
     logging.basicConfig(level=settings.log_level.upper(), format=LOG_FORMAT, stream=sys.stderr)
     channel = BlockingChannel(control)
+    set_title("template", settings.app_name)
+    try:
+        # Before the import: no application code runs with the main process's privileges.
+        drop_privileges(settings.user, settings.group)
+    except (OSError, ValueError) as exc:
+        channel.send([p.frame(p.FAILED, 0, str(exc).encode("utf-8", "replace"))])
+        _exit(2)
     try:
         if settings.preload:
             loaded: Loaded | None = _load_all(app_ref, settings)
@@ -207,6 +216,7 @@ class Template:
                 self.channel.sock.close()
                 self._wake_r.close()
                 self._wake_w.close()
+                set_title(f"worker {number}", self.settings.app_name)
                 self._run_worker(sock, number)
             except BaseException:
                 traceback.print_exc()

@@ -57,6 +57,9 @@ class WorkerSettings:
     #: Hooks run in the worker, as "module:function" (wsgipool/hooks.py).
     post_fork: str | None = None
     worker_exit: str | None = None
+    app_name: str = ""  # for process titles
+    user: str | None = None  # the template switches to these before importing the app
+    group: str | None = None
 
 
 class _Job:
