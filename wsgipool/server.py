@@ -20,7 +20,7 @@ import stat
 import sys
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
@@ -29,6 +29,9 @@ from wsgipool.executor import ProcessExecutor
 from wsgipool.handler import WSGIHandler
 from wsgipool.limits import GuardedAppRunner, GuardedServer
 from wsgipool.loader import load_app
+
+if TYPE_CHECKING:
+    from wsgipool.metrics.service import Observability
 
 __all__ = ["Server", "serve"]
 
@@ -75,6 +78,12 @@ class Server:
         self.sockets: list[socket.socket] = []
         self._unix_paths: list[str] = []
         self._stop: asyncio.Future[str] | None = None
+        # --metrics-bind / --health-path (wsgipool.metrics), imported only when asked for.
+        self.observability: Observability | None = None
+        if config.metrics_bind is not None or config.health_path is not None:
+            from wsgipool.metrics.service import Observability
+
+            self.observability = Observability(self)
         if pool.workers == 0 and isinstance(application, str):
             # Import before any event loop runs, as other WSGI servers do: an app that
             # touches Django's ORM at import must not find itself inside a loop.
@@ -110,18 +119,25 @@ class Server:
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
         self._stop = loop.create_future()
+        observability = self.observability
+        if observability is not None:
+            observability.bind()  # a metrics address in use fails before the app is imported
         handler = self._make_handler()
-        if isinstance(self.executor, ProcessExecutor):
-            await self.executor.start()  # imports the app: fails before any socket exists
-        self.runner = self._make_runner(handler)
-        await self.runner.setup()
+        if observability is not None:
+            observability.attach(self.executor)
         try:
+            if isinstance(self.executor, ProcessExecutor):
+                await self.executor.start()  # imports the app: fails before any socket exists
+            self.runner = self._make_runner(handler)
+            await self.runner.setup()
             for address in self.config.binds():
                 for sock in self._bind_all(address):
                     self.sockets.append(sock)
                     site = web.SockSite(self.runner, sock)
                     await site.start()
                     logger.info("listening on %s", _describe(address, sock))
+            if observability is not None:
+                await observability.start()
         except BaseException:
             await self.stop(graceful=False)
             raise
@@ -173,8 +189,11 @@ class Server:
                 handler_cancellation=True,
                 **protocol_options,
             )
+        request_handler = handler.handle_request
+        if self.observability is not None:
+            request_handler = self.observability.wrap(request_handler)  # type: ignore[assignment]
         server = GuardedServer(
-            handler.handle_request,
+            request_handler,
             header_timeout=config.header_timeout,
             handler_cancellation=True,
             **protocol_options,
@@ -199,6 +218,10 @@ class Server:
             path = f"{config.script_name}{{path_info:(/.*)?}}"
         else:
             path = "/{path_info:.*}"
+        if self.observability is not None:
+            self.observability.add_health_routes(app)
+            app.router.add_route("*", path, self.observability.wrap(handler), expect_handler=expect)
+            return app
         app.router.add_route("*", path, handler, expect_handler=expect)
         return app
 
@@ -283,6 +306,11 @@ class Server:
         for sig, callback in handlers.items():
             loop.add_signal_handler(sig, callback)
 
+    @property
+    def stopping(self) -> bool:
+        """Whether a stop was asked for (readiness is false from then on)."""
+        return self._stop is not None and self._stop.done()
+
     def request_stop(self, how: str = "graceful") -> None:
         if self._stop is not None and not self._stop.done():
             logger.info("stopping (%s)", "at once" if how == "quit" else "gracefully")
@@ -332,6 +360,8 @@ class Server:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(path)
         self._unix_paths.clear()
+        if self.observability is not None:
+            await self.observability.stop()  # last: /readyz says 503 until the very end
 
 
 def _pool_fields() -> tuple[Any, ...]:
