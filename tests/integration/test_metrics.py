@@ -332,3 +332,49 @@ def test_metrics_bind_without_prometheus_client_exits_2(tmp_path):
     )
     assert proc.returncode == 2, proc.stderr
     assert_one_line_error(proc.stderr, "--metrics-bind", "wsgipool[metrics]")
+
+
+@pytest.mark.parametrize(
+    "mode",
+    [["--workers", "1"], ["--workers", "0"], ["--workers", "1", "--script-name", "/app"]],
+    ids=["processes", "threads", "script-name"],
+)
+def test_health_path_on_the_main_listener_never_reaches_the_app(run_server, tmp_path, mode):
+    static = tmp_path / "static"
+    static.mkdir()
+    (static / "a.txt").write_text("static\n")
+    server = run_server(
+        "faultapp:app", *mode, "--health-path", "/-/health/", "--static", f"/s={static}"
+    )
+    assert server.request("GET", "/-/health")[::2] == (200, b"ok\n")
+    assert server.request("GET", "/-/health/ready")[::2] == (200, b"ready\n")
+    assert server.request("GET", "/s/a.txt")[::2] == (200, b"static\n")
+    prefix = "/app" if "--script-name" in mode else ""
+    assert json.loads(server.request("GET", f"{prefix}/pid")[2])["pid"] > 0
+    # Only the exact paths are the server's; anything below them is the app's.
+    assert server.request("GET", "/-/health/other")[0] == 404
+
+
+def test_status_command_redraws_until_interrupted(run_server, tmp_path):
+    _server, mport = metrics_server(run_server, "faultapp:app", "--workers", "1")
+    proc = subprocess.Popen(
+        wsgipool_cmd("status", "--metrics-bind", f"127.0.0.1:{mport}", "--interval", "0.2"),
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        lines: list[str] = []
+        assert proc.stdout is not None
+        while sum("SLOT" in line for line in lines) < 3:
+            line = proc.stdout.readline()
+            assert line, proc.stderr.read() if proc.stderr else ""
+            lines.append(line)
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(30) == 0
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(5)
