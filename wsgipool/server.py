@@ -18,7 +18,7 @@ import signal
 import socket
 import stat
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
@@ -189,9 +189,10 @@ class Server:
                 handler_cancellation=True,
                 **protocol_options,
             )
+        request_handler: Callable[[web.BaseRequest], Awaitable[web.StreamResponse]]
         request_handler = handler.handle_request
         if self.observability is not None:
-            request_handler = self.observability.wrap(request_handler)  # type: ignore[assignment]
+            request_handler = self.observability.wrap(request_handler)
         server = GuardedServer(
             request_handler,
             header_timeout=config.header_timeout,

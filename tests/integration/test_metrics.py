@@ -179,6 +179,15 @@ def test_readyz_is_503_while_no_worker_is_ready(run_server):
         seen = wait_for(lambda: get(port_m, "/readyz")[0] == 503, 60, interval=0.02)
         assert seen, "readyz never said 503 while the worker was in crash backoff"
         assert wait_for(lambda: get(server.port, "/-/health/ready")[0] == 503, 60, 0.02)
+        # The replacement waits out the backoff: a restart pending, early deaths counted.
+        assert wait_for(
+            lambda: (
+                value(m := scrape(port_m), "wsgipool_worker_restarts_pending") >= 1
+                and value(m, "wsgipool_worker_crash_backoff_failures") >= 1
+            ),
+            60,
+            0.02,
+        )
         assert get(port_m, "/healthz") == (200, b"ok\n")  # alive all along
         assert get(server.port, "/-/health") == (200, b"ok\n")
     finally:
