@@ -85,7 +85,48 @@ def build_parser() -> argparse.ArgumentParser:
             if meta["repeat"]:
                 kwargs["action"] = "append"
         groups[cls].add_argument("--" + spec.name.replace("_", "-"), **kwargs)  # type: ignore[arg-type]
+    _add_status_command(commands)
     return parser
+
+
+def _add_status_command(commands: argparse._SubParsersAction[_Parser]) -> None:
+    status = commands.add_parser(
+        "status",
+        help="show a running server's workers, live (like uwsgitop)",
+        description="Print a live table of a running server's workers (pid, age, RSS, requests, "
+        "busy threads, state), read from its metrics listener's /stats.",
+    )
+    status.add_argument(
+        "--metrics-bind",
+        metavar="ADDRESS",
+        help="the server's --metrics-bind, HOST:PORT or unix:PATH "
+        "(default: $WSGIPOOL_METRICS_BIND)",
+    )
+    status.add_argument(
+        "--interval", metavar="SECONDS", type=float, default=2.0, help="redraw every (default: 2)"
+    )
+    status.add_argument("--once", action="store_true", help="print the table once and exit")
+
+
+def _status(args: dict[str, object]) -> int:
+    from wsgipool.config import parse_bind
+    from wsgipool.metrics.status import default_address, run
+
+    address = args.get("metrics_bind") or default_address()
+    if not isinstance(address, str):
+        print("wsgipool: error: status needs --metrics-bind ADDRESS", file=sys.stderr)
+        return 2
+    try:
+        parse_bind(address)
+    except ValueError as exc:
+        print(f"wsgipool: error: --metrics-bind: {exc}", file=sys.stderr)
+        return 2
+    interval = args["interval"]
+    assert isinstance(interval, float)
+    if interval <= 0:
+        print("wsgipool: error: --interval: must be more than 0", file=sys.stderr)
+        return 2
+    return run(address, interval, bool(args["once"]))
 
 
 def _default_text(value: object) -> str:
@@ -96,7 +137,8 @@ def _default_text(value: object) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = vars(build_parser().parse_args(argv))
-    args.pop("command")
+    if args.pop("command") == "status":
+        return _status(args)
     app = args.pop("app")
     config_file = args.pop("config")
     print_config = args.pop("print_config")

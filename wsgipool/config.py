@@ -177,6 +177,20 @@ def _parse_ips(value: object) -> tuple[str, ...]:
     return tuple(out)
 
 
+def _parse_metrics_bind(value: object) -> str:
+    text = _parse_str(value)
+    if parse_bind(text).kind == "fd":
+        raise ValueError(f"expected HOST:PORT or unix:PATH, got {text!r}")
+    return text
+
+
+def _parse_health_path(value: object) -> str:
+    path = format_path(_parse_str(value))
+    if path == "/":
+        raise ValueError("the health path cannot be '/': the app would lose its root")
+    return path
+
+
 def _parse_log_level(value: object) -> str:
     level = _parse_str(value).lower()
     if level not in ("critical", "error", "warning", "info", "debug"):
@@ -751,6 +765,23 @@ class Config(_Validated):
         "current directory (or --chdir) changes. Needs the 'reload' extra; not with --workers 0.",
         switch=True,
     )
+    metrics_bind: str | None = option(
+        None,
+        _parse_optional(_parse_metrics_bind),
+        "Serve /metrics (Prometheus), /healthz, /readyz, /stats and a status page on this "
+        "separate HOST:PORT or unix:PATH, from the main process (needs the 'metrics' extra). "
+        "See docs/metrics.md.",
+        metavar="ADDRESS",
+        default_text="off",
+    )
+    health_path: str | None = option(
+        None,
+        _parse_optional(_parse_health_path),
+        "Also answer PATH (alive) and PATH/ready (a worker is ready) on the main listener, "
+        "from the main process, without reaching the app.",
+        metavar="PATH",
+        default_text="off",
+    )
 
     def __post_init__(self) -> None:
         self._normalise()
@@ -771,6 +802,13 @@ class Config(_Validated):
             value = getattr(self, name)
             if value is not None and value <= 0:
                 raise ConfigError(f"{describe(name)}: must be more than 0 (none disables it)")
+        if self.metrics_bind is not None:
+            metrics = parse_bind(self.metrics_bind)
+            if any(_same_address(metrics, address) for address in self.binds()):
+                raise ConfigError(
+                    f"{describe('metrics_bind')}: {self.metrics_bind} is also a main listener "
+                    "address; give the metrics their own port or socket"
+                )
 
     def binds(self) -> tuple[BindAddress, ...]:
         """The addresses to listen on, from --bind or the aiohttp-wsgi style options."""
@@ -779,6 +817,21 @@ class Config(_Validated):
         if self.unix_socket is not None:
             return (BindAddress("unix", path=self.unix_socket),)
         return (BindAddress("tcp", host=self.host, port=self.port),)
+
+
+def _same_address(a: BindAddress, b: BindAddress) -> bool:
+    """Whether two listeners would collide: the same unix path, or the same TCP port on
+    the same host (or on all interfaces)."""
+    if a.kind != b.kind:
+        return False
+    if a.kind == "unix":
+        return os.path.abspath(a.path) == os.path.abspath(b.path)
+    if a.kind == "tcp":
+        wildcard = (None, "0.0.0.0", "::")
+        return a.port == b.port != 0 and (
+            a.host == b.host or a.host in wildcard or b.host in wildcard
+        )
+    return False
 
 
 def split_options(

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections import Counter
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -54,6 +55,10 @@ class ProcessExecutor:
         self._starting: asyncio.Future[None] | None = None
         self._next_rid = 0
         self._stopped = False
+        # For observers (wsgipool.metrics): 503s by reason, and a hook told each
+        # dispatched request's wait for a worker thread, in seconds.
+        self.rejected: Counter[str] = Counter()
+        self.wait_observer: Callable[[float], None] | None = None
         if application is not None:
             self.bind(application)
 
@@ -136,6 +141,15 @@ class ProcessExecutor:
         return [] if self._supervisor is None else list(self._supervisor.workers)
 
     @property
+    def supervisor(self) -> Supervisor | None:
+        """The running supervisor (read-only use: observers, tests); None before start."""
+        return self._supervisor
+
+    @property
+    def dispatcher(self) -> Dispatcher[WorkerHandle]:
+        return self._dispatcher
+
+    @property
     def template_pids(self) -> list[int]:
         supervisor = self._supervisor
         if supervisor is None:
@@ -154,7 +168,7 @@ class ProcessExecutor:
         worker = self._dispatcher.try_acquire()
         if worker is None:
             return None
-        return self._send(worker, collected, body, raw_ok)
+        return self._send(worker, collected, body, raw_ok, 0.0)
 
     async def submit(
         self, collected: Collected, body: Body, _extras: object = None, raw_ok: bool = False
@@ -163,13 +177,17 @@ class ProcessExecutor:
         if self._supervisor is None:
             if self._stopped:
                 body.close()
+                self.rejected["shutting-down"] += 1
                 raise ev.Unavailable("the server is shutting down")
             await self.start()
+        loop = asyncio.get_running_loop()
+        queued_at = loop.time()
         worker = self._dispatcher.try_acquire()
         while worker is None:
             try:
                 worker = await self._dispatcher.acquire()
             except (QueueFull, QueueTimeout) as exc:
+                self.rejected["queue-full" if isinstance(exc, QueueFull) else "queue-timeout"] += 1
                 raise ev.Unavailable(str(exc)) from None
             # The slot was granted before this coroutine resumed; meanwhile the
             # worker may have been told to stop, or died: then wait for another.
@@ -177,10 +195,10 @@ class ProcessExecutor:
                 if worker.alive:
                     self._dispatcher.release(worker)
                 worker = None
-        return self._send(worker, collected, body, raw_ok)
+        return self._send(worker, collected, body, raw_ok, loop.time() - queued_at)
 
     def _send(
-        self, worker: WorkerHandle, collected: Collected, body: Body, raw_ok: bool
+        self, worker: WorkerHandle, collected: Collected, body: Body, raw_ok: bool, waited: float
     ) -> ev.Exchange:
         self._next_rid = rid = (self._next_rid % 0xFFFFFFFF) + 1
         exchange = ev.Exchange(worker.loop, self, rid)
@@ -199,11 +217,14 @@ class ProcessExecutor:
             worker.send_request(rid, exchange, frame, file.fileno() if file is not None else -1)
         except OSError as exc:  # the body's descriptor could not be copied (EMFILE)
             self._dispatcher.release(worker)
+            self.rejected["dispatch-failed"] += 1
             raise ev.Unavailable(f"cannot hand the request to a worker: {exc}") from exc
         finally:
             body.close()
         assert self._supervisor is not None
         self._supervisor.on_dispatched(worker)
+        if self.wait_observer is not None:
+            self.wait_observer(waited)
         return exchange
 
     def grant(self, exchange: ev.Exchange, amount: int) -> None:

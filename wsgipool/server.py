@@ -20,9 +20,9 @@ import socket
 import ssl
 import stat
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
@@ -48,6 +48,9 @@ from wsgipool.reloader import Reloader, check_available
 from wsgipool.response import error_response
 from wsgipool.static import hide_dotfiles
 from wsgipool.supervisor.handle import WorkerState
+
+if TYPE_CHECKING:
+    from wsgipool.metrics.service import Observability
 
 __all__ = ["Server", "serve"]
 
@@ -131,6 +134,12 @@ class Server:
         self.sockets: list[socket.socket] = []
         self._unix_paths: list[str] = []
         self._stop: asyncio.Future[str] | None = None
+        # --metrics-bind / --health-path (wsgipool.metrics), imported only when asked for.
+        self.observability: Observability | None = None
+        if config.metrics_bind is not None or config.health_path is not None:
+            from wsgipool.metrics.service import Observability
+
+            self.observability = Observability(self)
         if pool.workers == 0 and isinstance(application, str):
             # Import before any event loop runs, as other WSGI servers do: an app that
             # touches Django's ORM at import must not find itself inside a loop.
@@ -176,12 +185,17 @@ class Server:
         on_starting = load_hook(pool.on_starting, "on_starting") if pool.on_starting else None
         when_ready = load_hook(pool.when_ready, "when_ready") if pool.when_ready else None
         call_hook(on_starting, "on_starting", self)
+        observability = self.observability
+        if observability is not None:
+            observability.bind()  # a metrics address in use fails before the app is imported
         handler = self._make_handler()
-        if isinstance(self.executor, ProcessExecutor):
-            await self.executor.start()  # imports the app: fails before any socket exists
-        self.runner = self._make_runner(handler)
-        await self.runner.setup()
+        if observability is not None:
+            observability.attach(self.executor)
         try:
+            if isinstance(self.executor, ProcessExecutor):
+                await self.executor.start()  # imports the app: fails before any socket exists
+            self.runner = self._make_runner(handler)
+            await self.runner.setup()
             for address in self._addresses(activated):
                 for sock in self._bind_all(address):
                     self.sockets.append(sock)
@@ -190,6 +204,8 @@ class Server:
                     logger.info(
                         "listening on %s", _describe(address, sock, self.ssl_context is not None)
                     )
+            if observability is not None:
+                await observability.start()
         except BaseException:
             await self.stop(graceful=False)
             raise
@@ -326,8 +342,12 @@ class Server:
                 handler_cancellation=True,
                 **protocol_options,
             )
+        request_handler: Callable[[web.BaseRequest], Awaitable[web.StreamResponse]]
+        request_handler = handler.handle_request
+        if self.observability is not None:
+            request_handler = self.observability.wrap(request_handler)
         server = GuardedServer(
-            handler.handle_request,
+            request_handler,
             header_timeout=config.header_timeout,
             handler_cancellation=True,
             **protocol_options,
@@ -355,6 +375,10 @@ class Server:
             path = f"{config.script_name}{{path_info:(/.*)?}}"
         else:
             path = "/{path_info:.*}"
+        if self.observability is not None:
+            self.observability.add_health_routes(app)
+            app.router.add_route("*", path, self.observability.wrap(handler), expect_handler=expect)
+            return app
         app.router.add_route("*", path, handler, expect_handler=expect)
         return app
 
@@ -462,6 +486,11 @@ class Server:
     def _on_winch(self) -> None:
         logger.info("SIGWINCH ignored: wsgipool has no binary upgrade to hand workers over to")
 
+    @property
+    def stopping(self) -> bool:
+        """Whether a stop was asked for (readiness is false from then on)."""
+        return self._stop is not None and self._stop.done()
+
     def request_stop(self, how: str = "graceful") -> None:
         if self._stop is not None and not self._stop.done():
             logger.info("stopping (%s)", "at once" if how == "quit" else "gracefully")
@@ -538,6 +567,8 @@ class Server:
         if self._pid_file is not None:
             remove_pid_file(self._pid_file)
             self._pid_file = None
+        if self.observability is not None:
+            await self.observability.stop()  # last: /readyz says 503 until the very end
 
 
 def _pool_fields() -> tuple[Any, ...]:

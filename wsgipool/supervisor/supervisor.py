@@ -15,8 +15,8 @@ import logging
 import random
 import signal
 import time
-from collections import deque
-from typing import Any, Protocol
+from collections import Counter, deque
+from typing import Any, NamedTuple, Protocol
 
 from wsgipool import protocol as p
 from wsgipool.cgi import EnvironOptions
@@ -40,6 +40,21 @@ _REPLACEMENT_WAIT = 10.0
 #: Recycles that keep the worker serving until its replacement is ready.
 _PLANNED = frozenset({"max-requests", "max-lifetime", "reload"})
 _MIB = 1048576.0
+#: How many past worker exits `Supervisor.recent_exits` remembers (for the status page).
+_RECENT_EXITS = 50
+
+
+class WorkerExit(NamedTuple):
+    """One worker that left, for observers: when (wall clock), who, why, with what figures."""
+
+    at: float
+    number: int
+    pid: int
+    reason: str  # a recycle reason, "shutdown", "signal" or "crash"
+    rss: int
+    served: int
+    age: float
+    detail: str  # "exit code 3", "killed by SIGKILL", "exit status unknown"
 
 
 class Pool(Protocol):
@@ -98,6 +113,19 @@ class Supervisor:
         self._template_task: asyncio.Future[None] | None = None
         self._template_failures = 0
         self._retiring: set[asyncio.Task[None]] = set()  # old templates being stopped
+        # Read-only for observers (wsgipool.metrics): exits by reason, and the latest few.
+        self.exits: Counter[str] = Counter()
+        self.recent_exits: deque[WorkerExit] = deque(maxlen=_RECENT_EXITS)
+
+    @property
+    def spawned(self) -> int:
+        """Workers started since the server started (replacements included)."""
+        return self._numbers
+
+    @property
+    def pending_spawns(self) -> int:
+        """Replacements decided but not started yet: most of them wait out a crash backoff."""
+        return self._scheduled
 
     # -- lifecycle ---------------------------------------------------------------
 
@@ -355,9 +383,34 @@ class Supervisor:
         return self.stopping or worker.stop_requested or worker.recycle_reason == "max-rss-hard"
 
     def _log_exit(self, worker: WorkerHandle, text: str, error: bool) -> None:
+        self._count_exit(worker)
         head, sep, tail = text.partition("; ")
         line = f"{head}: {worker.describe_exit()}; {worker.describe()}{sep}{tail}"
         (logger.error if error else logger.info)(line)
+
+    def _count_exit(self, worker: WorkerHandle) -> None:
+        """Once per worker, when its exit is logged (with its exit status, if it came)."""
+        if worker.recycle_reason is not None:
+            reason = worker.recycle_reason
+        elif self.stopping or worker.stop_requested:
+            reason = "shutdown"
+        elif worker.exit_status is not None and worker.exit_status[0] == p.EXIT_SIGNAL:
+            reason = "signal"
+        else:
+            reason = "crash"
+        self.exits[reason] += 1
+        self.recent_exits.append(
+            WorkerExit(
+                time.time(),
+                worker.number,
+                worker.pid,
+                reason,
+                worker.rss,
+                worker.completed,
+                worker.age,
+                worker.describe_exit(),
+            )
+        )
 
     # -- recycling -------------------------------------------------------------------
 
