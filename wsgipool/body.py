@@ -12,11 +12,16 @@ import asyncio
 import io
 import os
 import tempfile
-from typing import IO
+from collections.abc import Awaitable, Callable
+from typing import IO, TYPE_CHECKING
 
-from aiohttp import web
+if TYPE_CHECKING:
+    from aiohttp import web
 
-__all__ = ["Body", "BodyTooLarge", "read_body"]
+__all__ = ["Body", "BodyTooLarge", "ReadAny", "read_body", "read_stream"]
+
+#: Returns the next piece of the body as it arrives; b"" at its end.
+ReadAny = Callable[[], Awaitable[bytes]]
 
 _FILE_WRITE_BATCH = 256 * 1024
 
@@ -64,11 +69,15 @@ async def read_body(request: web.BaseRequest, memory_limit: int, max_size: int) 
     """Read the whole body; over `memory_limit` bytes it goes to a temporary file."""
     if not request.body_exists:
         return EMPTY
-    content = request.content
+    return await read_stream(request.content.readany, memory_limit, max_size)
+
+
+async def read_stream(readany: ReadAny, memory_limit: int, max_size: int) -> Body:
+    """The body `readany` yields, whichever frontend received it (aiohttp, ASGI)."""
     chunks: list[bytes] = []
     size = 0
     while True:
-        chunk = await content.readany()
+        chunk = await readany()
         if not chunk:
             break
         size += len(chunk)
@@ -76,21 +85,20 @@ async def read_body(request: web.BaseRequest, memory_limit: int, max_size: int) 
             raise BodyTooLarge(max_size)
         chunks.append(chunk)
         if size > memory_limit:
-            return await _spool(request, chunks, size, max_size)
+            return await _spool(readany, chunks, size, max_size)
     if not chunks:
         return EMPTY
     return Body(chunks=chunks, length=size)
 
 
-async def _spool(request: web.BaseRequest, chunks: list[bytes], size: int, max_size: int) -> Body:
+async def _spool(readany: ReadAny, chunks: list[bytes], size: int, max_size: int) -> Body:
     loop = asyncio.get_running_loop()
     file = await loop.run_in_executor(None, _open_temp)
     try:
-        content = request.content
         pending = chunks
         pending_size = sum(len(c) for c in pending)
         while True:
-            chunk = await content.readany()
+            chunk = await readany()
             if chunk:
                 size += len(chunk)
                 if size > max_size:
