@@ -224,7 +224,7 @@ class WSGIMiddleware:
         collected = collect_scope(scope, headers, body.length)
         extras: dict[str, Any] | None = None
         if self._in_process:
-            extras = {"asgi.scope": scope, "asyncio.executor": self._executor}
+            extras = {"asgi.scope": scope}  # a live object: thread mode only
         backend = self._backend
         try:
             exchange = backend.submit_now(collected, body, extras, False)

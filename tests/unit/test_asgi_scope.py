@@ -138,6 +138,19 @@ def test_a_request_in_thread_mode() -> None:
     assert sent[-1].get("more_body", False) is False
 
 
+def test_thread_mode_environ_has_the_scope() -> None:
+    seen: list[Any] = []
+
+    def app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+        seen.append(environ.get("asgi.scope"))
+        return hello(environ, start_response)
+
+    request_scope = scope()
+    request = {"type": "http.request", "body": b"", "more_body": False}
+    asyncio.run(converse(WSGIMiddleware(app), request_scope, [request]))
+    assert seen == [request_scope]
+
+
 def test_declared_body_over_the_limit_is_413_before_reading() -> None:
     app = WSGIMiddleware(hello, max_request_body_size=10)
     request_scope = scope(method="POST", headers=[(b"content-length", b"11")])
