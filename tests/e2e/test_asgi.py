@@ -135,11 +135,12 @@ def start_asgi(
     wait: bool = True,
     extra_path: Path | None = None,
     lifespan: str = "on",
+    log_level: str = "warning",
 ) -> AsgiServer:
     port = free_port()
     if server == "uvicorn":
         argv = ["uvicorn", target, "--host", "127.0.0.1", "--port", str(port)]
-        argv += ["--lifespan", lifespan, "--log-level", "warning"]
+        argv += ["--lifespan", lifespan, "--log-level", log_level]
     else:
         argv = ["hypercorn", target, "--bind", f"127.0.0.1:{port}"]
     full_env = server_env(env)
@@ -359,6 +360,25 @@ def test_lifespan_starts_and_stops_the_pool(uvicorn_process: Setup) -> None:
     assert len(server.worker_pids()) >= 2  # started before the first request
     status, _, body = uvicorn_process.get("/pid")
     assert status == 200 and json.loads(body)["pid"] in server.worker_pids()
+
+
+@pytest.mark.parametrize("server_name", ["uvicorn", "hypercorn"])
+def test_sigterm_stops_the_pool_through_lifespan(tmp_path: Path, server_name: str) -> None:
+    env = {"ASGI_MODE": "process", "ASGI_POOL": json.dumps(POOL)}
+    server = start_asgi(tmp_path, server_name, "asgimix:app", env, log_level="info")
+    try:
+        workers = server.worker_pids()
+        assert len(workers) >= 2, server.log
+        assert server.request("GET", "/hello")[0] == 200
+        os.kill(server.pid, signal.SIGTERM)
+        # uvicorn re-raises the signal once it has shut down; Hypercorn exits 0.
+        assert server.proc.wait(30) in (0, -signal.SIGTERM), server.log
+        wait_for(lambda: not any(psutil.pid_exists(pid) for pid in workers), timeout=10)
+        assert "Traceback" not in server.log, server.log
+        if server_name == "uvicorn":  # lifespan.shutdown.complete came after the pool stopped
+            assert "Application shutdown complete" in server.log, server.log
+    finally:
+        server.stop()
 
 
 def test_timeout_is_504(uvicorn_process: Setup) -> None:
