@@ -41,7 +41,7 @@ from bench import wrk as wrk_mod
 from bench.apps import workloads as workload_apps
 from bench.checks import BENCH_WORKLOADS, WORKLOADS, Workload, check, one_request
 from bench.procs import Sampler, ServerProcess, free_port, wait_for_workers
-from bench.servers import DEFAULT_SERVERS, SERVERS, Server, Settings
+from bench.servers import DEFAULT_SERVERS, SERVERS, SETS, Server, Settings
 
 ROOT = Path(__file__).resolve().parent.parent
 BENCH = ROOT / "bench"
@@ -59,13 +59,16 @@ class CellError(Exception):
 # -- command line ------------------------------------------------------------------------
 
 
-def _names(text: str, known: list[str] | tuple[str, ...], what: str) -> list[str]:
+def _names(
+    text: str, known: list[str] | tuple[str, ...], what: str, also: list[str] | None = None
+) -> list[str]:
+    """Names from `text`; 'all' is `known`, and `also` names may be asked for by name."""
     if text in ("all", ""):
         return list(known)
     if text == "none":
         return []
     names = [n.strip() for n in text.split(",") if n.strip()]
-    unknown = [n for n in names if n not in known]
+    unknown = [n for n in names if n not in known and n not in (also or [])]
     if unknown:
         raise argparse.ArgumentTypeError(
             f"unknown {what}: {', '.join(unknown)} (known: {', '.join(known)})"
@@ -90,7 +93,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--servers",
         default="all",
-        help=f"comma-separated, or 'all': {','.join(DEFAULT_SERVERS)}",
+        help=f"comma-separated, or 'all': {','.join(DEFAULT_SERVERS)} "
+        f"(also: {','.join(n for n in SERVERS if n not in DEFAULT_SERVERS)})",
     )
     p.add_argument(
         "--workloads",
@@ -101,6 +105,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--scenarios",
         default="all",
         help=f"comma-separated, 'all' or 'none': {','.join(SCENARIOS)}",
+    )
+    p.add_argument(
+        "--set",
+        choices=sorted(SETS),
+        help="a named set of servers and workloads (no scenarios); "
+        "asgi: the WSGI-to-ASGI adapters behind one uvicorn process",
     )
     p.add_argument(
         "--scenario-workload",
@@ -482,14 +492,18 @@ def cleanup_on_exit() -> Iterator[None]:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.set:
+        set_servers, set_workloads = SETS[args.set]
+        args.servers, args.workloads = ",".join(set_servers), ",".join(set_workloads)
+        args.scenarios = "none"
     try:
-        server_names = _names(args.servers, DEFAULT_SERVERS, "server")
+        server_names = _names(args.servers, DEFAULT_SERVERS, "server", also=list(SERVERS))
         workload_names = _names(args.workloads, BENCH_WORKLOADS, "workload")
         scenario_names = _names(args.scenarios, SCENARIOS, "scenario")
     except argparse.ArgumentTypeError as exc:
         parser.error(str(exc))
     if args.list:
-        for name in DEFAULT_SERVERS:
+        for name in SERVERS:
             print(f"server    {name:<24} {SERVERS[name].label}")
         for name in BENCH_WORKLOADS:
             print(f"workload  {name:<24} {WORKLOADS[name].summary}")

@@ -19,7 +19,7 @@ from bench import report
 from bench.checks import WORKLOADS, check, one_request, validate
 from bench.procs import ServerProcess, free_port, wait_for_workers
 from bench.run import ROOT, server_env, wait_ready
-from bench.servers import SERVERS, Settings
+from bench.servers import SERVERS, SETS, Settings
 from bench.wrk import parse
 
 SMOKE_SECONDS = 1.0
@@ -87,6 +87,35 @@ def test_harness_start_and_stop_leave_no_process(tmp_path, bench_env):
         assert check(port, "hello") is None
         tree = server.tree()
         assert {p.pid for p in tree} >= set(workers)
+    finally:
+        server.stop()
+    alive = [p.pid for p in tree if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+    assert alive == []
+
+
+@pytest.mark.parametrize("name", SETS["asgi"][0])
+def test_asgi_set_servers_answer_correctly(tmp_path, bench_env, name):
+    """``--set asgi``: each adapter behind one uvicorn process passes the harness's echo check."""
+    settings = Settings(workers=2, threads=2)
+    wl = WORKLOADS["echo"]
+    port = free_port()
+    argv, extra = SERVERS[name].build(settings, wl.app, port, [])
+    env = server_env(tmp_path, 4)
+    env.update(extra, **bench_env)
+    server = ServerProcess(argv, log_path=tmp_path / "server.log", env=env, cwd=ROOT)
+    tree: list[psutil.Process] = []
+    try:
+        wait_ready(server, port, wl, 30)
+        expected = SERVERS[name].processes(settings)
+        assert len(wait_for_workers(server, expected, 20)) == expected, server.log
+        assert check(port, "echo") is None
+        if name != "uvicorn1-asgiref":
+            # asgiref >= 3.9 fails some concurrent requests with "CurrentThreadExecutor
+            # already quit or is broken" (django/asgiref#491): its errors are its own.
+            served, problems = _hammer(port, "echo", SMOKE_SECONDS)
+            assert not problems, problems[:3]
+            assert served >= 2
+        tree = server.tree()
     finally:
         server.stop()
     alive = [p.pid for p in tree if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
