@@ -26,6 +26,8 @@ from wsgipool.cgi import EnvironOptions
 from wsgipool.environ import collect
 from wsgipool.exchange import Unavailable
 from wsgipool.loader import load_app
+from wsgipool.logs.atoms import note_worker
+from wsgipool.logs.escape import escape
 from wsgipool.ratelog import RateLimitedLog
 from wsgipool.response import error_response, write_response
 from wsgipool.threaded import ThreadBackend
@@ -139,18 +141,22 @@ class WSGIHandler:
                 exchange = await backend.submit(collected, body, extras, raw_ok)
         except Unavailable as exc:
             body.close()
-            self._unavailable_log.record(f"{request.method} {request.path}: 503, {exc}")
+            self._unavailable_log.record(
+                f"{escape(request.method)} {escape(request.path)}: 503, {exc}"
+            )
             return error_response(503, retry_after=1)
         watch = self._watch
         if watch is None:
             try:
                 return await write_response(request, exchange)
             finally:
+                note_worker(request, exchange)
                 exchange.close()
         watch.add(exchange, request)
         try:
             return await write_response(request, exchange)
         finally:
+            note_worker(request, exchange)
             watch.discard(exchange)
             exchange.close()
 

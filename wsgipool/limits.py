@@ -21,6 +21,8 @@ from aiohttp.http_exceptions import BadHttpMessage, HttpProcessingError, LineToo
 from aiohttp.http_parser import RawRequestMessage
 from aiohttp.web_protocol import RequestHandler
 
+from wsgipool.logs.escape import escape
+
 __all__ = ["GuardedAppRunner", "GuardedServer"]
 
 logger = logging.getLogger("wsgipool.server")
@@ -96,7 +98,12 @@ class _GuardedRequestHandler(RequestHandler):
             if status == 400:
                 status = self._status_for(exc)
             reason = (exc.message or type(exc).__name__).strip().splitlines()[0]
-            logger.info("%d for a malformed request from %s: %s", status, request.remote, reason)
+            logger.info(
+                "%d for a malformed request from %s: %s",
+                status,
+                escape(request.remote),
+                escape(reason),
+            )
             response = web.Response(status=status, text=f"{status} {_phrase(status)}\n")
             response.force_close()  # the stream cannot be trusted past a parse error
             return response

@@ -18,6 +18,7 @@ from aiohttp import web
 from aiohttp.abc import AbstractStreamWriter
 
 from wsgipool import exchange as ev
+from wsgipool.logs.escape import escape
 from wsgipool.wsgicall import HOP_BY_HOP, SERVER_HEADER
 
 __all__ = ["error_response", "write_response"]
@@ -47,6 +48,8 @@ class _Response(web.StreamResponse):
 
     _send_headers_immediately = False
     _latin1 = False
+    #: Body bytes sent, for the access log (%(b)s); the head is not counted.
+    body_sent: int | None = None
 
     async def _write_headers(self) -> None:
         if not self._latin1:
@@ -74,10 +77,13 @@ class _RawResponse(web.StreamResponse):
     change the headers.
     """
 
+    body_sent: int
+
     def __init__(
         self, request: web.BaseRequest, code: int, head_size: int, data: memoryview
     ) -> None:
         super().__init__(status=code)
+        self.body_sent = len(data) - head_size  # for the access log's %(b)s
         keep_alive = request.keep_alive
         version = request.version
         # aiohttp's rule for the Connection header, which the worker leaves to us.
@@ -139,7 +145,7 @@ async def _written_by_worker(request: web.BaseRequest, exchange: ev.Exchange) ->
     if kind == ev.DONE:
         written, status, complete = value
         return _WrittenResponse(status, written, complete and request.keep_alive)
-    logger.warning("response to %s %s cut: %s", request.method, request.path, value[1])
+    logger.warning("response to %s cut: %s", _label(request), escape(value[1]))
     _abort(request)
     return _WrittenResponse(500, 0, False)
 
@@ -190,7 +196,7 @@ async def write_response(request: web.BaseRequest, exchange: ev.Exchange) -> web
     try:
         headers, length, latin1 = _clean_headers(value[2])
     except ValueError as exc:
-        logger.error("%s %s: %s", request.method, request.path, exc)
+        logger.error("%s: %s", _label(request), escape(exc))
         exchange.close()
         return error_response(500)
     code, reason = value[0], value[1]
@@ -307,17 +313,29 @@ async def _write_streamed(
             if not prepared:
                 await response.prepare(request)
                 prepared = True
-            written += await _send_file(request, response, fd, offset, count)
+            try:
+                written += await _send_file(request, response, fd, offset, count)
+            except ConnectionError as exc:  # the client left: its business, one line
+                logger.info(
+                    "%s: client went away after %d bytes of a file response (%s)",
+                    _label(request),
+                    written,
+                    exc.strerror or type(exc).__name__,
+                )
+                _abort(request)
+                response.body_sent = written
+                return response
         elif kind == ev.END:
             break
         else:  # ERROR after the headers were decided: the client must see a broken response
             if not prepared:
                 return error_response(value[0])
-            logger.warning("response to %s %s cut: %s", request.method, request.path, value[1])
+            logger.warning("response to %s cut: %s", _label(request), escape(value[1]))
             _abort(request)
             return response
     if length is not None and written < length:
         _short_body(request, response, length, written)
+    response.body_sent = written
     if not prepared:
         await response.prepare(request)
     await response.write_eof()
@@ -328,14 +346,18 @@ def _short_body(
     request: web.BaseRequest, response: web.StreamResponse, length: int, got: int
 ) -> None:
     logger.warning(
-        "%s %s: app declared Content-Length %d but sent %d bytes; closing the connection",
-        request.method,
-        request.path,
+        "%s: app declared Content-Length %d but sent %d bytes; closing the connection",
+        _label(request),
         length,
         got,
     )
     # After the short body the connection must end: nothing else may follow it.
     response.force_close()
+
+
+def _label(request: web.BaseRequest) -> str:
+    """ "METHOD /path" of a request for a log line, escaped: one request, one line."""
+    return f"{escape(request.method)} {escape(request.path)}"
 
 
 def _abort(request: web.BaseRequest) -> None:

@@ -17,7 +17,6 @@ import resource
 import signal
 import socket
 import stat
-import sys
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -29,6 +28,8 @@ from wsgipool.executor import ProcessExecutor
 from wsgipool.handler import WSGIHandler
 from wsgipool.limits import GuardedAppRunner, GuardedServer
 from wsgipool.loader import load_app
+from wsgipool.logs import setup as logsetup
+from wsgipool.logs.access import AccessLogger
 
 __all__ = ["Server", "serve"]
 
@@ -37,7 +38,7 @@ logger = logging.getLogger("wsgipool.server")
 #: The soft open-files limit taken when the hard one is unlimited (Linux's default nr_open).
 _OPEN_FILES_CAP = 1 << 20
 
-LOG_FORMAT = "[%(asctime)s] [%(process)d] [%(levelname)s] %(message)s"
+LOG_FORMAT = logsetup.LOG_FORMAT
 
 
 def serve(application: Callable[..., Any] | str, **kwargs: Any) -> None:
@@ -75,6 +76,7 @@ class Server:
         self.sockets: list[socket.socket] = []
         self._unix_paths: list[str] = []
         self._stop: asyncio.Future[str] | None = None
+        self.log_setup = logsetup.LogSetup()
         if pool.workers == 0 and isinstance(application, str):
             # Import before any event loop runs, as other WSGI servers do: an app that
             # touches Django's ORM at import must not find itself inside a loop.
@@ -89,7 +91,7 @@ class Server:
 
     def run(self) -> None:
         """Run until stopped; the exit status is the caller's (0 after a clean stop)."""
-        _configure_logging(self.config.log_level)
+        self.log_setup = _configure_logging(self.config)
         _raise_open_files_limit()
         runner = _event_loop_runner()
         try:
@@ -137,7 +139,9 @@ class Server:
         config = self.config
         if self.pool.workers > 0:
             options = {f.name: getattr(self.pool, f.name) for f in _pool_fields()}
-            self.executor = ProcessExecutor(log_level=config.log_level, **options)
+            self.executor = ProcessExecutor(
+                log_level=config.log_level, log_setup=self.log_setup, **options
+            )
             application: Callable[..., Any] | str = self.application
         else:
             self.executor = ThreadPoolExecutor(self.pool.threads, thread_name_prefix="wsgipool-app")
@@ -158,7 +162,11 @@ class Server:
         """aiohttp's low-level server when the app is all there is, else an Application."""
         config = self.config
         protocol_options: dict[str, Any] = {
-            "access_log": logging.getLogger("aiohttp.access") if config.access_log else None,
+            "access_log": (
+                logging.getLogger(logsetup.ACCESS_LOGGER) if self.log_setup.access_enabled else None
+            ),
+            "access_log_class": AccessLogger,
+            "access_log_format": config.access_log_format,
             "keepalive_timeout": config.keepalive_timeout,
             "max_line_size": config.limit_request_line,
             "max_field_size": config.limit_request_field_size,
@@ -279,6 +287,7 @@ class Server:
             signal.SIGHUP: self._reload,
             signal.SIGTTIN: lambda: self._scale(+1),
             signal.SIGTTOU: lambda: self._scale(-1),
+            signal.SIGUSR1: self._reopen_logs,
         }
         for sig, callback in handlers.items():
             loop.add_signal_handler(sig, callback)
@@ -298,6 +307,15 @@ class Server:
         else:
             logger.warning("SIGHUP ignored: reload needs worker processes (--workers 1 or more)")
 
+    def _reopen_logs(self) -> None:
+        """SIGUSR1: reopen the log files here, then in the template and the workers."""
+        problems = logsetup.reopen(self.log_setup, main=True)
+        for problem in problems:
+            logger.error("SIGUSR1: %s; logging goes on to the old file", problem)
+        if isinstance(self.executor, ProcessExecutor):
+            self.executor.signal_processes(signal.SIGUSR1)
+        logger.info("SIGUSR1: log files reopened")
+
     def _scale(self, delta: int) -> None:
         if isinstance(self.executor, ProcessExecutor):
             self.executor.scale(delta)
@@ -313,6 +331,7 @@ class Server:
             signal.SIGHUP,
             signal.SIGTTIN,
             signal.SIGTTOU,
+            signal.SIGUSR1,
         ):
             with contextlib.suppress(Exception):
                 loop.remove_signal_handler(sig)
@@ -422,13 +441,25 @@ def _raise_open_files_limit() -> None:
         logger.debug("open files limit raised from %d to %d", soft, wanted)
 
 
-def _configure_logging(level: str) -> None:
-    root = logging.getLogger()
-    if not root.handlers:
-        logging.basicConfig(level=level.upper(), format=LOG_FORMAT, stream=sys.stderr)
-    else:
-        root.setLevel(level.upper())
-    logging.getLogger("wsgipool").setLevel(level.upper())
+def _configure_logging(config: Config) -> logsetup.LogSetup:
+    """Logging as the options say, before anything else runs; a bad file is a ConfigError."""
+    try:
+        dict_config = (
+            logsetup.load_dict_config(config.log_config) if config.log_config is not None else None
+        )
+        setup = logsetup.LogSetup(
+            level=config.log_level,
+            format=config.log_format,
+            error_logfile=config.error_logfile,
+            access_log=config.access_log,
+            access_logfile=config.access_logfile,
+            access_format=config.access_log_format,
+            dict_config=dict_config,
+        )
+        logsetup.configure(setup, main=True)
+    except logsetup.LogConfigError as exc:
+        raise ConfigError(str(exc)) from None
+    return setup
 
 
 def _event_loop_runner() -> Callable[[Any], Any]:

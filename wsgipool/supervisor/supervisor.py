@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import random
 import signal
 import time
@@ -21,6 +22,8 @@ from typing import Any, Protocol
 from wsgipool import protocol as p
 from wsgipool.cgi import EnvironOptions
 from wsgipool.config import PoolConfig
+from wsgipool.logs.escape import escape
+from wsgipool.logs.setup import LogSetup
 from wsgipool.supervisor import policy
 from wsgipool.supervisor.handle import WorkerHandle, WorkerState
 from wsgipool.supervisor.monitor import RssMonitor
@@ -57,6 +60,7 @@ class Supervisor:
         pool: Pool,
         *,
         log_level: str = "info",
+        log_setup: LogSetup | None = None,
         environ: EnvironOptions | None = None,
     ) -> None:
         self.app_ref = app_ref
@@ -68,6 +72,7 @@ class Supervisor:
             max_rss_hard=config.max_rss_hard,
             log_level=log_level,
             environ=environ or EnvironOptions(),
+            logs=log_setup or LogSetup(level=log_level),
         )
         self.target = config.workers
         self.workers: list[WorkerHandle] = []
@@ -142,6 +147,18 @@ class Supervisor:
         for template in [self.template, *self.retired_templates]:
             if template is not None:
                 template.kill()
+
+    def signal_processes(self, sig: int) -> None:
+        """Send `sig` to the templates and the live workers (they reopen their logs on USR1)."""
+        for template in [self.template, *self.retired_templates]:
+            if template is not None and template.pid:
+                try:
+                    os.kill(template.pid, sig)
+                except ProcessLookupError:
+                    pass
+        for worker in self.workers:
+            if worker.alive:
+                worker.kill(sig)
 
     # -- spawning ------------------------------------------------------------------
 
@@ -623,4 +640,4 @@ class Supervisor:
 def _request_line(facts: object) -> str:
     """ "METHOD /target" of a request, for log lines."""
     line = getattr(facts, "request_line", None)
-    return line() if callable(line) else "(unknown request)"
+    return escape(line()) if callable(line) else "(unknown request)"

@@ -21,6 +21,8 @@ from typing import Any, NoReturn
 
 from wsgipool import protocol as p
 from wsgipool.loader import AppImportError, load_app
+from wsgipool.logs.setup import LOG_FORMAT as _LOG_FORMAT
+from wsgipool.logs.setup import LogConfigError, configure
 from wsgipool.worker.channel import BlockingChannel, ChannelClosed
 from wsgipool.worker.process import WorkerSettings, run_worker
 
@@ -28,7 +30,7 @@ __all__ = ["template_main"]
 
 logger = logging.getLogger("wsgipool.template")
 
-LOG_FORMAT = "[%(asctime)s] [%(process)d] [%(levelname)s] %(message)s"
+LOG_FORMAT = _LOG_FORMAT
 
 
 def template_main(app_ref: str | bytes, control: socket.socket, settings: WorkerSettings) -> None:
@@ -38,8 +40,13 @@ def template_main(app_ref: str | bytes, control: socket.socket, settings: Worker
     except OSError:
         pass
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    logging.basicConfig(level=settings.log_level.upper(), format=LOG_FORMAT, stream=sys.stderr)
     channel = BlockingChannel(control)
+    try:
+        # Formats, --log-config, and SIGUSR1 (reopen the error log), inherited by every worker.
+        configure(settings.logs, main=False)
+    except LogConfigError as exc:  # the main process applied the same setup: unlikely
+        channel.send([p.frame(p.FAILED, 0, str(exc).encode("utf-8", "replace"))])
+        _exit(2)
     try:
         app = _load(app_ref)
     except AppImportError as exc:

@@ -33,6 +33,7 @@ from wsgipool.cgi import (
     build_environ,
     facts_from_fields,
 )
+from wsgipool.logs.setup import LogSetup
 from wsgipool.worker.channel import BlockingChannel, ChannelClosed
 from wsgipool.worker.output import FrameOutput, RawHead
 from wsgipool.wsgicall import complete_environ, not_found, run_wsgi
@@ -51,6 +52,7 @@ class WorkerSettings:
     max_rss_hard: int | None = None
     log_level: str = "info"
     environ: EnvironOptions = field(default_factory=EnvironOptions)
+    logs: LogSetup = field(default_factory=LogSetup)
 
 
 class _Job:
@@ -326,7 +328,9 @@ class Worker:
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)
         signal.signal(signal.SIGTERM, lambda *_: self._stop(30.0))
         signal.signal(signal.SIGQUIT, lambda *_: self.exit(0))
-        faulthandler.register(signal.SIGUSR1, all_threads=True)
+        # SIGUSR1 reopens the error log (the handler comes from the template: wsgipool.logs);
+        # SIGUSR2 sent to a worker by hand dumps the stacks of all its threads there.
+        faulthandler.register(signal.SIGUSR2, all_threads=True)
 
     def _stop(self, grace: float) -> None:
         """Finish what is in flight, then exit; the main process sends nothing new."""
