@@ -38,3 +38,19 @@ def app(environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
     body = f"hello {os.getpid()}\n".encode()
     start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", str(len(body)))])
     return [body]
+
+
+KEPT: list[bytes] = []
+
+
+def grow_app(environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
+    """Each request keeps ``?mb=`` MiB more, written so it is resident."""
+    args = query(environ)
+    mb = int(args.get("mb", "0"))
+    KEPT.append(b"\x01" * (mb << 20))
+    body = f"kept {len(KEPT)} {os.getpid()}\n".encode()
+    if "stream" in args:  # a streamed response: it ends with END, not RAW
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return iter([body[:4], body[4:]])
+    start_response("200 OK", [("Content-Length", str(len(body)))])
+    return [body]

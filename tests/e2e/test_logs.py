@@ -285,26 +285,12 @@ def test_usr1_reopens_access_and_error_logs_under_load(run_server, tmp_path: Pat
 
 def test_access_logfile_dash_is_stdout(tmp_path: Path) -> None:
     port = _free_port()
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "wsgipool",
-            "serve",
-            "logapp:app",
-            "--workers",
-            "0",
-            "--bind",
-            f"127.0.0.1:{port}",
-            "--access-logfile",
-            "-",
-        ],
-        stdout=open(tmp_path / "out", "wb"),
-        stderr=open(tmp_path / "err", "wb"),
-        env=server_env(),
-        cwd=tmp_path,
-        start_new_session=True,
-    )
+    argv = [sys.executable, "-m", "wsgipool", "serve", "logapp:app", "--workers", "0"]
+    argv += ["--bind", f"127.0.0.1:{port}", "--access-logfile", "-"]
+    with open(tmp_path / "out", "wb") as out, open(tmp_path / "err", "wb") as err:
+        proc = subprocess.Popen(
+            argv, stdout=out, stderr=err, env=server_env(), cwd=tmp_path, start_new_session=True
+        )
     try:
         assert wait_for(lambda: "serving with" in (tmp_path / "err").read_text(), 30)
         exchange(
@@ -446,3 +432,37 @@ def test_app_logging_without_its_own_handlers_still_reaches_the_log(run_server) 
     assert wait_for(lambda: len(_lines(server.log, "app warning from")) == 1, 10), server.log
     time.sleep(0.2)
     assert len(_lines(server.log, "app warning from")) == 1
+
+
+@pytest.mark.parametrize("extra", [[], ["--static", "/static=."]], ids=["raw", "routed"])
+def test_rss_change_per_request(run_server, extra: list[str]) -> None:
+    server = run_server(
+        "logapp:grow_app",
+        "--workers",
+        "1",
+        "--access-log",
+        "--access-log-format",
+        "U=%(U)s q=%(q)s p=%(p)s M=%(M)s",
+        *extra,
+    )
+    for target in ("/a?mb=0", "/b?mb=24", "/c?mb=24&stream=1", "/d?mb=0&stream=1"):
+        status, _, body = server.request("GET", target)
+        assert status == 200
+    pid = body.decode().split()[2]
+    lines = wait_for(lambda: len(_lines(server.log, " M=")) >= 4 and _lines(server.log, " M="), 10)
+    changes = {}
+    for line in lines:
+        fields = dict(re.findall(r"(\w+)=(\S*)", line))
+        assert fields["p"] == pid
+        changes[fields["U"]] = int(fields["M"])
+    assert 23 * 1024 <= changes["/b"] <= 26 * 1024, changes
+    assert 23 * 1024 <= changes["/c"] <= 26 * 1024, changes
+    assert abs(changes["/a"]) < 2048 and abs(changes["/d"]) < 2048, changes
+
+
+def test_rss_change_unknown_without_workers(run_server) -> None:
+    server = run_server(
+        "logapp:grow_app", "--workers", "0", "--access-log", "--access-log-format", "M=%(M)s"
+    )
+    server.request("GET", "/x?mb=1")
+    assert wait_for(lambda: _lines(server.log, "M=-"), 10), server.log

@@ -65,6 +65,13 @@ class LogSetup:
     def access_enabled(self) -> bool:
         return self.access_log or self.access_logfile is not None
 
+    @property
+    def wants_rss_change(self) -> bool:
+        """Workers measure their RSS around each request only for an access log that uses it."""
+        return self.access_enabled and (
+            "%(M)s" in self.access_format or self.format == "json" or self.dict_config is not None
+        )
+
 
 def load_dict_config(path: str) -> dict[str, Any]:
     """A logging dictConfig from a JSON or TOML (``.toml``) file."""

@@ -128,6 +128,9 @@ class Worker:
         self.stopping = False
         self._reported_rss = False
         self._rss = _RssProbe() if settings.max_rss or settings.max_rss_hard else None
+        # Per-request RSS changes (two reads of /proc/self/statm) only for an access log
+        # that shows them.
+        self._request_rss = _RssProbe().read if settings.logs.wants_rss_change else None
         self._served = itertools.count(1)
         self._decoder = p.FrameDecoder(p.TO_WORKER)
         self._lock = threading.Lock()
@@ -362,7 +365,9 @@ class Worker:
             raw = (
                 RawHead(facts.version, facts.method == "HEAD") if flags & p.FLAG_RAW_HEAD else None
             )
-            output = FrameOutput(self.channel, rid, credit, self._end_report, raw, self.wait_for)
+            output = FrameOutput(
+                self.channel, rid, credit, self._end_report, raw, self.wait_for, self._request_rss
+            )
             job = _Job(rid, facts, body, body_fd, output)
             with self._lock:
                 self.jobs[rid] = job
@@ -420,6 +425,7 @@ class Worker:
             body = io.BytesIO(job.body)
         complete_environ(environ, body, sys.stderr, multiprocess=True)
         environ["wsgipool.worker_pid"] = self.pid
+        job.output.mark_rss()
         try:
             run_wsgi(self.app, environ, job.output)
         finally:
