@@ -26,7 +26,7 @@ from wsgipool.cgi import EnvironOptions
 from wsgipool.environ import collect
 from wsgipool.exchange import Unavailable
 from wsgipool.loader import load_app
-from wsgipool.logs.atoms import note_worker
+from wsgipool.logs.access import note_worker
 from wsgipool.logs.escape import escape
 from wsgipool.ratelog import RateLimitedLog
 from wsgipool.response import error_response, write_response

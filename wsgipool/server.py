@@ -76,7 +76,7 @@ class Server:
         self.sockets: list[socket.socket] = []
         self._unix_paths: list[str] = []
         self._stop: asyncio.Future[str] | None = None
-        self.log_setup = logsetup.LogSetup()
+        self.log_setup = _log_setup(config)  # reads --log-config: a bad file fails here
         if pool.workers == 0 and isinstance(application, str):
             # Import before any event loop runs, as other WSGI servers do: an app that
             # touches Django's ORM at import must not find itself inside a loop.
@@ -91,7 +91,7 @@ class Server:
 
     def run(self) -> None:
         """Run until stopped; the exit status is the caller's (0 after a clean stop)."""
-        self.log_setup = _configure_logging(self.config)
+        _configure_logging(self.log_setup)
         _raise_open_files_limit()
         runner = _event_loop_runner()
         try:
@@ -441,25 +441,31 @@ def _raise_open_files_limit() -> None:
         logger.debug("open files limit raised from %d to %d", soft, wanted)
 
 
-def _configure_logging(config: Config) -> logsetup.LogSetup:
-    """Logging as the options say, before anything else runs; a bad file is a ConfigError."""
+def _log_setup(config: Config) -> logsetup.LogSetup:
+    """What the logging options say, the --log-config file read; a bad file is a ConfigError."""
     try:
         dict_config = (
             logsetup.load_dict_config(config.log_config) if config.log_config is not None else None
         )
-        setup = logsetup.LogSetup(
-            level=config.log_level,
-            format=config.log_format,
-            error_logfile=config.error_logfile,
-            access_log=config.access_log,
-            access_logfile=config.access_logfile,
-            access_format=config.access_log_format,
-            dict_config=dict_config,
-        )
+    except logsetup.LogConfigError as exc:
+        raise ConfigError(str(exc)) from None
+    return logsetup.LogSetup(
+        level=config.log_level,
+        format=config.log_format,
+        error_logfile=config.error_logfile,
+        access_log=config.access_log,
+        access_logfile=config.access_logfile,
+        access_format=config.access_log_format,
+        dict_config=dict_config,
+    )
+
+
+def _configure_logging(setup: logsetup.LogSetup) -> None:
+    """Logging as the options say, before anything else runs (files opened, dictConfig applied)."""
+    try:
         logsetup.configure(setup, main=True)
     except logsetup.LogConfigError as exc:
         raise ConfigError(str(exc)) from None
-    return setup
 
 
 def _event_loop_runner() -> Callable[[Any], Any]:

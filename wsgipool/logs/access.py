@@ -8,13 +8,31 @@ The access log is on or off (``--access-log``, ``--access-logfile``) whatever
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 from aiohttp.abc import AbstractAccessLogger
-from aiohttp.web import BaseRequest, StreamResponse
+from aiohttp.web import BaseRequest, RequestKey, StreamResponse
 
 from wsgipool.logs.atoms import RequestRecord, compile_format, render
 
-__all__ = ["AccessLogger"]
+__all__ = ["AccessLogger", "note_worker"]
+
+_WORKER_PID = RequestKey("wsgipool.worker_pid", int)
+_RSS_CHANGE = RequestKey("wsgipool.rss_change", int)
+
+
+def note_worker(request: BaseRequest, exchange: Any) -> None:
+    """Note, for the access line, which worker served `request` and its RSS change.
+
+    Called by the handler once the response is written; a thread backend's
+    exchange has no worker pid, and its line shows '-'.
+    """
+    pid = getattr(exchange.owner, "pid", None)
+    if isinstance(pid, int):
+        request[_WORKER_PID] = pid
+    change = getattr(exchange, "rss_change", None)
+    if isinstance(change, int):
+        request[_RSS_CHANGE] = change
 
 
 class AccessLogger(AbstractAccessLogger):
@@ -36,7 +54,9 @@ class AccessLogger(AbstractAccessLogger):
 
     def log(self, request: BaseRequest, response: StreamResponse, time: float) -> None:
         try:
-            record = RequestRecord(request, response, time)
+            record = RequestRecord(
+                request, response, time, request.get(_WORKER_PID), request.get(_RSS_CHANGE)
+            )
             line = render(self._parts, record)
             self.logger.info(line, extra={"access": record})
         except Exception:

@@ -31,15 +31,10 @@ __all__ = [
     "FormatError",
     "RequestRecord",
     "compile_format",
-    "note_worker",
 ]
 
 #: gunicorn's default access line: Apache's "combined" format.
 DEFAULT_FORMAT = '%(h)s %(l)s %(u)s %(t)s "%(r)s" %(s)s %(b)s "%(f)s" "%(a)s"'
-
-#: The request mapping keys the handler fills for the access log.
-WORKER_PID_KEY = "wsgipool.worker_pid"
-RSS_CHANGE_KEY = "wsgipool.rss_change"
 
 _ATOM = re.compile(r"%\((\{[^{}()]+\}[io]|[A-Za-z]+)\)s|%%|%")
 
@@ -57,6 +52,8 @@ class RequestRecord:
     request: BaseRequest
     response: StreamResponse
     duration: float  # seconds from the first byte of the request to the end of the response
+    worker_pid: int | None = None  # the worker that served it, if one did
+    rss_change: int | None = None  # that worker's RSS change over the request, KiB
 
     @property
     def start(self) -> float:
@@ -87,17 +84,26 @@ def _user(r: RequestRecord) -> str:
     return escape(user) if user else "-"
 
 
+_clf_cache: tuple[int, str] = (-1, "")
+
+
 def _clf_time(r: RequestRecord) -> str:
     """[10/Oct/2000:13:55:36 +0000]: when the request started, in local time."""
-    stamp = r.start
-    local = time.localtime(stamp)
+    global _clf_cache
+    second = int(r.start)
+    cached = _clf_cache
+    if cached[0] == second:  # formatted once a second, not once a request
+        return cached[1]
+    local = time.localtime(second)
     offset = local.tm_gmtoff or 0
     sign = "-" if offset < 0 else "+"
     hours, minutes = divmod(abs(offset) // 60, 60)
-    return (
+    text = (
         f"[{local.tm_mday:02d}/{_MONTHS[local.tm_mon - 1]}/{local.tm_year}:"
         f"{local.tm_hour:02d}:{local.tm_min:02d}:{local.tm_sec:02d} {sign}{hours:02d}{minutes:02d}]"
     )
+    _clf_cache = (second, text)
+    return text
 
 
 def _protocol(r: RequestRecord) -> str:
@@ -154,13 +160,11 @@ def _response_header_getter(name: str) -> Getter:
 
 
 def _worker_pid(r: RequestRecord) -> str:
-    pid = r.request.get(WORKER_PID_KEY)
-    return "-" if pid is None else str(pid)
+    return "-" if r.worker_pid is None else str(r.worker_pid)
 
 
 def _rss_change(r: RequestRecord) -> str:
-    change = r.request.get(RSS_CHANGE_KEY)
-    return "-" if change is None else str(change)
+    return "-" if r.rss_change is None else str(r.rss_change)
 
 
 _ATOMS: dict[str, Getter] = {
@@ -276,20 +280,6 @@ def fields(record: RequestRecord) -> dict[str, Any]:
         "duration_us": int(record.duration * 1_000_000),
         "referer": request.headers.get("Referer"),
         "user_agent": request.headers.get("User-Agent"),
-        "worker_pid": request.get(WORKER_PID_KEY),
-        "rss_change_kib": request.get(RSS_CHANGE_KEY),
+        "worker_pid": record.worker_pid,
+        "rss_change_kib": record.rss_change,
     }
-
-
-def note_worker(request: BaseRequest, exchange: Any) -> None:
-    """Note, for the access line, which worker served `request` and its RSS change.
-
-    Called by the handler once the response is written; a thread backend's
-    exchange has no worker pid, and its line shows '-'.
-    """
-    pid = getattr(exchange.owner, "pid", None)
-    if isinstance(pid, int):
-        request[WORKER_PID_KEY] = pid
-    change = getattr(exchange, "rss_change", None)
-    if isinstance(change, int):
-        request[RSS_CHANGE_KEY] = change
