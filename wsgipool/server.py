@@ -309,7 +309,7 @@ class Server:
 
     def _reopen_logs(self) -> None:
         """SIGUSR1: reopen the log files here, then in the template and the workers."""
-        problems = logsetup.reopen(self.log_setup, main=True)
+        problems = logsetup.reopen(self.log_setup)
         for problem in problems:
             logger.error("SIGUSR1: %s; logging goes on to the old file", problem)
         if isinstance(self.executor, ProcessExecutor):

@@ -264,6 +264,16 @@ def test_usr1_reopens_access_and_error_logs_under_load(run_server, tmp_path: Pat
             return workers <= stderr_pids and workers <= log_pids
 
         assert wait_for(workers_moved, 20), errors.read_text()
+
+        def all_point_at_new_file() -> bool:
+            pids = [server.pid, *(child.pid for child in server.descendants())]
+            try:
+                return all(os.readlink(f"/proc/{pid}/fd/2") == str(errors) for pid in pids)
+            except FileNotFoundError:  # a process that just exited
+                return False
+
+        # The template and every worker, idle or not, have the new file as their stderr.
+        assert wait_for(all_point_at_new_file, 10)
         done = load.ok
         assert wait_for(lambda: load.ok > done + 10, 15)
     assert load.failed == []
@@ -384,7 +394,10 @@ level = "INFO"
     assert wait_for(lambda: target.exists() and "serving with" in target.read_text(), 30)
     status, _, _ = server.request("GET", "/log")
     assert status == 200
-    text = wait_for(lambda: "app warning" in target.read_text() and target.read_text(), 10)
+    # The worker's line and the main process's access line, in either order.
+    text = wait_for(
+        lambda: "app warning" in (t := target.read_text()) and "GET /log" in t and t, 10
+    )
     assert "CUSTOM wsgipool.access " in text and '"GET /log HTTP/1.1" 200' in text
     assert "CUSTOM logapp app warning from" in text  # the worker applied the file too
 

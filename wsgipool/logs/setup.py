@@ -21,6 +21,7 @@ worker settings.
 
 from __future__ import annotations
 
+import copy
 import datetime
 import json
 import logging
@@ -190,13 +191,22 @@ def configure(setup: LogSetup, *, main: bool) -> None:
         access.addHandler(_access_handler(setup))
     if setup.dict_config is not None:
         try:
-            logging.config.dictConfig(setup.dict_config)
+            # A copy: dictConfig rewrites what it is given, and the template gets it next.
+            logging.config.dictConfig(copy.deepcopy(setup.dict_config))
         except (ValueError, TypeError, AttributeError, ImportError) as exc:
             raise LogConfigError(
                 f"{_LOG_CONFIG}: cannot apply it: {str(exc).splitlines()[0]}"
             ) from None
     if not main:
-        signal.signal(signal.SIGUSR1, lambda *_: reopen(setup, main=False))
+        signal.signal(signal.SIGUSR1, lambda *_: _reopen_here(setup))
+
+
+def _reopen_here(setup: LogSetup) -> None:
+    """SIGUSR1 in the template or a worker (the main process told it to)."""
+    for problem in reopen(setup):
+        logging.getLogger("wsgipool.logs").error(
+            "SIGUSR1: %s; logging goes on to the old file", problem
+        )
 
 
 def _access_handler(setup: LogSetup) -> logging.Handler:
@@ -237,7 +247,7 @@ def _point_stderr_at(path: str) -> None:
         os.close(fd)
 
 
-def reopen(setup: LogSetup, *, main: bool) -> list[str]:
+def reopen(setup: LogSetup) -> list[str]:
     """Reopen the log files after a rotation; returns the problems, one line each.
 
     Called from the main process's event loop on SIGUSR1, and from the signal
