@@ -124,7 +124,7 @@ _FILE = struct.Struct("!QQ")
 _STATUS = struct.Struct("!QIB")
 _HELLO = struct.Struct("!IH")
 _EXITED = struct.Struct("!IBi")
-_DONE = struct.Struct("!QHB")
+_DONE = struct.Struct("!QHBQ")
 _I32 = struct.Struct("!i")
 _NO_COUNT: Final = (1 << 64) - 1
 
@@ -496,18 +496,21 @@ def decode_rss(payload: bytes, kind: str) -> int | None:
     return None if kib == RSS_UNKNOWN else int(kib)
 
 
-def encode_done(written: int, status: int, complete: bool) -> bytes:
+def encode_done(written: int, status: int, complete: bool, body: int) -> bytes:
     """DONE payload: bytes the worker wrote to the client, the status, whether it ended well."""
-    return _DONE.pack(written, status, FLAG_DONE_COMPLETE if complete else 0)
+    return _DONE.pack(written, status, FLAG_DONE_COMPLETE if complete else 0, body)
 
 
-def decode_done(payload: bytes) -> tuple[int, int, bool]:
+def decode_done(payload: bytes) -> tuple[int, int, bool, int]:
+    """(bytes written, status, ended whole, body bytes written: for the access log)."""
     if len(payload) != _DONE.size:
         raise ProtocolError(f"DONE payload must be {_DONE.size} bytes, got {len(payload)}")
-    written, status, flags = _DONE.unpack(payload)
+    written, status, flags, body = _DONE.unpack(payload)
     if flags & ~FLAG_DONE_COMPLETE or not 200 <= status <= 999:
         raise ProtocolError(f"DONE with status {status} and flags {flags:#x}")
-    return written, status, bool(flags & FLAG_DONE_COMPLETE)
+    if body > written:
+        raise ProtocolError(f"DONE with {body} body bytes of {written} written")
+    return written, status, bool(flags & FLAG_DONE_COMPLETE), body
 
 
 def encode_u32(value: int) -> bytes:

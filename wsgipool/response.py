@@ -143,8 +143,10 @@ async def _written_by_worker(request: web.BaseRequest, exchange: ev.Exchange) ->
     """Wait for the worker that writes the response itself; cut the connection if it fails."""
     kind, value = await exchange.next()
     if kind == ev.DONE:
-        written, status, complete = value
-        return _WrittenResponse(status, written, complete and request.keep_alive)
+        written, status, complete, body = value
+        response = _WrittenResponse(status, written, complete and request.keep_alive)
+        response.body_sent = body
+        return response
     logger.warning("response to %s cut: %s", _label(request), escape(value[1]))
     _abort(request)
     return _WrittenResponse(500, 0, False)
@@ -152,6 +154,9 @@ async def _written_by_worker(request: web.BaseRequest, exchange: ev.Exchange) ->
 
 class _WrittenResponse(web.StreamResponse):
     """A response a worker wrote to the client socket itself: nothing is left to write."""
+
+    #: Body bytes the worker wrote, for the access log (%(b)s).
+    body_sent: int | None = None
 
     def __init__(self, status: int, written: int, keep_alive: bool) -> None:
         super().__init__(status=status)

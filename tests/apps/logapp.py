@@ -28,7 +28,8 @@ def app(environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
         return [b"only ten b"]
     if path.startswith("/stream"):
         start_response("200 OK", [("Content-Type", "text/plain"), ("X-Out", "streamed")])
-        return (b"x" * 1000 for _ in range(int(args.get("n", "5"))))
+        size = int(args.get("size", "1000"))
+        return (b"x" * size for _ in range(int(args.get("n", "5"))))
     if path.startswith("/slow"):
         time.sleep(int(args.get("ms", "50")) / 1000)
     if path.startswith("/stderr"):

@@ -144,6 +144,11 @@ def test_access_log_atoms(run_server, workers: str) -> None:
         assert fields["p"] == "-"
     else:
         assert fields["p"] in server_worker_pids(server) or fields["p"] == pid
+    # A large streamed response the worker writes to the socket itself (DONE).
+    status, _, big = server.request("GET", "/stream?n=3&size=200000")
+    assert status == 200 and len(big) == 600000
+    big_line = wait_for(lambda: _lines(server.log, "q=n=3&size=200000"), 10)
+    assert " b=600000 " in big_line[0], big_line
     hello_line = wait_for(lambda: _lines(server.log, "U=/hello"), 10)
     hello_fields = dict(re.findall(r'(\w+)=("[^"]*"|\S+)', hello_line[0]))
     assert hello_fields["b"] == str(len(hello))

@@ -223,7 +223,9 @@ class FrameOutput(ResponseOutput):
         direct.close()
         self._direct = None
         report = self._before_end()
-        done = p.encode_done(direct.written, direct.status, complete and not self.cancelled)
+        # Body bytes are counted as they are handed over: a cut write counts whole.
+        body = min(direct.body_written, direct.written)
+        done = p.encode_done(direct.written, direct.status, complete and not self.cancelled, body)
         self._channel.send([report, p.frame(p.DONE, self._rid, done + self._rss_trailer())])
 
     def _progress(self) -> None:
