@@ -484,3 +484,29 @@ def test_rss_change_unknown_without_workers(run_server) -> None:
     )
     server.request("GET", "/x?mb=1")
     assert wait_for(lambda: _lines(server.log, "M=-"), 10), server.log
+
+
+def test_usr1_in_thread_mode(run_server, tmp_path: Path) -> None:
+    access = tmp_path / "access.log"
+    errors = tmp_path / "error.log"
+    server = run_server(
+        "logapp:app",
+        "--workers",
+        "0",
+        "--access-logfile",
+        str(access),
+        "--error-logfile",
+        str(errors),
+        wait=False,
+    )
+    assert wait_for(lambda: errors.exists() and "serving with" in errors.read_text(), 30)
+    server.request("GET", "/hello")
+    access.rename(tmp_path / "access.log.1")
+    errors.rename(tmp_path / "error.log.1")
+    server.signal(signal.SIGUSR1)
+    assert wait_for(lambda: errors.exists() and "log files reopened" in errors.read_text(), 10)
+    status, _, _ = server.request("GET", "/stderr")
+    assert status == 200
+    assert wait_for(lambda: "stderr line from" in errors.read_text(), 10)
+    assert wait_for(lambda: access.exists() and "GET /stderr" in access.read_text(), 10)
+    assert "GET /hello" in (tmp_path / "access.log.1").read_text()
