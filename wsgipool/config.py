@@ -17,6 +17,8 @@ from dataclasses import dataclass, field, fields
 from typing import Any
 
 from wsgipool.cpus import available_cpus
+from wsgipool.logs.atoms import DEFAULT_FORMAT as DEFAULT_ACCESS_FORMAT
+from wsgipool.logs.atoms import FormatError, compile_format
 from wsgipool.privileges import parse_group, parse_user, resolve_ids
 
 __all__ = [
@@ -196,6 +198,22 @@ def _parse_log_level(value: object) -> str:
     if level not in ("critical", "error", "warning", "info", "debug"):
         raise ValueError(f"expected critical, error, warning, info or debug, got {value!r}")
     return level
+
+
+def _parse_log_format(value: object) -> str:
+    text = _parse_str(value).lower()
+    if text not in ("text", "json"):
+        raise ValueError(f"expected text or json, got {value!r}")
+    return text
+
+
+def _parse_access_format(value: object) -> str:
+    text = _parse_str(value)
+    try:
+        compile_format(text)  # compiled once, here; the access logger gets it from the cache
+    except FormatError as exc:
+        raise ValueError(str(exc)) from None
+    return text
 
 
 def _parse_script_name(value: object) -> str:
@@ -710,7 +728,46 @@ class Config(_Validated):
         "info", _parse_log_level, "Log level: debug, info, warning, error.", metavar="LEVEL"
     )
     access_log: bool = option(
-        False, _parse_bool, "Log one line per request to stderr.", switch=True
+        False,
+        _parse_bool,
+        "Write the access log, one line per request (to stderr unless --access-logfile "
+        "says where); --log-level does not hide it.",
+        switch=True,
+    )
+    access_logfile: str | None = option(
+        None,
+        _parse_optional(_parse_str),
+        "Write the access log to PATH ('-' for stdout); turns the access log on. "
+        "Reopened on SIGUSR1.",
+        metavar="PATH",
+    )
+    access_log_format: str = option(
+        DEFAULT_ACCESS_FORMAT,
+        _parse_access_format,
+        "Access line format with gunicorn's atoms: %(h)s %(t)s %(r)s %(s)s %(b)s %(D)s "
+        "%(p)s %(M)s %({Header}i)s ... (docs/operations.md lists them all).",
+        metavar="FORMAT",
+    )
+    error_logfile: str | None = option(
+        None,
+        _parse_optional(_parse_str),
+        "Write the error log (every process's stderr, workers' included) to PATH "
+        "('-' for stderr). Reopened on SIGUSR1.",
+        metavar="PATH",
+        default_text="stderr",
+    )
+    log_format: str = option(
+        "text",
+        _parse_log_format,
+        "Format of log lines: text, or json (one JSON object per line, access lines too).",
+        metavar="FORMAT",
+    )
+    log_config: str | None = option(
+        None,
+        _parse_optional(_parse_str),
+        "A logging dictConfig file (JSON, or TOML if it ends in .toml), applied after "
+        "wsgipool's own setup, in the main process and the workers.",
+        metavar="FILE",
     )
     certfile: str | None = option(
         None,

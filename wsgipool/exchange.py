@@ -77,6 +77,7 @@ class Exchange:
         "owner",
         "received",
         "rid",
+        "rss_change",
         "started",
     )
 
@@ -99,6 +100,8 @@ class Exchange:
         self.granted = 0
         #: The request's RequestFacts (for log lines and the RAW frame's HEAD rule).
         self.facts: Any = None
+        #: The worker's RSS change over the request in KiB, when it measured it (access log).
+        self.rss_change: int | None = None
 
     # -- executor side ---------------------------------------------------------
 

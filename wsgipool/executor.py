@@ -24,6 +24,7 @@ from wsgipool.config import ConfigError, PoolConfig
 from wsgipool.dispatch import Dispatcher, QueueFull, QueueTimeout
 from wsgipool.environ import Collected
 from wsgipool.loader import AppImportError, find_import_name
+from wsgipool.logs.setup import LogSetup
 from wsgipool.supervisor.handle import WorkerHandle
 from wsgipool.supervisor.supervisor import Supervisor
 
@@ -40,12 +41,14 @@ class ProcessExecutor:
         application: Callable[..., Any] | str | None = None,
         *,
         log_level: str = "info",
+        log_setup: LogSetup | None = None,
         **options: Any,
     ) -> None:
         self.config = PoolConfig(**options)
         if self.config.workers < 1:
             raise ConfigError("ProcessExecutor needs workers >= 1 (workers=0 means no pool)")
         self.log_level = log_level
+        self.log_setup = log_setup or LogSetup(level=log_level)
         self._app_ref: str | bytes | None = None
         self._options = EnvironOptions()
         self._dispatcher: Dispatcher[WorkerHandle] = Dispatcher(
@@ -95,7 +98,12 @@ class ProcessExecutor:
         if self._app_ref is None:
             raise RuntimeError("ProcessExecutor has no application: pass it to WSGIHandler")
         supervisor = Supervisor(
-            self._app_ref, self.config, self, log_level=self.log_level, environ=self._options
+            self._app_ref,
+            self.config,
+            self,
+            log_level=self.log_level,
+            log_setup=self.log_setup,
+            environ=self._options,
         )
         try:
             await supervisor.start()
@@ -128,6 +136,11 @@ class ProcessExecutor:
         if self._supervisor is None:
             return False
         return await self._supervisor.reload()
+
+    def signal_processes(self, sig: int) -> None:
+        """Send `sig` to the template process(es) and every live worker (SIGUSR1: reopen logs)."""
+        if self._supervisor is not None:
+            self._supervisor.signal_processes(sig)
 
     def scale(self, delta: int) -> int:
         """Add (or with a negative delta remove) workers; returns the new target."""

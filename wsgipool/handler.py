@@ -28,6 +28,8 @@ from wsgipool.deadlines import BodyTimeout, SendWatch
 from wsgipool.environ import collect
 from wsgipool.exchange import Unavailable
 from wsgipool.loader import load_app
+from wsgipool.logs.access import note_worker
+from wsgipool.logs.escape import escape
 from wsgipool.ratelog import RateLimitedLog
 from wsgipool.response import error_response, sent_later, write_response
 from wsgipool.threaded import ThreadBackend
@@ -168,7 +170,9 @@ class WSGIHandler:
                 exchange = await backend.submit(collected, body, extras, raw_ok)
         except Unavailable as exc:
             body.close()
-            self._unavailable_log.record(f"{request.method} {request.path}: 503, {exc}")
+            self._unavailable_log.record(
+                f"{escape(request.method)} {escape(request.path)}: 503, {exc}"
+            )
             return error_response(503, retry_after=1)
         watch = self._watch
         if watch is not None:
@@ -184,6 +188,7 @@ class WSGIHandler:
                 released = sent_later(response, sending.release)
             return response
         finally:
+            note_worker(request, exchange)
             if sending is not None and not released:
                 sending.release()
             if watch is not None:

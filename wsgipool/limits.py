@@ -28,6 +28,7 @@ from aiohttp.http_exceptions import (
 from aiohttp.http_parser import RawRequestMessage
 from aiohttp.web_protocol import RequestHandler
 
+from wsgipool.logs.escape import escape
 from wsgipool.response import error_response
 from wsgipool.upgrade import UpgradeSafeParser
 from wsgipool.wsgicall import SERVER_HEADER
@@ -110,7 +111,12 @@ class _GuardedRequestHandler(RequestHandler):
             if status == 400:
                 status = self._status_for(exc)
             reason = (exc.message or type(exc).__name__).strip().splitlines()[0]
-            logger.info("%d for a malformed request from %s: %s", status, request.remote, reason)
+            logger.info(
+                "%d for a malformed request from %s: %s",
+                status,
+                escape(request.remote),
+                escape(reason),
+            )
             # The stream cannot be trusted past a parse error: the connection closes.
             # The request's version is unknown (aiohttp's placeholder says 1.0): HTTP/1.1.
             return error_response(status, close=True, version=HttpVersion11)

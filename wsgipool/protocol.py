@@ -124,8 +124,9 @@ _FILE = struct.Struct("!QQ")
 _STATUS = struct.Struct("!QIB")
 _HELLO = struct.Struct("!IH")
 _EXITED = struct.Struct("!IBi")
-_DONE = struct.Struct("!QHB")
+_DONE = struct.Struct("!QHBQ")
 _SOCKET = struct.Struct("!BI")
+_I32 = struct.Struct("!i")
 _NO_COUNT: Final = (1 << 64) - 1
 
 
@@ -413,10 +414,14 @@ def encode_raw(head: bytes, body: bytes) -> bytes:
     return _U32.pack(len(head)) + head + body
 
 
-def raw_frame(request_id: int, head: bytes, body: bytes) -> list[bytes]:
-    """A whole RAW frame as parts for a scatter-gather write: the body is not copied."""
-    size = 4 + len(head) + len(body)
-    return [HEADER.pack(VERSION, RAW, request_id, size) + _U32.pack(len(head)) + head, body]
+def raw_frame(request_id: int, head: bytes, body: bytes, trailer: bytes = b"") -> list[bytes]:
+    """A whole RAW frame as parts for a scatter-gather write: the body is not copied.
+
+    `trailer` is the RSS trailer (`encode_rss`) that ends the payload of a final frame.
+    """
+    size = 4 + len(head) + len(body) + len(trailer)
+    first = HEADER.pack(VERSION, RAW, request_id, size) + _U32.pack(len(head)) + head
+    return [first, body, trailer] if trailer else [first, body]
 
 
 _RAW_HEAD = re.compile(
@@ -471,18 +476,42 @@ def decode_raw(payload: bytes, head_request: bool) -> tuple[int, int, memoryview
     return code, head_size, data
 
 
-def encode_done(written: int, status: int, complete: bool) -> bytes:
+#: The RSS trailer that ends END, DONE, RESPONSE and RAW payloads: an i32, the worker's
+#: resident memory change over the request in KiB; this value when it was not measured.
+RSS_UNKNOWN: Final = -(1 << 31)
+RSS_TRAILER_SIZE: Final = 4
+
+
+def encode_rss(kib: int | None) -> bytes:
+    """The RSS trailer for a change of `kib` KiB (None: not measured); clamped to an i32."""
+    if kib is None:
+        return _I32.pack(RSS_UNKNOWN)
+    return _I32.pack(max(RSS_UNKNOWN + 1, min(kib, (1 << 31) - 1)))
+
+
+def decode_rss(payload: bytes, kind: str) -> int | None:
+    """The RSS change from the trailer that ends `payload` (a `kind` frame); None if unknown."""
+    if len(payload) < RSS_TRAILER_SIZE:
+        raise ProtocolError(f"{kind} payload has no RSS trailer")
+    (kib,) = _I32.unpack_from(payload, len(payload) - RSS_TRAILER_SIZE)
+    return None if kib == RSS_UNKNOWN else int(kib)
+
+
+def encode_done(written: int, status: int, complete: bool, body: int) -> bytes:
     """DONE payload: bytes the worker wrote to the client, the status, whether it ended well."""
-    return _DONE.pack(written, status, FLAG_DONE_COMPLETE if complete else 0)
+    return _DONE.pack(written, status, FLAG_DONE_COMPLETE if complete else 0, body)
 
 
-def decode_done(payload: bytes) -> tuple[int, int, bool]:
+def decode_done(payload: bytes) -> tuple[int, int, bool, int]:
+    """(bytes written, status, ended whole, body bytes written: for the access log)."""
     if len(payload) != _DONE.size:
         raise ProtocolError(f"DONE payload must be {_DONE.size} bytes, got {len(payload)}")
-    written, status, flags = _DONE.unpack(payload)
+    written, status, flags, body = _DONE.unpack(payload)
     if flags & ~FLAG_DONE_COMPLETE or not 200 <= status <= 999:
         raise ProtocolError(f"DONE with status {status} and flags {flags:#x}")
-    return written, status, bool(flags & FLAG_DONE_COMPLETE)
+    if body > written:
+        raise ProtocolError(f"DONE with {body} body bytes of {written} written")
+    return written, status, bool(flags & FLAG_DONE_COMPLETE), body
 
 
 def encode_socket(keep_alive: bool, send_timeout: float | None) -> bytes:

@@ -21,6 +21,7 @@ from aiohttp.http import HttpVersion, HttpVersion10, HttpVersion11
 
 from wsgipool import exchange as ev
 from wsgipool.deadlines import Sending
+from wsgipool.logs.escape import escape
 from wsgipool.wsgicall import HOP_BY_HOP, SERVER_HEADER
 
 __all__ = ["error_response", "write_response"]
@@ -56,6 +57,8 @@ class _Response(web.StreamResponse):
 
     _send_headers_immediately = False
     _latin1 = False
+    #: Body bytes sent, for the access log (%(b)s); the head is not counted.
+    body_sent: int | None = None
 
     async def _prepare_headers(self) -> None:
         # aiohttp would invent "Content-Type: application/octet-stream" for a body the
@@ -122,11 +125,13 @@ class _RawResponse(web.StreamResponse):
     """
 
     on_sent: Callable[[], None] | None = None
+    body_sent: int
 
     def __init__(
         self, request: web.BaseRequest, code: int, head_size: int, data: memoryview
     ) -> None:
         super().__init__(status=code)
+        self.body_sent = len(data) - head_size  # for the access log's %(b)s
         keep_alive = request.keep_alive
         version = request.version
         # aiohttp's rule for the Connection header, which the worker leaves to us.
@@ -194,15 +199,20 @@ async def _written_by_worker(request: web.BaseRequest, exchange: ev.Exchange) ->
     """Wait for the worker that writes the response itself; cut the connection if it fails."""
     kind, value = await exchange.next()
     if kind == ev.DONE:
-        written, status, complete = value
-        return _WrittenResponse(status, written, complete and request.keep_alive)
-    logger.warning("response to %s %s cut: %s", request.method, request.path, value[1])
+        written, status, complete, body = value
+        response = _WrittenResponse(status, written, complete and request.keep_alive)
+        response.body_sent = body
+        return response
+    logger.warning("response to %s cut: %s", _label(request), escape(value[1]))
     _abort(request)
     return _WrittenResponse(500, 0, False)
 
 
 class _WrittenResponse(web.StreamResponse):
     """A response a worker wrote to the client socket itself: nothing is left to write."""
+
+    #: Body bytes the worker wrote, for the access log (%(b)s).
+    body_sent: int | None = None
 
     def __init__(self, status: int, written: int, keep_alive: bool) -> None:
         super().__init__(status=status)
@@ -292,7 +302,7 @@ async def write_response(
     try:
         headers, length, latin1 = _clean_headers(value[2])
     except ValueError as exc:
-        logger.error("%s %s: %s", request.method, request.path, exc)
+        logger.error("%s: %s", _label(request), escape(exc))
         exchange.close()
         return error_response(500)
     code, reason = value[0], value[1]
@@ -410,17 +420,29 @@ async def _write_streamed(
             if not prepared:
                 await response.prepare(request)
                 prepared = True
-            written += await _send_file(request, response, fd, offset, count, sending)
+            try:
+                written += await _send_file(request, response, fd, offset, count, sending)
+            except ConnectionError as exc:  # the client left: its business, one line
+                logger.info(
+                    "%s: client went away after %d bytes of a file response (%s)",
+                    _label(request),
+                    written,
+                    exc.strerror or type(exc).__name__,
+                )
+                _abort(request)
+                response.body_sent = written
+                return response
         elif kind == ev.END:
             break
         else:  # ERROR after the headers were decided: the client must see a broken response
             if not prepared:
                 return error_response(value[0])
-            logger.warning("response to %s %s cut: %s", request.method, request.path, value[1])
+            logger.warning("response to %s cut: %s", _label(request), escape(value[1]))
             _abort(request)
             return response
     if length is not None and written < length:
         _short_body(request, response, length, written)
+    response.body_sent = written
     if not prepared:
         await response.prepare(request)
     await response.write_eof()
@@ -431,14 +453,18 @@ def _short_body(
     request: web.BaseRequest, response: web.StreamResponse, length: int, got: int
 ) -> None:
     logger.warning(
-        "%s %s: app declared Content-Length %d but sent %d bytes; closing the connection",
-        request.method,
-        request.path,
+        "%s: app declared Content-Length %d but sent %d bytes; closing the connection",
+        _label(request),
         length,
         got,
     )
     # After the short body the connection must end: nothing else may follow it.
     response.force_close()
+
+
+def _label(request: web.BaseRequest) -> str:
+    """ "METHOD /path" of a request for a log line, escaped: one request, one line."""
+    return f"{escape(request.method)} {escape(request.path)}"
 
 
 def _abort(request: web.BaseRequest) -> None:

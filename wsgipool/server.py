@@ -51,6 +51,8 @@ from wsgipool.supervisor.handle import WorkerState
 
 if TYPE_CHECKING:
     from wsgipool.metrics.service import Observability
+from wsgipool.logs import setup as logsetup
+from wsgipool.logs.access import AccessLogger
 
 __all__ = ["Server", "serve"]
 
@@ -59,7 +61,7 @@ logger = logging.getLogger("wsgipool.server")
 #: The soft open-files limit taken when the hard one is unlimited (Linux's default nr_open).
 _OPEN_FILES_CAP = 1 << 20
 
-LOG_FORMAT = "[%(asctime)s] [%(process)d] [%(levelname)s] %(message)s"
+LOG_FORMAT = logsetup.LOG_FORMAT
 
 #: The signals the main process answers, and the method that does (docs/operations.md, Signals).
 #: gunicorn's list less SIGCHLD, whose default is to be ignored.
@@ -140,6 +142,7 @@ class Server:
             from wsgipool.metrics.service import Observability
 
             self.observability = Observability(self)
+        self.log_setup = _log_setup(config)  # reads --log-config: a bad file fails here
         if pool.workers == 0 and isinstance(application, str):
             # Import before any event loop runs, as other WSGI servers do: an app that
             # touches Django's ORM at import must not find itself inside a loop.
@@ -155,7 +158,7 @@ class Server:
     def run(self) -> None:
         """Run until stopped; the exit status is the caller's (0 after a clean stop)."""
         set_title("main", self.application if isinstance(self.application, str) else "")
-        _configure_logging(self.config.log_level)
+        _configure_logging(self.log_setup)
         _raise_open_files_limit()
         runner = _event_loop_runner()
         try:
@@ -301,7 +304,9 @@ class Server:
         config = self.config
         if self.pool.workers > 0:
             options = {f.name: getattr(self.pool, f.name) for f in _pool_fields()}
-            self.executor = ProcessExecutor(log_level=config.log_level, **options)
+            self.executor = ProcessExecutor(
+                log_level=config.log_level, log_setup=self.log_setup, **options
+            )
             application: Callable[..., Any] | str = self.application
         else:
             self.executor = ThreadPoolExecutor(self.pool.threads, thread_name_prefix="wsgipool-app")
@@ -327,7 +332,11 @@ class Server:
         """aiohttp's low-level server when the app is all there is, else an Application."""
         config = self.config
         protocol_options: dict[str, Any] = {
-            "access_log": logging.getLogger("aiohttp.access") if config.access_log else None,
+            "access_log": (
+                logging.getLogger(logsetup.ACCESS_LOGGER) if self.log_setup.access_enabled else None
+            ),
+            "access_log_class": AccessLogger,
+            "access_log_format": config.access_log_format,
             "keepalive_timeout": config.keepalive_timeout,
             "max_line_size": config.limit_request_line,
             "max_field_size": config.limit_request_field_size,
@@ -478,7 +487,7 @@ class Server:
         self._scale(-1)
 
     def _on_usr1(self) -> None:
-        logger.info("SIGUSR1: no log file to reopen (logs go to stderr)")
+        self._reopen_logs()
 
     def _on_usr2(self) -> None:
         logger.info("SIGUSR2 ignored: wsgipool has no binary upgrade; SIGHUP reloads the app")
@@ -514,6 +523,15 @@ class Server:
             task.exception()
         if self._stop is not None and not self._stop.done():
             self.notifier.ready("serving")
+
+    def _reopen_logs(self) -> None:
+        """SIGUSR1: reopen the log files here, then in the template and the workers."""
+        problems = logsetup.reopen(self.log_setup)
+        for problem in problems:
+            logger.error("SIGUSR1: %s; logging goes on to the old file", problem)
+        if isinstance(self.executor, ProcessExecutor):
+            self.executor.signal_processes(signal.SIGUSR1)
+        logger.info("SIGUSR1: log files reopened")
 
     def _scale(self, delta: int) -> None:
         if isinstance(self.executor, ProcessExecutor):
@@ -678,13 +696,31 @@ def _raise_open_files_limit() -> None:
         logger.debug("open files limit raised from %d to %d", soft, wanted)
 
 
-def _configure_logging(level: str) -> None:
-    root = logging.getLogger()
-    if not root.handlers:
-        logging.basicConfig(level=level.upper(), format=LOG_FORMAT, stream=sys.stderr)
-    else:
-        root.setLevel(level.upper())
-    logging.getLogger("wsgipool").setLevel(level.upper())
+def _log_setup(config: Config) -> logsetup.LogSetup:
+    """What the logging options say, the --log-config file read; a bad file is a ConfigError."""
+    try:
+        dict_config = (
+            logsetup.load_dict_config(config.log_config) if config.log_config is not None else None
+        )
+    except logsetup.LogConfigError as exc:
+        raise ConfigError(str(exc)) from None
+    return logsetup.LogSetup(
+        level=config.log_level,
+        format=config.log_format,
+        error_logfile=config.error_logfile,
+        access_log=config.access_log,
+        access_logfile=config.access_logfile,
+        access_format=config.access_log_format,
+        dict_config=dict_config,
+    )
+
+
+def _configure_logging(setup: logsetup.LogSetup) -> None:
+    """Logging as the options say, before anything else runs (files opened, dictConfig applied)."""
+    try:
+        logsetup.configure(setup, main=True)
+    except logsetup.LogConfigError as exc:
+        raise ConfigError(str(exc)) from None
 
 
 def _event_loop_runner() -> Callable[[Any], Any]:

@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterable, Iterator
 from types import TracebackType
 from typing import IO, Any
 
+from wsgipool.logs.escape import escape
 from wsgipool.protocol import validate_header, validate_status
 
 __all__ = [
@@ -217,10 +218,9 @@ def run_wsgi(app: WSGIApp, environ: dict[str, Any], out: ResponseOutput) -> None
             out.end()
             return
         logger.error(
-            "Error handling %s %s%s",
-            environ.get("REQUEST_METHOD", "?"),
-            environ.get("SCRIPT_NAME", ""),
-            environ.get("PATH_INFO", ""),
+            "Error handling %s %s",
+            escape(environ.get("REQUEST_METHOD", "?")),
+            escape(environ.get("SCRIPT_NAME", "") + environ.get("PATH_INFO", "")),
             exc_info=True,
         )
         _close(result, environ)
@@ -301,7 +301,9 @@ def _close(result: object, environ: dict[str, Any]) -> bool:
         close()
     except Exception:
         logger.error(
-            "Error closing the response of %s", environ.get("PATH_INFO", ""), exc_info=True
+            "Error closing the response of %s",
+            escape(environ.get("SCRIPT_NAME", "") + environ.get("PATH_INFO", "")),
+            exc_info=True,
         )
         return False
     return True

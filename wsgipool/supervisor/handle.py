@@ -34,19 +34,24 @@ _FINAL = frozenset({p.RAW, p.RESPONSE, p.END, p.ERROR, p.DONE})
 
 
 def _final_event(kind: int, payload: bytes, exchange: ev.Exchange | None) -> tuple[int, Any]:
+    if kind == p.ERROR:
+        return ev.ERROR, (500, p.decode_text(payload))
+    # The others end with the worker's RSS change over the request, for the access log.
+    rss = p.decode_rss(payload, p.NAMES.get(kind, str(kind)))
+    if exchange is not None:
+        exchange.rss_change = rss
+    cut = len(payload) - p.RSS_TRAILER_SIZE
     if kind == p.RAW:
         facts = exchange.facts if exchange is not None else None
         head_request = facts is not None and facts.method == b"HEAD"
-        return ev.RAW, p.decode_raw(payload, head_request)
+        return ev.RAW, p.decode_raw(memoryview(payload)[:cut], head_request)  # type: ignore[arg-type]
     if kind == p.RESPONSE:
-        return ev.RESPONSE, p.decode_response(payload)
+        return ev.RESPONSE, p.decode_response(payload[:cut])
     if kind == p.DONE:
-        return ev.DONE, p.decode_done(payload)
-    if kind == p.END:
-        if payload:
-            raise p.ProtocolError("END with a payload")
-        return ev.END, None
-    return ev.ERROR, (500, p.decode_text(payload))
+        return ev.DONE, p.decode_done(payload[:cut])
+    if cut:
+        raise p.ProtocolError("END with a payload besides its RSS trailer")
+    return ev.END, None
 
 
 class WorkerState(enum.Enum):

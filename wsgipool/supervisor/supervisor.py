@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import random
 import signal
 import time
@@ -21,6 +22,8 @@ from typing import Any, NamedTuple, Protocol
 from wsgipool import protocol as p
 from wsgipool.cgi import EnvironOptions
 from wsgipool.config import PoolConfig
+from wsgipool.logs.escape import escape
+from wsgipool.logs.setup import LogSetup
 from wsgipool.supervisor import policy
 from wsgipool.supervisor.handle import WorkerHandle, WorkerState
 from wsgipool.supervisor.monitor import RssMonitor
@@ -75,6 +78,7 @@ class Supervisor:
         pool: Pool,
         *,
         log_level: str = "info",
+        log_setup: LogSetup | None = None,
         environ: EnvironOptions | None = None,
     ) -> None:
         self.app_ref = app_ref
@@ -92,6 +96,7 @@ class Supervisor:
             app_name=app_ref if isinstance(app_ref, str) else "",
             user=config.user,
             group=config.group,
+            logs=log_setup or LogSetup(level=log_level),
         )
         self.target = config.workers
         self.workers: list[WorkerHandle] = []
@@ -175,6 +180,18 @@ class Supervisor:
         for template in [self.template, *self.retired_templates]:
             if template is not None:
                 template.kill()
+
+    def signal_processes(self, sig: int) -> None:
+        """Send `sig` to the templates and the live workers (they reopen their logs on USR1)."""
+        for template in [self.template, *self.retired_templates]:
+            if template is not None and template.pid:
+                try:
+                    os.kill(template.pid, sig)
+                except ProcessLookupError:
+                    pass
+        for worker in self.workers:
+            if worker.alive:
+                worker.kill(sig)
 
     # -- spawning ------------------------------------------------------------------
 
@@ -684,4 +701,4 @@ class Supervisor:
 def _request_line(facts: object) -> str:
     """ "METHOD /target" of a request, for log lines."""
     line = getattr(facts, "request_line", None)
-    return line() if callable(line) else "(unknown request)"
+    return escape(line()) if callable(line) else "(unknown request)"

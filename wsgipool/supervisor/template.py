@@ -25,6 +25,8 @@ from typing import Any, NamedTuple, NoReturn
 from wsgipool import protocol as p
 from wsgipool.hooks import WorkerInfo, load_hook
 from wsgipool.loader import AppImportError, load_app
+from wsgipool.logs.setup import LOG_FORMAT as _LOG_FORMAT
+from wsgipool.logs.setup import LogConfigError, configure
 from wsgipool.privileges import drop_privileges
 from wsgipool.proctitle import set_title
 from wsgipool.worker.channel import BlockingChannel, ChannelClosed
@@ -34,7 +36,7 @@ __all__ = ["template_main"]
 
 logger = logging.getLogger("wsgipool.template")
 
-LOG_FORMAT = "[%(asctime)s] [%(process)d] [%(levelname)s] %(message)s"
+LOG_FORMAT = _LOG_FORMAT
 
 
 def template_main(
@@ -56,9 +58,14 @@ def template_main(
         signal.SIGWINCH,
     ):
         signal.signal(sig, signal.SIG_IGN)
-    logging.basicConfig(level=settings.log_level.upper(), format=LOG_FORMAT, stream=sys.stderr)
     channel = BlockingChannel(control)
     set_title("template", settings.app_name)
+    try:
+        # Formats, --log-config, and SIGUSR1 (reopen the error log), inherited by every worker.
+        configure(settings.logs, main=False)
+    except LogConfigError as exc:  # the main process applied the same setup: unlikely
+        channel.send([p.frame(p.FAILED, 0, str(exc).encode("utf-8", "replace"))])
+        _exit(2)
     try:
         # Before the import: no application code runs with the main process's privileges.
         drop_privileges(settings.user, settings.group)

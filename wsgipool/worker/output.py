@@ -53,6 +53,8 @@ class FrameOutput(ResponseOutput):
         "_held_size",
         "_raw",
         "_rid",
+        "_rss_probe",
+        "_rss_start",
         "_start",
         "_waiter",
     )
@@ -65,6 +67,7 @@ class FrameOutput(ResponseOutput):
         before_end: Callable[[], bytes],
         raw: RawHead | None = None,
         waiter: Waiter | None = None,
+        rss_probe: Callable[[], int] | None = None,
     ) -> None:
         super().__init__(credit)
         self._channel = channel
@@ -73,6 +76,8 @@ class FrameOutput(ResponseOutput):
         self._held: list[bytes] = []  # body chunks not sent yet
         self._held_size = 0
         self._before_end = before_end
+        self._rss_probe = rss_probe  # set when the access log wants %(M)s
+        self._rss_start: int | None = None
         self._raw = raw  # the main process takes RAW heads and direct writes
         self._waiter = waiter
         # (client socket fd or -1, keep-alive, send timeout)
@@ -143,16 +148,30 @@ class FrameOutput(ResponseOutput):
                 if raw is not None
                 else None
             )
+            trailer = self._rss_trailer()
             if whole is not None:
-                self._channel.send([report, *p.raw_frame(self._rid, *whole)])
+                self._channel.send([report, *p.raw_frame(self._rid, *whole, trailer)])
             else:
                 payload = p.encode_response(start[0], start[1], body)
-                self._channel.send([report, p.frame(p.RESPONSE, self._rid, payload)])
+                size = len(payload) + len(trailer)
+                header = p.frame_header(p.RESPONSE, self._rid, size)
+                self._channel.send([report, header, payload, trailer])
             return
         parts = self._take()
         parts.append(report)
-        parts.append(p.frame(p.END, self._rid))
+        parts.append(p.frame(p.END, self._rid, self._rss_trailer()))
         self._channel.send(parts)
+
+    def mark_rss(self) -> None:
+        """The app starts now: the RSS change reported with the end counts from here."""
+        if self._rss_probe is not None:
+            self._rss_start = self._rss_probe()
+
+    def _rss_trailer(self) -> bytes:
+        start = self._rss_start
+        if start is None or self._rss_probe is None:
+            return p.encode_rss(None)
+        return p.encode_rss((self._rss_probe() - start) // 1024)
 
     def fail(self, message: str) -> None:
         # Headers not sent yet were never seen: drop them, so the answer is a clean 500.
@@ -211,8 +230,10 @@ class FrameOutput(ResponseOutput):
         direct.close()
         self._direct = None
         report = self._before_end()
-        done = p.encode_done(direct.written, direct.status, complete and not self.cancelled)
-        self._channel.send([report, p.frame(p.DONE, self._rid, done)])
+        # Body bytes are counted as they are handed over: a cut write counts whole.
+        body = min(direct.body_written, direct.written)
+        done = p.encode_done(direct.written, direct.status, complete and not self.cancelled, body)
+        self._channel.send([report, p.frame(p.DONE, self._rid, done + self._rss_trailer())])
 
     def _client_gone(self, exc: ClientGone) -> None:
         """Stop the app: the client left, or took nothing for the send timeout (logged)."""

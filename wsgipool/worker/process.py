@@ -34,6 +34,7 @@ from wsgipool.cgi import (
     facts_from_fields,
 )
 from wsgipool.hooks import WorkerInfo, call_hook
+from wsgipool.logs.setup import LogSetup
 from wsgipool.worker.channel import BlockingChannel, ChannelClosed
 from wsgipool.worker.output import FrameOutput, RawHead
 from wsgipool.wsgicall import complete_environ, not_found, run_wsgi
@@ -60,6 +61,7 @@ class WorkerSettings:
     app_name: str = ""  # for process titles
     user: str | None = None  # the template switches to these before importing the app
     group: str | None = None
+    logs: LogSetup = field(default_factory=LogSetup)
 
 
 class _Job:
@@ -104,9 +106,8 @@ _IGNORED_SIGNALS = (
     signal.SIGHUP,
     signal.SIGTTIN,
     signal.SIGTTOU,
-    signal.SIGUSR2,
     signal.SIGWINCH,
-)
+)  # SIGUSR1 reopens the logs, SIGUSR2 dumps the stacks (_install_signals)
 
 #: How long the reader may run a request that waits (on I/O, on credit) before the
 #: watchdog hands the requests queued behind it to the request threads.
@@ -153,6 +154,9 @@ class Worker:
         self.stopping = False
         self._reported_rss = False
         self._rss = _RssProbe() if settings.max_rss or settings.max_rss_hard else None
+        # Per-request RSS changes (two reads of /proc/self/statm) only for an access log
+        # that shows them.
+        self._request_rss = _RssProbe().read if settings.logs.wants_rss_change else None
         self._served = itertools.count(1)
         self._decoder = p.FrameDecoder(p.TO_WORKER)
         self._lock = threading.Lock()
@@ -355,7 +359,9 @@ class Worker:
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)
         signal.signal(signal.SIGTERM, lambda *_: self._stop(30.0))
         signal.signal(signal.SIGQUIT, lambda *_: self.exit(0))
-        faulthandler.register(signal.SIGUSR1, all_threads=True)
+        # SIGUSR1 reopens the error log (the handler comes from the template: wsgipool.logs);
+        # SIGUSR2 sent to a worker by hand dumps the stacks of all its threads there.
+        faulthandler.register(signal.SIGUSR2, all_threads=True)
 
     def _stop(self, grace: float) -> None:
         """Finish what is in flight, then exit; the main process sends nothing new."""
@@ -387,7 +393,9 @@ class Worker:
             raw = (
                 RawHead(facts.version, facts.method == "HEAD") if flags & p.FLAG_RAW_HEAD else None
             )
-            output = FrameOutput(self.channel, rid, credit, self._end_report, raw, self.wait_for)
+            output = FrameOutput(
+                self.channel, rid, credit, self._end_report, raw, self.wait_for, self._request_rss
+            )
             job = _Job(rid, facts, body, body_fd, output)
             with self._lock:
                 self.jobs[rid] = job
@@ -445,6 +453,7 @@ class Worker:
             body = io.BytesIO(job.body)
         complete_environ(environ, body, sys.stderr, multiprocess=True)
         environ["wsgipool.worker_pid"] = self.pid
+        job.output.mark_rss()
         try:
             run_wsgi(self.app, environ, job.output)
         finally:

@@ -10,7 +10,7 @@ BASE_DIR = Path(__file__).resolve().parent
 DATA_DIR = Path(os.environ.get("DJANGOPROJ_DATA") or tempfile.gettempdir())
 
 SECRET_KEY = "wsgipool-tests-not-a-secret"
-DEBUG = False
+DEBUG = os.environ.get("DJANGOPROJ_DEBUG") == "1"
 ALLOWED_HOSTS = ["*"]
 
 INSTALLED_APPS: list[str] = []

@@ -1,0 +1,63 @@
+"""The access log writer: aiohttp's access logger hook, on ``wsgipool.access``.
+
+The access log is on or off (``--access-log``, ``--access-logfile``) whatever
+``--log-level`` says: `AccessLogger.enabled` is always true and the
+``wsgipool.access`` logger has its own level and handler (see `setup`).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from aiohttp.abc import AbstractAccessLogger
+from aiohttp.web import BaseRequest, RequestKey, StreamResponse
+
+from wsgipool.logs.atoms import RequestRecord, compile_format, render
+
+__all__ = ["AccessLogger", "note_worker"]
+
+_WORKER_PID = RequestKey("wsgipool.worker_pid", int)
+_RSS_CHANGE = RequestKey("wsgipool.rss_change", int)
+
+
+def note_worker(request: BaseRequest, exchange: Any) -> None:
+    """Note, for the access line, which worker served `request` and its RSS change.
+
+    Called by the handler once the response is written; a thread backend's
+    exchange has no worker pid, and its line shows '-'.
+    """
+    pid = getattr(exchange.owner, "pid", None)
+    if isinstance(pid, int):
+        request[_WORKER_PID] = pid
+    change = getattr(exchange, "rss_change", None)
+    if isinstance(change, int):
+        request[_RSS_CHANGE] = change
+
+
+class AccessLogger(AbstractAccessLogger):
+    """aiohttp's access logger hook: one record on ``wsgipool.access`` per request.
+
+    The record's message is the formatted line; its ``access`` attribute holds
+    the structured fields, which the JSON formatter writes as they are.
+    """
+
+    __slots__ = ("_parts",)
+
+    def __init__(self, logger: logging.Logger, log_format: str) -> None:
+        super().__init__(logger, log_format)
+        self._parts = compile_format(log_format)
+
+    @property
+    def enabled(self) -> bool:
+        return True  # on or off by configuration, never by --log-level
+
+    def log(self, request: BaseRequest, response: StreamResponse, time: float) -> None:
+        try:
+            record = RequestRecord(
+                request, response, time, request.get(_WORKER_PID), request.get(_RSS_CHANGE)
+            )
+            line = render(self._parts, record)
+            self.logger.info(line, extra={"access": record})
+        except Exception:
+            self.logger.exception("cannot write an access line")
