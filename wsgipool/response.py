@@ -150,8 +150,10 @@ async def _written_by_worker(request: web.BaseRequest, exchange: ev.Exchange) ->
         # aiohttp cancelled this handler: wait briefly for DONE, so that the request
         # still gets its access line.
         task = asyncio.current_task()
-        if task is None or (exchange.finished and not exchange.peek()):
-            raise
+        transport = request.transport
+        client_gone = transport is None or transport.is_closing()
+        if task is None or not client_gone or (exchange.finished and not exchange.peek()):
+            raise  # a cancel for another reason (shutdown): not ours to delay
         task.uncancel()
         try:
             kind, value = await asyncio.wait_for(exchange.next(), _DONE_GRACE)
