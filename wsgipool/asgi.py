@@ -31,13 +31,12 @@ from typing import IO, TYPE_CHECKING, Any
 from urllib.parse import quote, unquote_to_bytes
 
 from wsgipool import exchange as ev
+from wsgipool.backends import place
 from wsgipool.body import BodyTooLarge, read_stream
 from wsgipool.cgi import EnvironOptions
 from wsgipool.environ import Collected
-from wsgipool.loader import load_app
 from wsgipool.ratelog import RateLimitedLog
 from wsgipool.response import _clean_headers
-from wsgipool.threaded import ThreadBackend
 
 if TYPE_CHECKING:
     from wsgipool.executor import ProcessExecutor
@@ -115,7 +114,6 @@ class WSGIMiddleware:
                 raise ValueError(f"workers must be an int >= 1, got {workers!r}")
             if executor is not None:
                 raise ValueError("pass either executor or workers (threads), not both")
-        from wsgipool.executor import ProcessExecutor
 
         self._max_body = max_request_body_size
         options = EnvironOptions(url_scheme, tuple(forwarded_allow_ips), "")
@@ -126,21 +124,10 @@ class WSGIMiddleware:
             )
         self._executor = executor
         self._unavailable_log = RateLimitedLog(logger, logging.WARNING)
-        self._backend: ThreadBackend | ProcessExecutor
-        if isinstance(executor, ProcessExecutor):
-            executor.bind(application, options)
-            self._backend = executor
-            self._memory_limit = min(inbuf_overflow, _inline_limit())
-            self._in_process = False
-        else:
-            app = load_app(application) if isinstance(application, str) else application
-            if not callable(app):
-                raise TypeError(f"application must be callable, got {type(app).__name__}")
-            self._backend = ThreadBackend(
-                app, executor, options, stderr=stderr, window=ev.RESPONSE_WINDOW
-            )
-            self._memory_limit = inbuf_overflow
-            self._in_process = True
+        placement = place(application, executor, options, inbuf_overflow, stderr)
+        self._backend = placement.backend
+        self._memory_limit = placement.memory_limit
+        self._in_process = placement.in_process
 
     @property
     def executor(self) -> Executor | ProcessExecutor | None:
@@ -250,12 +237,6 @@ class WSGIMiddleware:
 
 
 WsgiToAsgi = WSGIMiddleware  # asgiref's name
-
-
-def _inline_limit() -> int:
-    from wsgipool.handler import INLINE_BODY_LIMIT
-
-    return INLINE_BODY_LIMIT
 
 
 class _BodyReader:
