@@ -23,6 +23,7 @@ from wsgipool.config import ConfigError, PoolConfig
 from wsgipool.dispatch import Dispatcher, QueueFull, QueueTimeout
 from wsgipool.environ import Collected
 from wsgipool.loader import AppImportError, find_import_name
+from wsgipool.supervisor.guard import RequestGuard
 from wsgipool.supervisor.handle import WorkerHandle
 from wsgipool.supervisor.supervisor import Supervisor
 
@@ -194,7 +195,9 @@ class ProcessExecutor:
             frame = p.encode_request(
                 rid, ev.RESPONSE_WINDOW, flags, collected.fields, collected.headers, body.chunks
             )
-            worker.send_request(rid, exchange, frame, file.fileno() if file is not None else -1)
+            guard = RequestGuard(ev.RESPONSE_WINDOW, raw_ok, collected.method == b"HEAD")
+            body_fd = file.fileno() if file is not None else -1
+            worker.send_request(rid, exchange, frame, body_fd, guard)
         except OSError as exc:  # the body's descriptor could not be copied (EMFILE)
             self._dispatcher.release(worker)
             raise ev.Unavailable(f"cannot hand the request to a worker: {exc}") from exc
@@ -206,8 +209,7 @@ class ProcessExecutor:
 
     def grant(self, exchange: ev.Exchange, amount: int) -> None:
         worker: WorkerHandle = exchange.owner
-        if exchange.rid in worker.inflight:
-            worker.send(p.CREDIT, exchange.rid, p.encode_u32(amount))
+        worker.grant(exchange.rid, amount)
 
     def hand_socket(self, exchange: ev.Exchange, fd: int, keep_alive: bool) -> bool:
         """Answer TAKEOVER: the worker writes the response to this socket itself.
@@ -216,26 +218,16 @@ class ProcessExecutor:
         the worker is told to send frames instead.
         """
         worker: WorkerHandle = exchange.owner
-        if exchange.rid not in worker.inflight:
-            return False
-        flags = p.FLAG_SOCKET_KEEP_ALIVE if keep_alive else 0
-        try:
-            worker.channel.send_fd(p.frame(p.SOCKET, exchange.rid, bytes((flags,))), fd)
-        except OSError:
-            worker.send(p.DECLINE, exchange.rid)
-            return False
-        return True
+        return worker.hand_socket(exchange.rid, fd, keep_alive)
 
     def decline(self, exchange: ev.Exchange) -> None:
         """Answer TAKEOVER: no, send the response as frames."""
         worker: WorkerHandle = exchange.owner
-        if exchange.rid in worker.inflight:
-            worker.send(p.DECLINE, exchange.rid)
+        worker.decline(exchange.rid)
 
     def cancel(self, exchange: ev.Exchange) -> None:
         worker: WorkerHandle = exchange.owner
-        if exchange.rid in worker.inflight:
-            worker.send(p.CANCEL, exchange.rid)
+        worker.cancel(exchange.rid)
 
     # -- the pool (called by the supervisor) ---------------------------------------------
 
