@@ -41,6 +41,14 @@ _PROGRESS_EVENT: Final = (PROGRESS, None)
 _END_EVENT: Final = (ev.END, None)
 _TAKEOVER_EVENT: Final = (ev.TAKEOVER, None)
 
+# Module constants bound once: on_frame runs per frame, and each `p.X` is a lookup.
+_DATA: Final = p.DATA
+_RAW: Final = p.RAW
+_START: Final = p.START
+_END: Final = p.END
+_CHUNK: Final = p.DATA_CHUNK
+_DATA_EVENT: Final = ev.DATA
+
 # Phases.
 NEW: Final = 0  # nothing sent yet
 STREAMING: Final = 1  # START sent: DATA, FILE, END, ERROR
@@ -94,27 +102,27 @@ class RequestGuard:
     def on_frame(self, kind: int, payload: bytes) -> tuple[int, Any]:
         """The event for this frame, or ProtocolError if the worker may not send it now."""
         phase = self.phase
-        if kind == p.DATA:
+        if kind == _DATA:
+            size = len(payload)
             if phase != STREAMING:
                 raise self._out_of_order(kind)
-            size = len(payload)
-            if self.left <= 0 or not 0 < size <= p.DATA_CHUNK:
+            if self.left <= 0 or not 0 < size <= _CHUNK:
                 raise self._over_credit(size)
             self.left -= size
-            return ev.DATA, payload
-        if kind == p.RAW:
+            return _DATA_EVENT, payload
+        if kind == _RAW:
             if phase != NEW or not self.raw_ok:
                 raise self._out_of_order(kind)
             code, head_size, data = p.decode_raw(payload, self.head_request)
             self._whole_body(len(data) - head_size)
             self.phase = OVER
             return ev.RAW, (code, head_size, data)
-        if kind == p.START:
+        if kind == _START:
             if phase not in (NEW, OFFERED, HANDED):
                 raise self._out_of_order(kind)
             self.phase = STREAMING
             return ev.START, p.decode_start(payload)
-        if kind == p.END:
+        if kind == _END:
             if phase not in (STREAMING, FILED) and not (phase == NEW and self.cancelled):
                 raise self._out_of_order(kind)
             if payload:
