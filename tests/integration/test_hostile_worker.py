@@ -181,9 +181,13 @@ class Main:
         self.max_fds = max(self.max_fds, value)
         return value
 
-    def escapes(self) -> list[str]:
-        log = self.server.log
-        return [line for line in log.splitlines() if any(word in line for word in ESCAPES)]
+    def escapes(self) -> str:
+        """The log from the first line that says something escaped (empty if none)."""
+        lines = self.server.log.splitlines()
+        for index, line in enumerate(lines):
+            if any(word in line for word in ESCAPES):
+                return "\n".join(lines[max(index - 5, 0) : index + 60])
+        return ""
 
 
 def heal(server: ServerProcess) -> None:
@@ -253,7 +257,7 @@ def test_each_violation_kills_the_worker_and_answers_its_request_502(run_server,
             assert wait_for(lambda r=reason: r in server.log, 5), (reason, server.log[-2000:])
             puppet.close()
             heal(server)
-        assert Main(server).escapes() == []
+        assert Main(server).escapes() == ""
     finally:
         control.close()
 
@@ -409,7 +413,7 @@ def recorded(method: Callable[..., Any]) -> Callable[..., Any]:
     def wrapper(self: HostileWorker, *args: Any, **kwargs: Any) -> Any:
         try:
             return method(self, *args, **kwargs)
-        except BaseException:
+        except Exception:  # not BaseException: hypothesis stops a run with one
             if HostileWorker.first_failure is None:
                 HostileWorker.first_failure = traceback.format_exc()
             raise
@@ -542,9 +546,11 @@ class HostileWorker(RuleBasedStateMachine):
         assert self.server.proc.poll() is None, self.server.log[-3000:]
         rss = self.main.rss()
         assert rss < self.baseline_rss + RSS_ALLOWANCE, (rss, self.baseline_rss)
-        fds = self.main.fds()
-        assert fds <= self.baseline_fds + 2 * len(self.live) + 8, (fds, self.baseline_fds)
-        assert self.main.escapes() == [], self.main.escapes()
+        # Each live client holds a connection; connections of heal() and a worker being
+        # replaced come and go: the count must come back under the bound, not stay over.
+        bound = self.baseline_fds + 2 * len(self.live) + 8
+        assert wait_for_fds(self.main, bound, 5.0), (self.main.fds(), bound)
+        assert self.main.escapes() == "", self.main.escapes()
 
     @invariant()
     @recorded
@@ -563,7 +569,7 @@ class HostileWorker(RuleBasedStateMachine):
         self.live.clear()
         heal(self.server)
         assert wait_for_fds(self.main, self.baseline_fds), (self.main.fds(), self.baseline_fds)
-        assert self.main.escapes() == []
+        assert self.main.escapes() == "", self.main.escapes()
 
 
 def test_hostile_worker_state_machine(run_server, short_tmp):
@@ -573,6 +579,7 @@ def test_hostile_worker_state_machine(run_server, short_tmp):
     HostileWorker.control = control
     HostileWorker.main = main
     HostileWorker.baseline_rss = main.rss()
+    time.sleep(0.5)  # the connections of heal() closed
     HostileWorker.baseline_fds = main.fds()
     HostileWorker.first_failure = None
     try:
