@@ -1,9 +1,11 @@
 """A worker turned hostile on command: the app writes frames of the test's choosing.
 
-``hostileapp:app`` serves ``/hello`` normally.  Any other path (``/puppet?n=ID``)
-makes the request a puppet: the app connects to the AF_UNIX socket named by
-``$HOSTILE_CONTROL``, says ``{"n": ID, "pid": ..., "rid": ...}`` and then runs
-the test's commands, one JSON line each, answering each with a line:
+``hostileapp:app`` serves ``/hello`` normally, and ``/writeonly`` as an app
+with a bug would: `wsgi.file_wrapper` over a file open for writing only. Any
+other path (``/puppet?n=ID``) makes the request a puppet: the app connects to
+the AF_UNIX socket named by ``$HOSTILE_CONTROL``, says ``{"n": ID, "pid": ...,
+"rid": ...}`` and then runs the test's commands, one JSON line each, answering
+each with a line:
 
 - ``{"op": "frames", "frames": [[KIND, RID, PAYLOAD, REPEAT], ...], "fds": N,
   "fd_kind": "pipe" | "file"}``: write those frames straight into this worker's
@@ -157,6 +159,13 @@ def app(environ: dict[str, Any], start_response: StartResponse) -> Iterable[byte
     if environ.get("PATH_INFO") == "/hello":
         start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", "6")])
         return [b"hello\n"]
+    if environ.get("PATH_INFO") == "/writeonly":  # an app bug, not a hostile worker
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        handle, name = tempfile.mkstemp()
+        os.close(handle)
+        file = open(name, "ab")  # the response's close() closes it
+        os.unlink(name)
+        return environ["wsgi.file_wrapper"](file)
     try:
         return _puppet(environ, start_response)
     except BaseException:  # killed, or the main process closed the channel: stay quiet

@@ -333,6 +333,20 @@ def test_a_file_frame_with_a_pipe_is_refused(run_server, short_tmp):
         control.close()
 
 
+def test_a_file_wrapper_over_a_write_only_file_is_an_app_error_not_a_protocol_error(
+    run_server, short_tmp
+):
+    """The worker never sends what the main process refuses: a write-only file is not
+    passed as FILE (its iteration fails in the app: 500), so the worker is not killed."""
+    server, control = start(run_server, short_tmp)
+    control.close()
+    pids = server.worker_pids()
+    assert server.request("GET", "/writeonly")[0] == 500
+    assert server.request("GET", "/hello")[0] == 200
+    assert "protocol error" not in server.log
+    assert server.worker_pids() == pids
+
+
 def test_legal_frames_from_the_test_pass(run_server, short_tmp):
     """The guard is not too strict: frames a worker may send are served as usual."""
     server, control = start(run_server, short_tmp)
