@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from wsgipool import exchange as ev
 from wsgipool import protocol as p
+from wsgipool.growth import GrowthTable, normalise_path
 from wsgipool.supervisor.channel import AsyncChannel
 
 if TYPE_CHECKING:
@@ -28,6 +29,10 @@ __all__ = ["WorkerHandle", "WorkerState"]
 
 logger = logging.getLogger("wsgipool.supervisor")
 
+
+#: Paths whose RSS growth a handle keeps for its own worker (its top 3 are logged
+#: when the worker is recycled for memory); the pool-wide table keeps more.
+WORKER_PATHS = 10
 
 #: Frames after which a request is over on the worker's side: its slot is free.
 _FINAL = frozenset({p.RAW, p.RESPONSE, p.END, p.ERROR, p.DONE})
@@ -103,6 +108,10 @@ class WorkerHandle:
         self.ready_at: float | None = None
         self.rss = 0
         self.rss_over = 0
+        # RSS growth by request path on this worker, and the pool-wide table (the
+        # supervisor's) that each request's growth is added to as well.
+        self.growth = GrowthTable(WORKER_PATHS)
+        self.pool_growth: GrowthTable | None = None
         self.request_limit: int | None = None
         self.lifetime_limit: float | None = None
         self.recycle_reason: str | None = None
@@ -201,6 +210,8 @@ class WorkerHandle:
                     event = _final_event(kind, payload, exchange)
                     if exchange is None:
                         continue
+                    if exchange.rss_change is not None and exchange.facts is not None:
+                        self._note_growth(exchange.facts.fields[1], exchange.rss_change)
                     exchange.feed(*event)
                     self.busy -= 1
                     self.completed += 1
@@ -252,6 +263,23 @@ class WorkerHandle:
         except p.ProtocolError as exc:
             self._die(f"protocol error: {exc}")
             self.kill(signal.SIGKILL)
+
+    def _note_growth(self, target: bytes, kib: int) -> None:
+        path = normalise_path(target)
+        self.growth.add(path, kib)
+        if self.pool_growth is not None:
+            self.pool_growth.add(path, kib)
+
+    def inflight_requests(self) -> list[str]:
+        """ "METHOD /path" (no query) of each request the worker is running; raw, not escaped."""
+        out = []
+        for exchange in self.inflight.values():
+            facts = exchange.facts
+            if facts is not None:
+                method, target = facts.fields[0], facts.fields[1]
+                path = target.split(b"?", 1)[0]
+                out.append(f"{method.decode('latin-1')} {path.decode('latin-1')}")
+        return out
 
     # -- death -------------------------------------------------------------------
 
