@@ -45,6 +45,8 @@ _REASONS = {
 }
 _CREDIT_BATCH = 64 * 1024
 _FALLBACK_CHUNK = 256 * 1024
+#: How long a cancelled handler still waits for a direct write's DONE (for the access log).
+_DONE_GRACE = 2.0
 
 
 class _Response(web.StreamResponse):
@@ -197,7 +199,22 @@ def _hand_over_socket(
 
 async def _written_by_worker(request: web.BaseRequest, exchange: ev.Exchange) -> web.StreamResponse:
     """Wait for the worker that writes the response itself; cut the connection if it fails."""
-    kind, value = await exchange.next()
+    try:
+        kind, value = await exchange.next()
+    except asyncio.CancelledError:
+        # The client read the whole response and closed before DONE reached us, and
+        # aiohttp cancelled this handler: wait briefly for DONE, so that the request
+        # still gets its access line.
+        task = asyncio.current_task()
+        transport = request.transport
+        client_gone = transport is None or transport.is_closing()
+        if task is None or not client_gone or (exchange.finished and not exchange.peek()):
+            raise  # a cancel for another reason (shutdown): not ours to delay
+        task.uncancel()
+        try:
+            kind, value = await asyncio.wait_for(exchange.next(), _DONE_GRACE)
+        except TimeoutError:
+            raise asyncio.CancelledError from None
     if kind == ev.DONE:
         written, status, complete, body = value
         response = _WrittenResponse(status, written, complete and request.keep_alive)

@@ -6,6 +6,7 @@ log shipper would.
 
 from __future__ import annotations
 
+import http.client
 import json
 import os
 import re
@@ -144,9 +145,19 @@ def test_access_log_atoms(run_server, workers: str) -> None:
         assert fields["p"] == "-"
     else:
         assert fields["p"] in server_worker_pids(server) or fields["p"] == pid
-    # A large streamed response the worker writes to the socket itself (DONE).
-    status, _, big = server.request("GET", "/stream?n=3&size=200000")
-    assert status == 200 and len(big) == 600000
+    # A large streamed response the worker writes to the socket itself (DONE). A second
+    # request on the connection waits for the first to be over in the main process: a
+    # client that closed at once could have its handler cancelled before DONE arrives.
+    conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
+    try:
+        conn.request("GET", "/stream?n=3&size=200000")
+        response = conn.getresponse()
+        big = response.read()
+        assert response.status == 200 and len(big) == 600000
+        conn.request("GET", "/hello?after=big")
+        conn.getresponse().read()
+    finally:
+        conn.close()
     big_line = wait_for(lambda: _lines(server.log, "q=n=3&size=200000"), 10)
     assert " b=600000 " in big_line[0], big_line
     hello_line = wait_for(lambda: _lines(server.log, "U=/hello"), 10)
@@ -510,3 +521,22 @@ def test_usr1_in_thread_mode(run_server, tmp_path: Path) -> None:
     assert wait_for(lambda: "stderr line from" in errors.read_text(), 10)
     assert wait_for(lambda: access.exists() and "GET /stderr" in access.read_text(), 10)
     assert "GET /hello" in (tmp_path / "access.log.1").read_text()
+
+
+def test_direct_write_whose_client_leaves_at_once_keeps_its_access_line(run_server) -> None:
+    # The worker writes these responses to the socket itself; a client that closes as
+    # soon as it has read one may do so before the main process hears DONE.
+    server = run_server(
+        "logapp:app", "--workers", "1", "--access-log", "--access-log-format", "%(U)s %(q)s b=%(b)s"
+    )
+    count = 40
+    for i in range(count):
+        conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
+        conn.request("GET", f"/stream?n=3&size=200000&i={i}")
+        response = conn.getresponse()
+        assert len(response.read()) == 600000
+        conn.close()
+    lines = wait_for(lambda: len(_lines(server.log, "size=200000")) == count, 15)
+    assert lines, f"{len(_lines(server.log, 'size=200000'))} access lines for {count} requests"
+    assert all(line.endswith(" b=600000") for line in _lines(server.log, "size=200000"))
+    assert "Traceback" not in server.log
