@@ -140,6 +140,17 @@ def _ratio(value: float | None) -> str:
     return "-" if value is None else f"{value:.2f}x"
 
 
+def us_text(value: float | None) -> str:
+    """CPU µs per request as shown in the tables."""
+    return "-" if value is None else f"{value:,.0f}"
+
+
+def _spread_text(entry: dict[str, Any] | None) -> str:
+    if not entry:
+        return "-"
+    return f"{entry['median']:.2f}x ({entry['min']:.2f}-{entry['max']:.2f})"
+
+
 def _table(header: list[str], rows: Iterable[list[str]], align: str = "") -> list[str]:
     align = align or "l" + "r" * (len(header) - 1)
     marks = ["---:" if a == "r" else "---" for a in align]
@@ -183,9 +194,36 @@ def ratio(cells: list[dict[str, Any]], workload: str, peer: str, key: str = "rps
         return None
     if key == "pss":
         a, b = mine["memory"]["peak_tree_pss"], theirs["memory"]["peak_tree_pss"]
+    elif key in ("tree_us_per_request", "main_us_per_request"):
+        a, b = (mine.get("cpu") or {}).get(key), (theirs.get("cpu") or {}).get(key)
+        if a is None or b is None:
+            return None
     else:
         a, b = mine["result"][key], theirs["result"][key]
     return a / b if b else None
+
+
+def rps_ratio(results: dict[str, Any], workload: str, peer: str) -> float | None:
+    """wsgipool ÷ peer in req/s: the median of the per-round ratios of an interleaved run."""
+    entry = (results.get("interleaved") or {}).get(workload, {}).get(peer)
+    if entry is not None:
+        return entry["rps"]["median"] if entry["rps"] else None
+    return ratio(results["cells"], workload, peer)
+
+
+def rps_ratio_text(results: dict[str, Any], workload: str, peer: str) -> str:
+    """As `rps_ratio`, with the spread (min-max over the rounds) when interleaved."""
+    entry = (results.get("interleaved") or {}).get(workload, {}).get(peer)
+    if entry is not None:
+        return _spread_text(entry["rps"])
+    return _ratio(ratio(results["cells"], workload, peer))
+
+
+def _cpu_of(cell: dict[str, Any] | None, key: str) -> float | None:
+    if cell is None:
+        return None
+    value = (cell.get("cpu") or {}).get(key)
+    return None if value is None else float(value)
 
 
 # -- the issue's targets ---------------------------------------------------------------
@@ -208,13 +246,13 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
         ("big", "gunicorn-gthread", 1.0),
         ("echo", "gunicorn-gthread", 1.0),
     ):
-        value = ratio(cells, workload, peer)
+        value = rps_ratio(results, workload, peer)
         add(
             f"{workload} ≥ {goal} x {SERVERS[peer].label}",
             value,
             goal,
             True,
-            _ratio(value),
+            rps_ratio_text(results, workload, peer),
         )
     ceiling = settings["workers"] * settings["threads"] / 0.05
     sleep = _ok(cells, "bench").get(("sleep", "wsgipool"))
@@ -249,6 +287,15 @@ def header_lines(results: dict[str, Any]) -> list[str]:
     m = results["machine"]
     s = results["settings"]
     load = ", ".join(f"{x:.2f}" for x in m["load_average_at_start"])
+    if "load_average_at_end" in m:
+        load += " (at the end: " + ", ".join(f"{x:.2f}" for x in m["load_average_at_end"]) + ")"
+    if s.get("interleave"):
+        how = (
+            f"median of {s['repeat']} interleaved round(s) (servers in rotation, each "
+            "started afresh in each round)"
+        )
+    else:
+        how = f"median of {s['repeat']} run(s)"
     lines = [
         f"- Command: `{m['command']}`",
         f"- Machine: {m['cpu_model']}, {m['logical_cpus']} logical CPUs "
@@ -256,7 +303,7 @@ def header_lines(results: dict[str, Any]) -> list[str]:
         f"{m['python']}; load average at start {load}",
         f"- Load: {m['wrk']}, `-t{s['wrk_threads']} -c{s['connections']} -d{s['duration']:g}s "
         f"--timeout {s['timeout']:g}s --latency`, {s['warmup']:g} s of warm-up before each "
-        f"measurement, median of {s['repeat']} run(s)",
+        f"measurement, {how}",
         f"- Every server: {s['workers']} workers x {s['threads']} threads "
         "(bench/README.md says how each server maps them)",
         f"- Versions: {', '.join(f'{k} {v}' for k, v in m['packages'].items() if v)}",
@@ -271,8 +318,12 @@ def header_lines(results: dict[str, Any]) -> list[str]:
 LEGEND = (
     "Latencies in ms; errors are wrk's socket errors (connect, read, write, timeout) and "
     "non-2xx answers; PSS is the peak proportional set size of the server's whole "
-    "process tree during the measurement; `wsgipool ÷` is wsgipool's value over the "
-    "server's (req/s: above 1 means wsgipool is faster; PSS: below 1 means it uses less)."
+    "process tree during the measurement; CPU µs/req is the user + system CPU time the "
+    "server's whole process tree (tree) and wsgipool's main process alone (main) spent "
+    "during the measurement, divided by the requests served (/proc/PID/stat, "
+    "bench/cputime.py); `wsgipool ÷` is wsgipool's value over the server's (req/s: above "
+    "1 means wsgipool is faster, in interleaved runs the median of the per-round ratios "
+    "with their min-max; PSS and CPU: below 1 means it uses less)."
 )
 
 
@@ -296,9 +347,10 @@ def workload_tables(results: dict[str, Any]) -> list[str]:
             label = server.label + (" (ref.)" if server.reference else "")
             if cell["status"] != "ok":
                 problem = f"**{cell['status']}**: {_escape(cell.get('reason', ''))}"
-                rows.append([label, cell.get("shape", ""), problem, "", "", "", "", "", ""])
+                rows.append([label, cell.get("shape", ""), problem] + [""] * 9)
                 continue
             r = cell["result"]
+            main = _cpu_of(cell, "main_us_per_request") if name == "wsgipool" else None
             rows.append(
                 [
                     label,
@@ -308,16 +360,20 @@ def workload_tables(results: dict[str, Any]) -> list[str]:
                     _ms(r["p99_ms"]),
                     errors_text(r),
                     _mib(cell["memory"]["peak_tree_pss"]),
-                    _ratio(ratio(cells, workload, name)),
+                    us_text(_cpu_of(cell, "tree_us_per_request")),
+                    us_text(main),
+                    rps_ratio_text(results, workload, name) if name != "wsgipool" else _ratio(1.0),
                     _ratio(ratio(cells, workload, name, key="pss")),
+                    _ratio(ratio(cells, workload, name, key="tree_us_per_request")),
                 ]
             )
         if not rows:
             continue
         lines += [f"## {workload}: {WORKLOADS[workload].summary}", ""]
         header = ["server", "processes x threads", "req/s", "p50", "p99", "errors", "PSS MiB"]
-        header += ["wsgipool ÷ (req/s)", "wsgipool ÷ (PSS)"]
-        lines += _table(header, rows, "llrrrrrrr")
+        header += ["CPU µs/req (tree)", "CPU µs/req (main)"]
+        header += ["wsgipool ÷ (req/s)", "wsgipool ÷ (PSS)", "wsgipool ÷ (CPU)"]
+        lines += _table(header, rows, "llrrrrrrrrrr")
         lines.append("")
     return lines
 
@@ -334,8 +390,49 @@ def summary_table(results: dict[str, Any]) -> list[str]:
             cell = ok.get((workload, name))
             row.append(_int(cell["result"]["rps"]) if cell else "")
         rows.append(row)
-    lines = ["## Summary: requests per second", ""]
+    median = " (medians of interleaved rounds)" if results["settings"].get("interleave") else ""
+    lines = [f"## Summary: requests per second{median}", ""]
     lines += _table(["app", *(SERVERS[n].label for n in shown)], rows)
+    lines.append("")
+    rows = []
+    for workload in results["workloads"]:
+        row = [workload]
+        for name in shown:
+            cell = ok.get((workload, name))
+            text = us_text(_cpu_of(cell, "tree_us_per_request"))
+            if name == "wsgipool" and cell is not None:
+                text += f" (main {us_text(_cpu_of(cell, 'main_us_per_request'))})"
+            row.append(text if cell else "")
+        rows.append(row)
+    lines += [f"## Summary: CPU µs per request, whole server tree{median}", ""]
+    lines += _table(["app", *(SERVERS[n].label for n in shown)], rows)
+    lines.append("")
+    lines += ratio_table(results)
+    return lines
+
+
+def ratio_table(results: dict[str, Any]) -> list[str]:
+    """Interleaved runs: wsgipool ÷ each peer, median (min-max) of the per-round ratios."""
+    inter = results.get("interleaved") or {}
+    peers = [n for n in results["servers"] if any(n in inter[w] for w in inter)]
+    if not peers:
+        return []
+    rows = []
+    for workload, entries in inter.items():
+        row = [workload]
+        for peer in peers:
+            entry = entries.get(peer)
+            if entry is None:
+                row.append("")
+                continue
+            row.append(f"{_spread_text(entry['rps'])}; CPU {_spread_text(entry['tree_cpu'])}")
+        rows.append(row)
+    n = results["settings"]["repeat"]
+    lines = [
+        f"## wsgipool ÷ peer, median (min-max) of {n} interleaved rounds: req/s; CPU per request",
+        "",
+    ]
+    lines += _table(["app", *(SERVERS[p].label for p in peers)], rows)
     lines.append("")
     return lines
 

@@ -36,12 +36,12 @@ from typing import Any
 
 import psutil
 
-from bench import procs, report
+from bench import cputime, interleave, procs, report
 from bench import wrk as wrk_mod
 from bench.apps import workloads as workload_apps
 from bench.checks import BENCH_WORKLOADS, WORKLOADS, Workload, check, one_request
 from bench.procs import Sampler, ServerProcess, free_port, wait_for_workers
-from bench.servers import DEFAULT_SERVERS, SERVERS, Server, Settings
+from bench.servers import DEFAULT_SERVERS, SERVERS, SETS, Server, Settings
 
 ROOT = Path(__file__).resolve().parent.parent
 BENCH = ROOT / "bench"
@@ -59,13 +59,16 @@ class CellError(Exception):
 # -- command line ------------------------------------------------------------------------
 
 
-def _names(text: str, known: list[str] | tuple[str, ...], what: str) -> list[str]:
+def _names(
+    text: str, known: list[str] | tuple[str, ...], what: str, also: list[str] | None = None
+) -> list[str]:
+    """Names from `text`; 'all' is `known`, and `also` names may be asked for by name."""
     if text in ("all", ""):
         return list(known)
     if text == "none":
         return []
     names = [n.strip() for n in text.split(",") if n.strip()]
-    unknown = [n for n in names if n not in known]
+    unknown = [n for n in names if n not in known and n not in (also or [])]
     if unknown:
         raise argparse.ArgumentTypeError(
             f"unknown {what}: {', '.join(unknown)} (known: {', '.join(known)})"
@@ -85,12 +88,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--timeout", type=int, default=10, help="wrk's request timeout, seconds")
     p.add_argument("--warmup", type=int, default=2, help="seconds of unmeasured load first")
     p.add_argument("--repeat", type=int, default=1, help="measurements per cell; median kept")
+    p.add_argument(
+        "--interleave",
+        action="store_true",
+        help="with --repeat N: N rounds of the servers in rotation (A B C A B C), each "
+        "started afresh; medians and per-round ratios to wsgipool reported",
+    )
     p.add_argument("--workers", type=int, default=2, help="worker processes of every server")
     p.add_argument("--threads", type=int, default=4, help="threads per worker process")
     p.add_argument(
         "--servers",
         default="all",
-        help=f"comma-separated, or 'all': {','.join(DEFAULT_SERVERS)}",
+        help=f"comma-separated, or 'all': {','.join(DEFAULT_SERVERS)} "
+        f"(also: {','.join(n for n in SERVERS if n not in DEFAULT_SERVERS)})",
     )
     p.add_argument(
         "--workloads",
@@ -101,6 +111,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--scenarios",
         default="all",
         help=f"comma-separated, 'all' or 'none': {','.join(SCENARIOS)}",
+    )
+    p.add_argument(
+        "--set",
+        choices=sorted(SETS),
+        help="a named set of servers and workloads (no scenarios); "
+        "asgi: the WSGI-to-ASGI adapters behind one uvicorn process",
     )
     p.add_argument(
         "--scenario-workload",
@@ -222,8 +238,12 @@ def run_cell(
     duration: float | None = None,
     warmup: float | None = None,
     kill_at: float | None = None,
+    repeat: int | None = None,
+    round_no: int | None = None,
 ) -> dict[str, Any]:
     args = ctx.args
+    if repeat is None:
+        repeat = args.repeat if kind == "bench" else 1
     duration = args.duration if duration is None else duration
     warmup = args.warmup if warmup is None else warmup
     cell: dict[str, Any] = {
@@ -235,7 +255,11 @@ def run_cell(
         "status": "ok",
         "duration": duration,
     }
-    log = ctx.workdir / f"{kind}-{wl.name}-{server.name}.log"
+    suffix = ""
+    if round_no is not None:
+        cell["round"] = round_no
+        suffix = f"-round{round_no}"
+    log = ctx.workdir / f"{kind}-{wl.name}-{server.name}{suffix}.log"
     cell["log"] = _rel(log)
     started = time.monotonic()
     proc: ServerProcess | None = None
@@ -270,23 +294,30 @@ def run_cell(
             if proc.exited() is not None:
                 raise CellError(f"exited during the warm-up: {proc.log_tail(6)}")
         before = {p.pid for p in proc.tree()}
-        runs: list[wrk_mod.WrkResult] = []
+        runs: list[tuple[wrk_mod.WrkResult, dict[str, Any] | None]] = []
         interval = args.sample_interval if kind == "bench" else min(args.sample_interval, 0.25)
         with Sampler(proc, interval) as sampler:
-            for _ in range(args.repeat if kind == "bench" else 1):
+            for _ in range(repeat):
+                cpu_before = cputime.read(proc.pid)
                 run = load(duration)
                 if kill_at is not None:
                     cell.update(_kill_one_worker(proc, kill_at))
                     if server.name == "wsgipool":
                         # Only the requests in flight on the killed worker may fail.
                         cell["allowed_failures"] = ctx.settings.threads
-                runs.append(run.wait())
+                result = run.wait()
+                cpu_after = cputime.read(proc.pid)
+                cpu = None
+                if cpu_before is not None and cpu_after is not None:
+                    cpu = cputime.per_request(cpu_after - cpu_before, result.requests)
+                runs.append((result, cpu))
         if proc.exited() is not None:
             raise CellError(f"exited during the load: {proc.log_tail(6)}")
-        runs_sorted = sorted(runs, key=lambda r: r.rps)
-        chosen = runs_sorted[len(runs_sorted) // 2]
+        runs_sorted = sorted(runs, key=lambda r: r[0].rps)
+        chosen, chosen_cpu = runs_sorted[len(runs_sorted) // 2]
         cell["result"] = chosen.as_dict()
-        cell["runs"] = [r.as_dict() for r in runs] if len(runs) > 1 else []
+        cell["cpu"] = chosen_cpu
+        cell["runs"] = [{**r.as_dict(), "cpu": c} for r, c in runs] if len(runs) > 1 else []
         cell["memory"] = sampler.peaks.as_dict()
         cell["new_worker_pids"] = len(sampler.peaks.pids - before)
         end_workers = wait_for_workers(proc, expected, timeout=10 if kind == "kill" else 0)
@@ -340,9 +371,12 @@ def describe(cell: dict[str, Any]) -> str:
         return f"{head} {cell['status'].upper()}: {cell.get('reason', '')}"
     r = cell["result"]
     pss = cell["memory"]["peak_tree_pss"] / report.MIB
+    cpu = cell.get("cpu") or {}
     return (
         f"{head} {r['rps']:>10,.0f} req/s  p50 {r['p50_ms']:>8.2f} ms  p99 {r['p99_ms']:>8.2f} ms"
-        f"  errors {report.errors_text(r):<12}  PSS {pss:,.0f} MiB  ({cell['elapsed_s']:.0f} s)"
+        f"  errors {report.errors_text(r):<12}  PSS {pss:,.0f} MiB"
+        f"  CPU µs/req tree {report.us_text(cpu.get('tree_us_per_request'))}"
+        f" main {report.us_text(cpu.get('main_us_per_request'))}  ({cell['elapsed_s']:.0f} s)"
     )
 
 
@@ -353,6 +387,21 @@ def plan(ctx: Context, servers: list[Server], workloads: list[str], scenarios: l
     not_applicable: list[str] = []
     for name in workloads:
         wl = WORKLOADS[name]
+        if args.interleave:
+            # Round after round of every server, each started afresh: A B C A B C ...
+            estimate = args.warmup + args.duration + OVERHEAD_S
+            for round_no in range(1, args.repeat + 1):
+                for server in servers:
+                    if server.serves(name):
+                        jobs.append(
+                            (
+                                estimate,
+                                lambda s=server, w=wl, r=round_no: run_cell(
+                                    ctx, s, w, repeat=1, round_no=r
+                                ),
+                            )
+                        )
+            continue
         for server in servers:
             if server.serves(name):
                 estimate = args.warmup + args.duration * args.repeat + OVERHEAD_S
@@ -482,14 +531,18 @@ def cleanup_on_exit() -> Iterator[None]:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.set:
+        set_servers, set_workloads = SETS[args.set]
+        args.servers, args.workloads = ",".join(set_servers), ",".join(set_workloads)
+        args.scenarios = "none"
     try:
-        server_names = _names(args.servers, DEFAULT_SERVERS, "server")
+        server_names = _names(args.servers, DEFAULT_SERVERS, "server", also=list(SERVERS))
         workload_names = _names(args.workloads, BENCH_WORKLOADS, "workload")
         scenario_names = _names(args.scenarios, SCENARIOS, "scenario")
     except argparse.ArgumentTypeError as exc:
         parser.error(str(exc))
     if args.list:
-        for name in DEFAULT_SERVERS:
+        for name in SERVERS:
             print(f"server    {name:<24} {SERVERS[name].label}")
         for name in BENCH_WORKLOADS:
             print(f"workload  {name:<24} {WORKLOADS[name].summary}")
@@ -498,6 +551,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.connections < 1 or args.duration < 1 or args.workers < 1 or args.threads < 1:
         parser.error("--connections, --duration, --workers and --threads must be at least 1")
+    if args.repeat < 1:
+        parser.error("--repeat must be at least 1")
     try:
         wrk = wrk_mod.find_wrk()
     except wrk_mod.WrkMissing as exc:
@@ -537,6 +592,7 @@ def main(argv: list[str] | None = None) -> int:
             "timeout": args.timeout,
             "warmup": args.warmup,
             "repeat": args.repeat,
+            "interleave": args.interleave,
             "workers": args.workers,
             "threads": args.threads,
             "max_requests": args.max_requests,
@@ -571,6 +627,8 @@ def main(argv: list[str] | None = None) -> int:
             results["interrupted"] = True
             status = 130
     results["elapsed_s"] = round(time.monotonic() - started, 1)
+    if args.interleave:
+        interleave.fold(results)
     results["machine"]["load_average_at_end"] = list(os.getloadavg())
     results["targets"] = report.targets(results)
     text = report.markdown(results)

@@ -164,6 +164,24 @@ def _uvicorn(s: Settings, app: str, port: int, extra: list[str]) -> tuple[Argv, 
     return argv, {"BENCH_APP": app, "BENCH_THREADS": str(s.threads)}
 
 
+def _uvicorn_one(adapter: str) -> Callable[[Settings, str, int, list[str]], tuple[Argv, Env]]:
+    """One uvicorn process: the adapter gets W x T threads, or (wsgipool) a W x T pool."""
+
+    def build(s: Settings, app: str, port: int, extra: list[str]) -> tuple[Argv, Env]:
+        argv = [PY, "-m", "uvicorn", "bench.apps.asgi:app", "--host", HOST, "--port", str(port)]
+        argv += ["--workers", "1", "--no-access-log", *extra]
+        env = {"BENCH_APP": app, "BENCH_ASGI": adapter}
+        if adapter == "wsgipool":
+            argv += ["--lifespan", "on"]
+            env.update(BENCH_WORKERS=str(s.workers), BENCH_THREADS=str(s.threads))
+        else:
+            argv += ["--lifespan", "off"]
+            env["BENCH_THREADS"] = str(s.workers * s.threads)
+        return argv, env
+
+    return build
+
+
 def _uvicorn_recycle(s: Settings, n: int) -> list[str]:
     return ["--limit-max-requests", str(n)]
 
@@ -282,6 +300,33 @@ SERVERS: dict[str, Server] = {
             kill=[],
         ),
         Server(
+            "uvicorn-wsgipool",
+            "uvicorn + wsgipool.asgi",
+            ("uvicorn", "wsgipool"),
+            ("uvicorn", "wsgipool", "uvloop", "httptools", "h11"),
+            _uvicorn_one("wsgipool"),
+            lambda s: f"1 uvicorn process; pool of {_pool_shape(s)}",
+            _pool,
+        ),
+        Server(
+            "uvicorn1-a2wsgi",
+            "uvicorn (1 process) + a2wsgi",
+            ("uvicorn", "a2wsgi"),
+            ("uvicorn", "a2wsgi", "uvloop", "httptools", "h11"),
+            _uvicorn_one("a2wsgi"),
+            lambda s: f"1 uvicorn process x {s.workers * s.threads} a2wsgi threads",
+            _single,
+        ),
+        Server(
+            "uvicorn1-asgiref",
+            "uvicorn (1 process) + asgiref WsgiToAsgi",
+            ("uvicorn", "asgiref"),
+            ("uvicorn", "asgiref", "uvloop", "httptools", "h11"),
+            _uvicorn_one("asgiref"),
+            lambda s: f"1 uvicorn process x {s.workers * s.threads} asgiref threads",
+            _single,
+        ),
+        Server(
             "waitress",
             "waitress",
             ("waitress",),
@@ -315,4 +360,14 @@ SERVERS: dict[str, Server] = {
     )
 }
 
-DEFAULT_SERVERS = list(SERVERS)
+#: Named sets for ``--set``: (servers, workloads), scenarios none.
+SETS: dict[str, tuple[list[str], list[str]]] = {
+    # issue 14: the WSGI-to-ASGI adapters behind one uvicorn process, same app threads.
+    "asgi": (
+        ["uvicorn-wsgipool", "uvicorn1-a2wsgi", "uvicorn1-asgiref"],
+        ["hello", "cpu", "echo", "django"],
+    ),
+}
+
+# The one-uvicorn-process adapters are measured with --set asgi (or by name), not by default.
+DEFAULT_SERVERS = [name for name in SERVERS if name not in SETS["asgi"][0]]

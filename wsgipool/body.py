@@ -14,13 +14,18 @@ import asyncio
 import io
 import os
 import tempfile
-from typing import IO
-
-from aiohttp import web
+from collections.abc import Awaitable, Callable
+from typing import IO, TYPE_CHECKING
 
 from wsgipool.deadlines import BodyDeadline, BodyTimeout
 
-__all__ = ["Body", "BodyTimeout", "BodyTooLarge", "read_body"]
+if TYPE_CHECKING:
+    from aiohttp import web
+
+__all__ = ["Body", "BodyTimeout", "BodyTooLarge", "ReadAny", "read_body", "read_stream"]
+
+#: Returns the next piece of the body as it arrives; b"" at its end.
+ReadAny = Callable[[], Awaitable[bytes]]
 
 _FILE_WRITE_BATCH = 256 * 1024
 
@@ -73,26 +78,27 @@ async def read_body(
     """
     if not request.body_exists:
         return EMPTY
+    readany = request.content.readany
     if stall is None:
-        return await _read(request, memory_limit, max_size, None)
+        return await read_stream(readany, memory_limit, max_size)
     deadline = BodyDeadline(stall)
     try:
         async with deadline.scope:
-            return await _read(request, memory_limit, max_size, deadline)
+            return await read_stream(readany, memory_limit, max_size, deadline)
     except TimeoutError:
         if deadline.scope.expired():
             raise BodyTimeout(stall) from None
         raise
 
 
-async def _read(
-    request: web.BaseRequest, memory_limit: int, max_size: int, deadline: BodyDeadline | None
+async def read_stream(
+    readany: ReadAny, memory_limit: int, max_size: int, deadline: BodyDeadline | None = None
 ) -> Body:
-    content = request.content
+    """The body `readany` yields, whichever frontend received it (aiohttp, ASGI)."""
     chunks: list[bytes] = []
     size = 0
     while True:
-        chunk = await content.readany()
+        chunk = await readany()
         if not chunk:
             break
         size += len(chunk)
@@ -102,14 +108,14 @@ async def _read(
         if deadline is not None:
             deadline.progress()
         if size > memory_limit:
-            return await _spool(request, chunks, size, max_size, deadline)
+            return await _spool(readany, chunks, size, max_size, deadline)
     if not chunks:
         return EMPTY
     return Body(chunks=chunks, length=size)
 
 
 async def _spool(
-    request: web.BaseRequest,
+    readany: ReadAny,
     chunks: list[bytes],
     size: int,
     max_size: int,
@@ -124,11 +130,10 @@ async def _spool(
     if deadline is not None:
         deadline.resume()
     try:
-        content = request.content
         pending = chunks
         pending_size = sum(len(c) for c in pending)
         while True:
-            chunk = await content.readany()
+            chunk = await readany()
             if chunk:
                 size += len(chunk)
                 if size > max_size:

@@ -20,6 +20,7 @@ from typing import IO, TYPE_CHECKING, Any
 from aiohttp import web
 
 from wsgipool import exchange as ev
+from wsgipool.backends import place
 from wsgipool.body import EMPTY as EMPTY_BODY
 from wsgipool.body import BodyTooLarge, read_body
 from wsgipool.cgi import EnvironOptions
@@ -27,7 +28,6 @@ from wsgipool.config import parse_duration
 from wsgipool.deadlines import BodyTimeout, SendWatch
 from wsgipool.environ import collect
 from wsgipool.exchange import Unavailable
-from wsgipool.loader import load_app
 from wsgipool.logs.access import note_worker
 from wsgipool.logs.escape import escape
 from wsgipool.ratelog import RateLimitedLog
@@ -42,8 +42,6 @@ __all__ = ["WSGIHandler"]
 
 logger = logging.getLogger("wsgipool.handler")
 
-#: Bodies up to this size travel inside the request frame to a worker.
-INLINE_BODY_LIMIT = 4 * 1024 * 1024
 _WATCH_INTERVAL = 0.5
 
 
@@ -89,8 +87,6 @@ class WSGIHandler:
         self._body_timeout = _deadline("body_timeout", body_timeout)
         if url_scheme is not None and url_scheme not in ("http", "https"):
             raise ValueError(f"url_scheme must be 'http' or 'https', got {url_scheme!r}")
-        from wsgipool.executor import ProcessExecutor
-
         if hasattr(inspect, "markcoroutinefunction"):  # Python 3.12+: what aiohttp checks there
             inspect.markcoroutinefunction(self)
         self._max_body = max_request_body_size
@@ -99,21 +95,10 @@ class WSGIHandler:
         self._watch = _DisconnectWatch() if watch_disconnects else None
         self._sends = SendWatch(send_timeout) if send_timeout is not None else None
         self._unavailable_log = RateLimitedLog(logger, logging.WARNING)
-        self._backend: ThreadBackend | ProcessExecutor
-        if isinstance(executor, ProcessExecutor):
-            executor.bind(application, options)
-            self._backend = executor
-            self._memory_limit = min(inbuf_overflow, INLINE_BODY_LIMIT)
-            self._in_process = False
-        else:
-            app = load_app(application) if isinstance(application, str) else application
-            if not callable(app):
-                raise TypeError(f"application must be callable, got {type(app).__name__}")
-            self._backend = ThreadBackend(
-                app, executor, options, stderr=stderr, window=ev.RESPONSE_WINDOW
-            )
-            self._memory_limit = inbuf_overflow
-            self._in_process = True
+        placement = place(application, executor, options, inbuf_overflow, stderr)
+        self._backend = placement.backend
+        self._memory_limit = placement.memory_limit
+        self._in_process = placement.in_process
 
     @property
     def executor(self) -> Executor | ProcessExecutor | None:

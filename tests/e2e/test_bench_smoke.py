@@ -3,24 +3,32 @@
 No wrk here (CI may not have it): the answers are checked with http.client, by the
 same checks the harness runs before it measures a server, for about a second per
 workload.  Also: the harness's own start/stop code leaves no process behind, and
-its report is built from a wrk summary line without error.
+its report is built from a wrk summary line without error; the CPU time of a
+server's tree (bench/cputime.py) counts a worker that died meanwhile; interleaved
+rounds fold into medians and per-round ratios; and, where wrk and gunicorn are
+installed, two interleaved rounds of one second each run end to end.
 """
 
 from __future__ import annotations
 
 import http.client
+import json
+import os
+import shutil
+import signal
 import threading
 import time
 
 import psutil
 import pytest
 
-from bench import report
+from bench import cputime, interleave, report
 from bench.checks import WORKLOADS, check, one_request, validate
 from bench.procs import ServerProcess, free_port, wait_for_workers
-from bench.run import ROOT, server_env, wait_ready
-from bench.servers import SERVERS, Settings
+from bench.run import ROOT, main, server_env, wait_ready
+from bench.servers import SERVERS, SETS, Settings
 from bench.wrk import parse
+from tests.polling import wait_for
 
 SMOKE_SECONDS = 1.0
 CLIENTS = 2
@@ -93,6 +101,35 @@ def test_harness_start_and_stop_leave_no_process(tmp_path, bench_env):
     assert alive == []
 
 
+@pytest.mark.parametrize("name", SETS["asgi"][0])
+def test_asgi_set_servers_answer_correctly(tmp_path, bench_env, name):
+    """``--set asgi``: each adapter behind one uvicorn process passes the harness's echo check."""
+    settings = Settings(workers=2, threads=2)
+    wl = WORKLOADS["echo"]
+    port = free_port()
+    argv, extra = SERVERS[name].build(settings, wl.app, port, [])
+    env = server_env(tmp_path, 4)
+    env.update(extra, **bench_env)
+    server = ServerProcess(argv, log_path=tmp_path / "server.log", env=env, cwd=ROOT)
+    tree: list[psutil.Process] = []
+    try:
+        wait_ready(server, port, wl, 30)
+        expected = SERVERS[name].processes(settings)
+        assert len(wait_for_workers(server, expected, 20)) == expected, server.log
+        assert check(port, "echo") is None
+        if name != "uvicorn1-asgiref":
+            # asgiref >= 3.9 fails some concurrent requests with "CurrentThreadExecutor
+            # already quit or is broken" (django/asgiref#491): its errors are its own.
+            served, problems = _hammer(port, "echo", SMOKE_SECONDS)
+            assert not problems, problems[:3]
+            assert served >= 2
+        tree = server.tree()
+    finally:
+        server.stop()
+    alive = [p.pid for p in tree if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+    assert alive == []
+
+
 WRK_OUTPUT = """\
 Running 1s test @ http://127.0.0.1:8000/
   2 threads and 64 connections
@@ -156,3 +193,139 @@ def test_report_from_a_wrk_summary():
     assert "| wsgipool | 2 processes x 4 threads | 1,200 |" in text
     assert "502: 2" in text
     assert "hello ≥ 1.0 x gunicorn gthread | 1.00x | yes" in text
+
+
+@pytest.mark.skipif(not cputime.available(), reason="needs /proc/PID/stat (Linux)")
+def test_cpu_time_of_the_tree_counts_a_worker_that_died(run_server, bench_env):
+    server = run_server(WORKLOADS["hello"].app, "--workers", "2", "--threads", "2", env=bench_env)
+    assert wait_for(lambda: len(server.worker_pids()) == 2, 30), server.log
+    before = cputime.read(server.pid)
+    workers = {pid: cputime.read(pid) for pid in server.worker_pids()}
+    assert before is not None and None not in workers.values()
+    served, problems = _hammer(server.port, "hello", 2 * SMOKE_SECONDS)
+    assert not problems, problems[:3]
+    victim, survivor = sorted(workers)
+    victim_last = cputime.read(victim)
+    assert victim_last is not None
+    os.kill(victim, signal.SIGKILL)  # its time must stay counted, through its parent's cutime
+    assert wait_for(lambda: victim not in server.worker_pids(), 20)
+    assert wait_for(lambda: len(server.worker_pids()) == 2, 30), server.log
+    after = cputime.read(server.pid)
+    survivor_last = cputime.read(survivor)
+    assert after is not None and survivor_last is not None
+    spent = after - before
+    own = {victim: victim_last, survivor: survivor_last}
+    worked = sum(own[pid].tree - workers[pid].tree for pid in own)
+    assert spent.main > 0 and worked > 0
+    half_tick = 0.5 / cputime.TICK  # the readings are whole clock ticks
+    assert spent.tree + half_tick >= spent.main + worked
+    entry = cputime.per_request(spent, served)
+    assert entry["tree_us_per_request"] and entry["main_us_per_request"]
+    assert 0 < entry["main_us_per_request"] <= entry["tree_us_per_request"]
+
+
+def _round(server: str, rnd: int, rps: float, tree: float, main_us: float) -> dict:
+    return {
+        "kind": "bench",
+        "server": server,
+        "workload": "hello",
+        "shape": "2 processes x 4 threads",
+        "setting": "",
+        "status": "ok",
+        "round": rnd,
+        "result": {
+            "requests": int(rps),
+            "rps": rps,
+            "errors": rnd - 1,
+            "errors_status": rnd - 1,
+            "statuses": {"200": int(rps)},
+            "p50_ms": 1.0,
+            "p99_ms": 2.0,
+            "duration_s": 1.0,
+        },
+        "memory": {"peak_tree_pss": 50 << 20, "peak_tree_rss": 60 << 20},
+        "cpu": {"tree_us_per_request": tree, "main_us_per_request": main_us},
+    }
+
+
+def test_interleaved_rounds_fold_into_medians_and_ratios():
+    cells = [
+        _round("wsgipool", 1, 1000, 100, 60),
+        _round("gunicorn-gthread", 1, 800, 200, 1),
+        _round("wsgipool", 2, 1100, 90, 55),
+        _round("gunicorn-gthread", 2, 1000, 180, 1),
+        _round("wsgipool", 3, 900, 110, 65),
+        _round("gunicorn-gthread", 3, 1000, 220, 1),
+    ]
+    results = {
+        "date": "2000-01-01",
+        "machine": report.machine("wrk test"),
+        "settings": {
+            "duration": 1,
+            "connections": 64,
+            "wrk_threads": 2,
+            "timeout": 10,
+            "warmup": 0,
+            "repeat": 3,
+            "interleave": True,
+            "workers": 2,
+            "threads": 4,
+            "max_requests": 200,
+            "leak_kib": 64,
+            "memory_limit_mib": 256,
+            "scenario_workload": "hello",
+        },
+        "servers": ["wsgipool", "gunicorn-gthread"],
+        "workloads": ["hello"],
+        "cells": cells,
+    }
+    interleave.fold(results)
+    assert len(results["rounds"]) == 6
+    mine = next(c for c in results["cells"] if c["server"] == "wsgipool")
+    assert mine["result"]["rps"] == 1000
+    assert mine["result"]["errors"] == 0 + 1 + 2
+    assert mine["cpu"]["tree_us_per_request"] == 100
+    assert mine["cpu"]["main_us_per_request"] == 60
+    entry = results["interleaved"]["hello"]["gunicorn-gthread"]
+    assert entry["rps"]["rounds"] == [1.25, 1.1, 0.9]
+    assert (entry["rps"]["median"], entry["rps"]["min"], entry["rps"]["max"]) == (1.1, 0.9, 1.25)
+    assert entry["tree_cpu"]["median"] == 0.5
+    results["targets"] = report.targets(results)
+    text = report.markdown(results)
+    assert "| hello ≥ 1.0 x gunicorn gthread | 1.10x (0.90-1.25) | yes |" in text
+    assert "| hello | 100 (main 60) | 200 |" in text
+    assert "median of 3 interleaved round(s)" in text
+
+
+@pytest.mark.skipif(shutil.which("wrk") is None, reason="wrk is not installed")
+@pytest.mark.skipif(SERVERS["gunicorn-gthread"].available() is not None, reason="no gunicorn")
+def test_interleaved_run_end_to_end(tmp_path):
+    """Two rounds of wsgipool and gunicorn gthread, one second of hello each."""
+    argv = ["--duration", "1", "--warmup", "0", "--repeat", "2", "--interleave"]
+    argv += ["--servers", "wsgipool,gunicorn-gthread", "--workloads", "hello"]
+    argv += ["--scenarios", "none", "--workers", "1", "--threads", "2", "--connections", "4"]
+    argv += ["--wrk-threads", "1", "--out", str(tmp_path)]
+    assert main(argv) == 0
+    (path,) = tmp_path.glob("*.json")
+    results = json.loads(path.read_text())
+    assert [(c["server"], c["round"]) for c in results["rounds"]] == [
+        ("wsgipool", 1),
+        ("gunicorn-gthread", 1),
+        ("wsgipool", 2),
+        ("gunicorn-gthread", 2),
+    ]
+    for cell in results["rounds"]:
+        assert cell["status"] == "ok", cell.get("reason")
+        assert cell["cpu"]["requests"] == cell["result"]["requests"] > 0
+        assert cell["cpu"]["tree_us_per_request"] > 0
+    for cell in results["cells"]:
+        assert cell["cpu"]["tree_us_per_request"] > 0
+        assert cell["rounds_ok"] == 2
+    mine = next(c for c in results["cells"] if c["server"] == "wsgipool")
+    assert 0 < mine["cpu"]["main_us_per_request"] < mine["cpu"]["tree_us_per_request"]
+    ratio = results["interleaved"]["hello"]["gunicorn-gthread"]["rps"]
+    assert len(ratio["rounds"]) == 2
+    assert ratio["min"] <= ratio["median"] <= ratio["max"]
+    assert ratio["min"] > 0
+    (md,) = tmp_path.glob("*.md")
+    assert "CPU µs/req (tree)" in md.read_text()

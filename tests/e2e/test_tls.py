@@ -154,7 +154,7 @@ def test_minimum_version_and_ciphers(run_server: Callable[..., ServerProcess], p
         (["--certfile", "/nonexistent/cert.pem"], "certfile (--certfile): cannot read"),
         (["--certfile", "CERT", "--keyfile", "/nonexistent.key"], "keyfile (--keyfile): cannot"),
         (["--certfile", "CA_KEY"], "not a PEM certificate"),
-        (["--keyfile", "KEY"], "keyfile (--keyfile): needs --certfile"),
+        (["--keyfile", "KEY"], "--keyfile: needs --certfile"),
         (["--certfile", "CERT", "--keyfile", "KEY", "--ssl-ciphers", "NOPE"], "no cipher"),
         (["--certfile", "CERT", "--keyfile", "KEY", "--ssl-min-version", "SSLv3"], "TLSv1.2"),
         (["--certfile", "CERT", "--keyfile", "KEY", "--ca-certs", "/none.pem"], "ca_certs"),

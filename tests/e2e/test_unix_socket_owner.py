@@ -74,9 +74,9 @@ def test_socket_group_perms_and_umask(
 @pytest.mark.parametrize(
     ("args", "expected"),
     [
-        (["--unix-socket-group", "no-such-group-here"], "unix_socket_group"),
-        (["--umask", "999"], "umask (--umask): expected octal"),
-        (["--ssl-min-version", "TLSv1.1"], "ssl_min_version"),
+        (["--unix-socket-group", "no-such-group-here"], "--unix-socket-group: no such group"),
+        (["--umask", "999"], "--umask: expected octal"),
+        (["--ssl-min-version", "TLSv1.1"], "--ssl-min-version"),
     ],
 )
 def test_bad_values_are_one_line_and_exit_2(tmp_path: Path, args: list[str], expected: str) -> None:

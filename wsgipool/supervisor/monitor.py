@@ -31,9 +31,12 @@ class RssMonitor:
                 process = known.get(pid)
                 if process is None:
                     process = known[pid] = psutil.Process(pid)
-                out[pid] = int(process.memory_info().rss)
+                rss = int(process.memory_info().rss)
             except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
                 known.pop(pid, None)
+                continue
             except OSError:
                 continue  # /proc unreadable (out of file descriptors, say): next round
+            if rss:  # 0: an exiting process (a zombie) has no memory left, not a sample
+                out[pid] = rss
         return out

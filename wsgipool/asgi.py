@@ -1,0 +1,511 @@
+"""WSGIMiddleware: a WSGI app as an ASGI 3 application, served by any ASGI server.
+
+    from wsgipool.asgi import WSGIMiddleware
+    from wsgipool import ProcessExecutor
+
+    app = WSGIMiddleware(wsgi_app)                                   # threads, like a2wsgi
+    app = WSGIMiddleware(wsgi_app, executor=ProcessExecutor(workers=4, threads=4))
+
+This module is the ASGI edge and nothing more: the request's facts are read from
+the scope, the body from ``receive``; spooling (`body.read_stream`), the
+environ (`cgi`, where the app runs), the executors and the `Exchange` they feed
+are the ones the aiohttp handler uses.  The exchange's events become
+``http.response.*`` messages, and credit is granted back only once the ASGI
+server's ``send`` has returned: a slow client makes the app wait, not memory grow.
+
+``lifespan`` starts and stops a process pool when this is the top-level app;
+mounted inside another ASGI app, use `WSGIMiddleware.lifespan` as (or inside)
+that app's lifespan context manager.  WebSocket connections are refused (a WSGI
+app cannot take one), and any other scope type is an error.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, MutableMapping
+from concurrent.futures import Executor, ThreadPoolExecutor
+from typing import IO, TYPE_CHECKING, Any
+from urllib.parse import quote, unquote_to_bytes
+
+from wsgipool import exchange as ev
+from wsgipool.backends import place
+from wsgipool.body import BodyTooLarge, read_stream
+from wsgipool.cgi import EnvironOptions
+from wsgipool.environ import Collected
+from wsgipool.ratelog import RateLimitedLog
+from wsgipool.response import _clean_headers
+
+if TYPE_CHECKING:
+    from wsgipool.executor import ProcessExecutor
+
+__all__ = ["ResponseCut", "WSGIMiddleware", "WsgiToAsgi"]
+
+logger = logging.getLogger("wsgipool.asgi")
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+
+_CREDIT_BATCH = 64 * 1024
+_GONE = 499  # the ERROR status of an exchange whose client left
+_FILE_CHUNK = 256 * 1024
+_REASONS = {
+    413: "Payload Too Large",
+    500: "Internal Server Error",
+    502: "Bad Gateway",
+    503: "Service Unavailable",
+    504: "Gateway Timeout",
+}
+# Characters a path may carry unquoted (RFC 3986 pchar and "/").
+_PATH_SAFE = "/:@!$&'()*+,;=-._~"
+
+
+class ResponseCut(Exception):
+    """The response cannot be completed after its head went out (app failed, short body).
+
+    Raised to the ASGI server, which then closes the connection: the client
+    sees a broken response, never a wrong one.
+    """
+
+
+class _ClientGone(Exception):
+    pass
+
+
+class WSGIMiddleware:
+    """An ASGI 3 application that runs `application`, a WSGI app, a PEP 3333 environ per request.
+
+    `application` is a WSGI callable or an import string ("pkg.module:app").
+    `executor` decides where it runs: None runs it in the event loop's default
+    executor (threads of the ASGI server's process); `workers=N` gives it a
+    pool of N threads of its own instead; a `wsgipool.ProcessExecutor` runs it
+    in supervised worker processes.  `max_request_body_size` bytes at most are
+    accepted (413 beyond); bodies over `inbuf_overflow` bytes are spooled to a
+    temporary file.  `url_scheme` overrides the scope's scheme;
+    `forwarded_allow_ips` are the peers whose X-Forwarded-For/-Proto count.
+    """
+
+    def __init__(
+        self,
+        application: Callable[..., Any] | str,
+        *,
+        executor: Executor | ProcessExecutor | None = None,
+        workers: int | None = None,
+        max_request_body_size: int = 1073741824,
+        inbuf_overflow: int = 524288,
+        url_scheme: str | None = None,
+        forwarded_allow_ips: Iterable[str] = ("127.0.0.1", "::1"),
+        stderr: IO[str] | None = None,
+    ) -> None:
+        for name, value in (
+            ("inbuf_overflow", inbuf_overflow),
+            ("max_request_body_size", max_request_body_size),
+        ):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise ValueError(f"{name} must be an int >= 0, got {value!r}")
+        if url_scheme is not None and url_scheme not in ("http", "https"):
+            raise ValueError(f"url_scheme must be 'http' or 'https', got {url_scheme!r}")
+        if workers is not None:
+            if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+                raise ValueError(f"workers must be an int >= 1, got {workers!r}")
+            if executor is not None:
+                raise ValueError("pass either executor or workers (threads), not both")
+
+        self._max_body = max_request_body_size
+        options = EnvironOptions(url_scheme, tuple(forwarded_allow_ips), "")
+        self._own_threads: ThreadPoolExecutor | None = None
+        if workers is not None:
+            executor = self._own_threads = ThreadPoolExecutor(
+                workers, thread_name_prefix="wsgipool-asgi"
+            )
+        self._executor = executor
+        self._unavailable_log = RateLimitedLog(logger, logging.WARNING)
+        placement = place(application, executor, options, inbuf_overflow, stderr)
+        self._backend = placement.backend
+        self._memory_limit = placement.memory_limit
+        self._in_process = placement.in_process
+
+    @property
+    def executor(self) -> Executor | ProcessExecutor | None:
+        return self._executor
+
+    # -- lifecycle --------------------------------------------------------------------
+
+    async def startup(self) -> None:
+        """Start the process pool, if there is one (its app is imported now)."""
+        start = getattr(self._backend, "start", None)
+        if start is not None:
+            await start()
+
+    async def shutdown(self) -> None:
+        """Let the workers finish their requests and stop them; release own threads."""
+        stop = getattr(self._backend, "shutdown", None)
+        if stop is not None:
+            await stop()
+        if self._own_threads is not None:
+            self._own_threads.shutdown(wait=False)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(self, _app: object = None) -> AsyncIterator[None]:
+        """The pool's lifetime when mounted: ``Starlette(lifespan=wsgi.lifespan)``,
+        or ``async with wsgi.lifespan():`` inside the outer app's own lifespan."""
+        await self.startup()
+        try:
+            yield
+        finally:
+            await self.shutdown()
+
+    # -- ASGI -------------------------------------------------------------------------
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        kind = scope["type"]
+        if kind == "http":
+            await self._http(scope, receive, send)
+        elif kind == "lifespan":
+            await self._lifespan(receive, send)
+        elif kind == "websocket":
+            # Refused before accept(): the server answers the handshake with 403.
+            message = await receive()
+            if message["type"] == "websocket.connect":
+                await send({"type": "websocket.close", "code": 1008})
+        else:
+            raise ValueError(f"wsgipool.asgi: a WSGI app cannot serve a {kind!r} scope")
+
+    async def _lifespan(self, receive: Receive, send: Send) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                try:
+                    await self.startup()
+                except Exception as exc:
+                    await send({"type": "lifespan.startup.failed", "message": str(exc)})
+                    return
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                try:
+                    await self.shutdown()
+                except Exception as exc:
+                    await send({"type": "lifespan.shutdown.failed", "message": str(exc)})
+                    return
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+
+    async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
+        headers = [(bytes(name), bytes(value)) for name, value in scope.get("headers", ())]
+        declared = _content_length(headers)
+        if declared is not None and declared > self._max_body:
+            await _send_error(send, 413, close=True)
+            return
+        reader = _BodyReader(receive)
+        try:
+            body = await read_stream(reader.readany, self._memory_limit, self._max_body)
+        except BodyTooLarge:
+            await _send_error(send, 413, close=True)
+            return
+        except _ClientGone:
+            return
+        collected = collect_scope(scope, headers, body.length)
+        extras: dict[str, Any] | None = None
+        if self._in_process:
+            extras = {"asgi.scope": scope}  # a live object: thread mode only
+        backend = self._backend
+        try:
+            exchange = backend.submit_now(collected, body, extras, False)
+            if exchange is None:  # no free worker thread: wait in the queue
+                exchange = await backend.submit(collected, body, extras, False)
+        except ev.Unavailable as exc:
+            body.close()
+            self._unavailable_log.record(f"{_request_line(collected)}: 503, {exc}")
+            await _send_error(send, 503, retry_after=1)
+            return
+        finally:
+            body.close()  # the executor has what it needs of it by now (or never will)
+        watch = asyncio.ensure_future(_watch_disconnect(receive, exchange))
+        try:
+            await _write_response(scope, send, exchange, collected)
+        except ResponseCut:
+            if watch.done() and not watch.cancelled():
+                return  # the client left: there is nobody to tell
+            raise
+        finally:
+            watch.cancel()
+            exchange.close()
+
+
+WsgiToAsgi = WSGIMiddleware  # asgiref's name
+
+
+class _BodyReader:
+    """``receive`` as the `read_stream` readany: the body's pieces, b"" at its end."""
+
+    __slots__ = ("done", "receive")
+
+    def __init__(self, receive: Receive) -> None:
+        self.receive = receive
+        self.done = False
+
+    async def readany(self) -> bytes:
+        while not self.done:
+            message = await self.receive()
+            kind = message["type"]
+            if kind == "http.disconnect":
+                raise _ClientGone
+            if kind != "http.request":
+                continue
+            if not message.get("more_body", False):
+                self.done = True
+            chunk = message.get("body", b"")
+            if chunk:
+                return bytes(chunk)
+        return b""
+
+
+async def _watch_disconnect(receive: Receive, exchange: ev.Exchange) -> None:
+    """Stop the app (its close() is called) when the client leaves before the response ends.
+
+    ASGI servers return from ``send`` quietly once the client is gone, so the
+    only sign of it is ``http.disconnect`` from ``receive``.
+    """
+    while (await receive())["type"] != "http.disconnect":
+        pass
+    exchange.abort(_GONE, "client disconnected")
+
+
+def collect_scope(
+    scope: Scope, headers: list[tuple[bytes, bytes]], content_length: int
+) -> Collected:
+    """The request facts (protocol.REQUEST_FIELDS) of an ASGI HTTP scope.
+
+    The target is ``raw_path`` as received (its bytes read as latin-1 by
+    `cgi.build_environ`), with the query string; ``root_path`` becomes the
+    prefix that SCRIPT_NAME takes, whether the server left it in the path (the
+    ASGI spec, Starlette's Mount) or took it out (then it is put back).
+    """
+    raw = scope.get("raw_path")
+    if not isinstance(raw, bytes | bytearray):
+        raw = quote(scope.get("path") or "/", safe=_PATH_SAFE).encode("ascii")
+    path = bytes(raw).partition(b"?")[0] or b"/"
+    root = str(scope.get("root_path") or "").rstrip("/")
+    prefix = root.encode("utf-8")
+    if prefix:
+        decoded = unquote_to_bytes(path) if b"%" in path else path
+        size = len(prefix)
+        if not (decoded.startswith(prefix) and (len(decoded) == size or decoded[size] == 0x2F)):
+            path = quote(root, safe=_PATH_SAFE).encode("ascii") + path
+    query = scope.get("query_string") or b""
+    target = path + b"?" + bytes(query) if query else path
+    server_name, server_port = _address(scope.get("server"))
+    remote_addr, remote_port = _address(scope.get("client"))
+    scheme = b"https" if scope.get("scheme") in ("https", "wss") else b"http"
+    fields = [
+        str(scope.get("method", "GET")).encode("latin-1"),
+        target,
+        str(scope.get("http_version", "1.1")).encode("latin-1"),
+        scheme,
+        server_name,
+        server_port,
+        remote_addr,
+        remote_port,
+        prefix,
+        b"%d" % content_length,
+    ]
+    return Collected(fields, headers, True)
+
+
+def _address(address: object) -> tuple[bytes, bytes]:
+    """(host, port) of a scope's server or client; a unix socket reads as ("unix", path)."""
+    if isinstance(address, list | tuple) and len(address) == 2:
+        host, port = address
+        if port is None:
+            return b"unix", str(host).encode("latin-1", "replace")
+        text = str(host)
+        if text.startswith("::ffff:") and "." in text:  # an IPv4 client on a dual-stack socket
+            text = text[7:]
+        return text.encode("latin-1", "replace"), str(port).encode("latin-1")
+    return b"", b""
+
+
+def _content_length(headers: list[tuple[bytes, bytes]]) -> int | None:
+    for name, value in headers:
+        if name.lower() == b"content-length" and value.strip().isdigit():
+            return int(value)
+    return None
+
+
+async def _send_error(
+    send: Send, status: int, *, close: bool = False, retry_after: int | None = None
+) -> None:
+    body = f"{status} {_REASONS.get(status, 'Error')}\n".encode("ascii")
+    headers = [(b"content-type", b"text/plain"), (b"content-length", b"%d" % len(body))]
+    if retry_after is not None:
+        headers.append((b"retry-after", b"%d" % retry_after))
+    if close:
+        headers.append((b"connection", b"close"))
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body, "more_body": False})
+
+
+def _asgi_headers(headers: list[tuple[str, str]], length: int | None) -> list[tuple[bytes, bytes]]:
+    out = [(name.lower().encode("latin-1"), value.encode("latin-1")) for name, value in headers]
+    if length is not None:
+        out.append((b"content-length", b"%d" % length))
+    return out
+
+
+async def _write_response(
+    scope: Scope, send: Send, exchange: ev.Exchange, collected: Collected
+) -> None:
+    kind, value = await exchange.next()
+    if kind == ev.TAKEOVER:  # only asked for when offered (raw heads): never here
+        exchange.backend.decline(exchange)  # type: ignore[attr-defined]
+        kind, value = await exchange.next()
+    if kind == ev.ERROR:
+        if value[0] != _GONE:
+            await _send_error(send, value[0], retry_after=1 if value[0] == 503 else None)
+        return
+    try:
+        cleaned, length, _ = _clean_headers(value[2])
+    except ValueError as exc:
+        logger.error("%s: %s", _request_line(collected), exc)
+        exchange.close()
+        await _send_error(send, 500)
+        return
+    if not any(name.lower() == "server" for name, _ in value[2]):
+        cleaned.pop()  # the ASGI server names itself
+    code: int = value[0]
+    no_body = scope.get("method") == "HEAD" or code in (204, 304)
+    if kind == ev.RESPONSE:
+        data: bytes = value[3]
+        if length is None and not no_body:
+            length = len(data)
+        start = {"type": "http.response.start", "status": code}
+        if no_body:
+            start["headers"] = _asgi_headers(cleaned, None if code == 204 else length)
+            await send(start)
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+            return
+        assert length is not None
+        start["headers"] = _asgi_headers(cleaned, length)
+        await send(start)
+        if len(data) < length:
+            await send({"type": "http.response.body", "body": data, "more_body": True})
+            raise ResponseCut(_short(collected, length, len(data)))
+        await send({"type": "http.response.body", "body": data[:length], "more_body": False})
+        return
+    if no_body:
+        if length is None:  # a file the worker sends whole: HEAD gets the length GET would
+            upcoming = exchange.peek()
+            if upcoming is not None and upcoming[0] == ev.FILE and upcoming[1][2] is not None:
+                length = upcoming[1][2]
+        exchange.close()  # nothing of the body will be sent: stop producing it
+        headers = _asgi_headers(cleaned, None if code == 204 else length)
+        await send({"type": "http.response.start", "status": code, "headers": headers})
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
+        return
+    await _write_streamed(send, exchange, collected, code, cleaned, length)
+
+
+async def _write_streamed(
+    send: Send,
+    exchange: ev.Exchange,
+    collected: Collected,
+    code: int,
+    headers: list[tuple[str, str]],
+    length: int | None,
+) -> None:
+    started = False
+    written = 0
+    owed = 0
+
+    async def start() -> None:
+        nonlocal started
+        started = True
+        await send(
+            {
+                "type": "http.response.start",
+                "status": code,
+                "headers": _asgi_headers(headers, length),
+            }
+        )
+
+    while True:
+        kind, value = await exchange.next()
+        if kind == ev.DATA:
+            if length is not None:
+                room = length - written
+                if room <= 0:
+                    continue
+                if len(value) > room:
+                    value = value[:room]
+            if not started:
+                await start()
+            await send({"type": "http.response.body", "body": value, "more_body": True})
+            written += len(value)
+            owed += len(value)
+            if owed >= _CREDIT_BATCH:  # sent, so the app may produce that much more
+                exchange.grant(owed)
+                owed = 0
+            if length is not None and written >= length:
+                exchange.close()  # the declared length is reached: the rest is cut
+                break
+        elif kind == ev.FILE:
+            fd, offset, count = value
+            try:
+                if length is not None:
+                    room = max(0, length - written)
+                    count = room if count is None else min(count, room)
+                elif not started and count is not None:
+                    length = count
+                if not started:
+                    await start()
+                written += await _send_file(send, fd, offset, count)
+            finally:
+                os.close(fd)
+        elif kind == ev.END:
+            break
+        else:  # ERROR: before the head, an error response; after it, a cut connection
+            if not started:
+                if value[0] != _GONE:
+                    await _send_error(send, value[0])
+                return
+            raise ResponseCut(f"response to {_request_line(collected)} cut: {value[1]}")
+    if not started:
+        await start()
+    if length is not None and written < length:
+        raise ResponseCut(_short(collected, length, written))
+    await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+
+_ESCAPES = {code: f"\\x{code:02x}" for code in (*range(0x20), 0x7F)}
+
+
+def _request_line(collected: Collected) -> str:
+    """ "METHOD /target" for a log line, control characters escaped."""
+    return collected.request_line().translate(_ESCAPES)
+
+
+def _short(collected: Collected, length: int, got: int) -> str:
+    return (
+        f"{_request_line(collected)}: app declared Content-Length {length} but sent {got} bytes; "
+        "the connection is closed"
+    )
+
+
+async def _send_file(send: Send, fd: int, offset: int, count: int | None) -> int:
+    """The descriptor's bytes as body messages, read off the loop one chunk at a time."""
+    loop = asyncio.get_running_loop()
+    if count is None:
+        count = max(os.fstat(fd).st_size - offset, 0)
+    sent = 0
+    while sent < count:
+        size = min(_FILE_CHUNK, count - sent)
+        chunk = await loop.run_in_executor(None, os.pread, fd, size, offset + sent)
+        if not chunk:
+            break
+        await send({"type": "http.response.body", "body": chunk, "more_body": True})
+        sent += len(chunk)
+    return sent
