@@ -42,7 +42,7 @@ def free_port() -> int:
 
 
 class ServerProcess:
-    """A `wsgipool serve` subprocess and what it printed."""
+    """A `python -m MODULE` server subprocess (`wsgipool serve` by default) and what it printed."""
 
     def __init__(
         self,
@@ -52,13 +52,14 @@ class ServerProcess:
         env: dict[str, str],
         cwd: Path,
         launcher: tuple[str, ...] = (),
+        module: str = "wsgipool",
     ) -> None:
         self.args = args
         self.port = port
         self.log_path = log_path
         self._log = open(log_path, "wb")
         self.proc = subprocess.Popen(
-            [*launcher, sys.executable, "-m", "wsgipool", *args],
+            [*launcher, sys.executable, "-m", module, *args],
             stdout=self._log,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,

@@ -25,6 +25,7 @@ from wsgipool.dispatch import Dispatcher, QueueFull, QueueTimeout
 from wsgipool.environ import Collected
 from wsgipool.loader import AppImportError, find_import_name
 from wsgipool.logs.setup import LogSetup
+from wsgipool.supervisor.guard import RequestGuard
 from wsgipool.supervisor.handle import WorkerHandle
 from wsgipool.supervisor.supervisor import Supervisor
 
@@ -231,7 +232,9 @@ class ProcessExecutor:
             frame = p.encode_request(
                 rid, ev.RESPONSE_WINDOW, flags, collected.fields, collected.headers, body.chunks
             )
-            worker.send_request(rid, exchange, frame, file.fileno() if file is not None else -1)
+            guard = RequestGuard(ev.RESPONSE_WINDOW, raw_ok, collected.method == b"HEAD")
+            body_fd = file.fileno() if file is not None else -1
+            worker.send_request(rid, exchange, frame, body_fd, guard)
         except OSError as exc:  # the body's descriptor could not be copied (EMFILE)
             self._dispatcher.release(worker)
             self.rejected["dispatch-failed"] += 1
@@ -246,8 +249,7 @@ class ProcessExecutor:
 
     def grant(self, exchange: ev.Exchange, amount: int) -> None:
         worker: WorkerHandle = exchange.owner
-        if exchange.rid in worker.inflight:
-            worker.send(p.CREDIT, exchange.rid, p.encode_u32(amount))
+        worker.grant(exchange.rid, amount)
 
     def hand_socket(
         self, exchange: ev.Exchange, fd: int, keep_alive: bool, send_timeout: float | None = None
@@ -260,26 +262,16 @@ class ProcessExecutor:
         the worker is told to send frames instead.
         """
         worker: WorkerHandle = exchange.owner
-        if exchange.rid not in worker.inflight:
-            return False
-        payload = p.encode_socket(keep_alive, send_timeout)
-        try:
-            worker.channel.send_fd(p.frame(p.SOCKET, exchange.rid, payload), fd)
-        except OSError:
-            worker.send(p.DECLINE, exchange.rid)
-            return False
-        return True
+        return worker.hand_socket(exchange.rid, fd, keep_alive, send_timeout)
 
     def decline(self, exchange: ev.Exchange) -> None:
         """Answer TAKEOVER: no, send the response as frames."""
         worker: WorkerHandle = exchange.owner
-        if exchange.rid in worker.inflight:
-            worker.send(p.DECLINE, exchange.rid)
+        worker.decline(exchange.rid)
 
     def cancel(self, exchange: ev.Exchange) -> None:
         worker: WorkerHandle = exchange.owner
-        if exchange.rid in worker.inflight:
-            worker.send(p.CANCEL, exchange.rid)
+        worker.cancel(exchange.rid)
 
     # -- the pool (called by the supervisor) ---------------------------------------------
 

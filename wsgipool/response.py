@@ -307,6 +307,19 @@ async def write_response(
     request: web.BaseRequest, exchange: ev.Exchange, sending: Sending | None = None
 ) -> web.StreamResponse:
     """The response to `request` from the exchange's events; `sending` is its send deadline."""
+    try:
+        return await _write_response(request, exchange, sending)
+    except ConnectionError:
+        # The client left while its response was being written (a write can run
+        # before aiohttp's cancellation arrives): not an error of the server's.
+        exchange.close()
+        _abort(request)
+        return _WrittenResponse(499, 0, False)
+
+
+async def _write_response(
+    request: web.BaseRequest, exchange: ev.Exchange, sending: Sending | None
+) -> web.StreamResponse:
     kind, value = await exchange.next()
     if kind == ev.RAW:
         return _RawResponse(request, *value)

@@ -9,6 +9,7 @@ in one place is what makes both executors answer the same way.
 
 from __future__ import annotations
 
+import fcntl
 import logging
 import os
 import stat
@@ -274,9 +275,10 @@ def _try_send_file(call: _Call, wrapper: FileWrapper) -> bool:
     try:
         fd = filelike.fileno()
         info = os.fstat(fd)
+        mode = fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_ACCMODE
     except (AttributeError, OSError, ValueError):
         return False
-    if not stat.S_ISREG(info.st_mode):
+    if not stat.S_ISREG(info.st_mode) or mode == os.O_WRONLY:  # what a FILE frame may carry
         return False
     try:
         offset = filelike.tell() if hasattr(filelike, "tell") else os.lseek(fd, 0, os.SEEK_CUR)

@@ -15,8 +15,6 @@ import json
 import os
 import signal
 import socket
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -27,7 +25,7 @@ from typing import Any
 import psutil
 import pytest
 
-from tests.conftest import free_port, server_env
+from tests.conftest import ServerProcess, free_port, server_env
 from tests.polling import wait_for
 
 MIB = 1024 * 1024
@@ -35,36 +33,11 @@ POOL = {"workers": 2, "threads": 4, "timeout": "3s", "graceful_timeout": "5s"}
 OPTIONS = {"max_request_body_size": 60 * MIB}
 
 
-class AsgiServer:
+class AsgiServer(ServerProcess):
     """An ASGI server subprocess serving `module:app`; stop() kills its whole tree."""
 
     def __init__(self, argv: list[str], port: int, env: dict[str, str], log: Path) -> None:
-        self.port = port
-        self.log_path = log
-        self._log = open(log, "wb")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", *argv],
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            env=env,
-            cwd=log.parent,
-            start_new_session=True,
-        )
-        self.pid = self.proc.pid
-        self.known: set[int] = {self.pid}
-
-    @property
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-    def descendants(self) -> list[psutil.Process]:
-        try:
-            children = psutil.Process(self.pid).children(recursive=True)
-        except psutil.NoSuchProcess:
-            children = []
-        self.known.update(child.pid for child in children)
-        return children
+        super().__init__(argv[1:], port, log, env, log.parent, module=argv[0])
 
     def worker_pids(self) -> list[int]:
         """The pool's workers: children of the template, the server's child."""
@@ -76,6 +49,7 @@ class AsgiServer:
         return sorted(out)
 
     def wait_until_serving(self, timeout: float = 45.0) -> None:
+        """Until the port accepts (ASGI servers print no "serving with" line)."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -88,42 +62,6 @@ class AsgiServer:
                 return
             time.sleep(0.05)
         raise RuntimeError(f"server did not start within {timeout}s:\n{self.log}")
-
-    def request(
-        self,
-        method: str,
-        path: str,
-        body: Any = None,
-        headers: dict[str, str] | None = None,
-        timeout: float = 30.0,
-    ) -> tuple[int, dict[str, str], bytes]:
-        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=timeout)
-        try:
-            conn.request(method, path, body=body, headers=headers or {})
-            response = conn.getresponse()
-            return (
-                response.status,
-                {k.lower(): v for k, v in response.getheaders()},
-                response.read(),
-            )
-        finally:
-            conn.close()
-
-    def stop(self) -> None:
-        self.descendants()
-        if self.proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(self.pid, signal.SIGTERM)
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                self.proc.wait(10)
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(self.pid, signal.SIGKILL)
-        for pid in self.known:
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.kill(pid, signal.SIGKILL)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            self.proc.wait(5)
-        self._log.close()
 
 
 def start_asgi(

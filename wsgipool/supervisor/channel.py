@@ -5,6 +5,12 @@ under load is many requests per system call.  Reads take whatever is there in
 one recvmsg() and hand every whole frame to the owner at once.  Anything the
 peer sends that is not a valid frame closes the channel: the owner decides what
 that means for the peer (a worker is killed and replaced).
+
+Descriptors the peer passes wait in `fds` until a frame claims them.  The
+owner says how many may wait unclaimed once the frames of a read are handled
+(`max_fds`: a worker's FILE frame may still be arriving behind its descriptor);
+more closes the channel with a ProtocolError and every queued descriptor, so a
+peer that sends descriptors nobody asked for holds at most that many.
 """
 
 from __future__ import annotations
@@ -37,6 +43,7 @@ class AsyncChannel:
         accept: frozenset[int],
         on_frames: FrameHandler,
         on_close: CloseHandler,
+        max_fds: int = 0,
     ) -> None:
         sock.setblocking(False)
         self._loop = loop
@@ -51,6 +58,7 @@ class AsyncChannel:
         self._flush_scheduled = False
         self._writing = False
         self.fds: deque[int] = deque()
+        self._max_fds = max_fds
         self.closed = False
         self._inbox = bytearray(_RECV_SIZE)
         self._inbox_view = memoryview(self._inbox)
@@ -147,6 +155,8 @@ class AsyncChannel:
             return
         if frames:
             self._on_frames(frames)
+        if len(self.fds) > self._max_fds and not self.closed:
+            self._close(p.ProtocolError(f"{len(self.fds)} descriptors that no frame claimed"))
 
     def take_fd(self) -> int:
         try:

@@ -2,25 +2,31 @@
 
 A handle routes the worker's response frames to the exchanges of its requests
 and reports lifecycle frames (HELLO, STATUS, STACK) and its death to the
-supervisor.  A response frame for a request id the handle does not know, or no
-longer knows, is dropped: it can never reach another request.
+supervisor.  The worker is not trusted: each request's frames pass its
+`RequestGuard` (order, credit), a frame for a request the worker does not have
+in flight, a descriptor that is not a readable regular file, or a STACK nobody
+asked for is a protocol error, and a protocol error kills the worker and fails
+every request it had in flight, the one that triggered it included.
 """
 
 from __future__ import annotations
 
 import asyncio
 import enum
+import fcntl
 import logging
 import os
 import signal
 import socket
+import stat
 import time
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from wsgipool import exchange as ev
 from wsgipool import protocol as p
 from wsgipool.growth import GrowthTable, normalise_path
 from wsgipool.supervisor.channel import AsyncChannel
+from wsgipool.supervisor.guard import PROGRESS, RequestGuard
 
 if TYPE_CHECKING:
     from wsgipool.supervisor.spawner import TemplateProcess
@@ -34,29 +40,21 @@ logger = logging.getLogger("wsgipool.supervisor")
 #: when the worker is recycled for memory); the pool-wide table keeps more.
 WORKER_PATHS = 10
 
-#: Frames after which a request is over on the worker's side: its slot is free.
-_FINAL = frozenset({p.RAW, p.RESPONSE, p.END, p.ERROR, p.DONE})
+#: Descriptors a worker may have sent that no frame claimed yet: the one of a FILE
+#: frame whose bytes are still arriving (a worker sends one per sendmsg()).
+WORKER_FDS = 1
+_READ_MODES = (os.O_RDONLY, os.O_RDWR)
+_O_PATH = getattr(os, "O_PATH", 0)
 
 
-def _final_event(kind: int, payload: bytes, exchange: ev.Exchange | None) -> tuple[int, Any]:
-    if kind == p.ERROR:
-        return ev.ERROR, (500, p.decode_text(payload))
-    # The others end with the worker's RSS change over the request, for the access log.
-    rss = p.decode_rss(payload, p.NAMES.get(kind, str(kind)))
-    if exchange is not None:
-        exchange.rss_change = rss
-    cut = len(payload) - p.RSS_TRAILER_SIZE
-    if kind == p.RAW:
-        facts = exchange.facts if exchange is not None else None
-        head_request = facts is not None and facts.method == b"HEAD"
-        return ev.RAW, p.decode_raw(memoryview(payload)[:cut], head_request)  # type: ignore[arg-type]
-    if kind == p.RESPONSE:
-        return ev.RESPONSE, p.decode_response(payload[:cut])
-    if kind == p.DONE:
-        return ev.DONE, p.decode_done(payload[:cut])
-    if cut:
-        raise p.ProtocolError("END with a payload besides its RSS trailer")
-    return ev.END, None
+def _readable_file(fd: int) -> bool:
+    """Whether `fd` is a regular file open for reading: what FILE may carry."""
+    try:
+        mode = os.fstat(fd).st_mode
+        flags = fcntl.fcntl(fd, fcntl.F_GETFL)
+    except OSError:
+        return False
+    return stat.S_ISREG(mode) and flags & os.O_ACCMODE in _READ_MODES and not flags & _O_PATH
 
 
 class WorkerState(enum.Enum):
@@ -101,6 +99,7 @@ class WorkerHandle:
         self.spawn_reason = reason
         self.state = WorkerState.STARTING
         self.inflight: dict[int, ev.Exchange] = {}
+        self.guards: dict[int, RequestGuard] = {}  # what each request's frames may be
         self.busy = 0
         self.dispatched = 0
         self.completed = 0
@@ -118,12 +117,13 @@ class WorkerHandle:
         self.stop_requested = False
         self.timed_out: set[int] = set()  # requests answered 504 that the worker still runs
         self.stacks_pending: set[int] = set()  # of those, the ones whose stack is not logged yet
+        self._stacks_owed: set[int] = set()  # DUMP sent, STACK not back yet (even if it ended)
         self.exit_status: tuple[int, int] | None = None
         self.death_reason: str | None = None
         self.ready_future: asyncio.Future[None] = loop.create_future()
         self.kill_timer: asyncio.TimerHandle | None = None
         self.channel = AsyncChannel(
-            loop, sock, p.FROM_WORKER, self._on_frames, self._on_channel_close
+            loop, sock, p.FROM_WORKER, self._on_frames, self._on_channel_close, WORKER_FDS
         )
         self.pidfd = -1
         try:
@@ -154,17 +154,65 @@ class WorkerHandle:
     # -- commands ----------------------------------------------------------------
 
     def send_request(
-        self, rid: int, exchange: ev.Exchange, frame: list[bytes], body_fd: int
+        self,
+        rid: int,
+        exchange: ev.Exchange,
+        frame: list[bytes],
+        body_fd: int,
+        guard: RequestGuard,
     ) -> None:
         if body_fd >= 0:
             self.channel.send_fd(frame, body_fd)  # may raise OSError: nothing is recorded then
         else:
             self.channel.send(frame)
         self.inflight[rid] = exchange
+        self.guards[rid] = guard
         self.dispatched += 1
+
+    def grant(self, rid: int, amount: int) -> None:
+        """CREDIT: the worker may send `amount` more response bytes for this request."""
+        guard = self.guards.get(rid)
+        if guard is not None:
+            guard.grant(amount)
+            self.send(p.CREDIT, rid, p.encode_u32(amount))
+
+    def cancel(self, rid: int) -> None:
+        guard = self.guards.get(rid)
+        if guard is not None:
+            guard.cancel()
+            self.send(p.CANCEL, rid)
+
+    def hand_socket(
+        self, rid: int, fd: int, keep_alive: bool, send_timeout: float | None = None
+    ) -> bool:
+        """Answer TAKEOVER with a copy of the client socket; False: declined instead.
+
+        The worker cuts the client if it accepts no bytes for `send_timeout` seconds.
+        """
+        guard = self.guards.get(rid)
+        if guard is None:
+            return False
+        payload = p.encode_socket(keep_alive, send_timeout)
+        try:
+            self.channel.send_fd(p.frame(p.SOCKET, rid, payload), fd)
+        except OSError:  # no descriptor to spare for the copy
+            self.send(p.DECLINE, rid)
+            return False
+        guard.answer(True)
+        return True
+
+    def decline(self, rid: int) -> None:
+        """Answer TAKEOVER: no, send the response as frames."""
+        if rid in self.guards:
+            self.send(p.DECLINE, rid)
 
     def send(self, kind: int, rid: int, payload: bytes = b"") -> None:
         self.channel.send(p.frame(kind, rid, payload))
+
+    def dump(self, rid: int) -> None:
+        """DUMP: ask for the stack of the thread running this request (one STACK back)."""
+        self._stacks_owed.add(rid)
+        self.send(p.DUMP, rid)
 
     def stop(self, grace: float) -> None:
         """Ask the worker to finish its requests and exit; kill it after `grace` seconds."""
@@ -199,70 +247,71 @@ class WorkerHandle:
     # -- frames ------------------------------------------------------------------
 
     def _on_frames(self, frames: list[tuple[int, int, bytes]]) -> None:
-        inflight = self.inflight
+        guards = self.guards
         try:
             for kind, rid, payload in frames:
-                if kind in _FINAL:  # first: the common case, a whole response
-                    exchange = inflight.pop(rid, None)
+                guard = guards.get(rid)
+                if guard is None or kind == p.STACK:
+                    self._on_other_frame(kind, rid, payload)
+                    continue
+                what, value = guard.on_frame(kind, payload)  # ProtocolError if not legal now
+                exchange = self.inflight[rid]
+                if what >= ev.END:  # the request is over on the worker's side: its slot is free
+                    del self.inflight[rid]
+                    del guards[rid]
+                    exchange.rss_change = guard.rss_change
                     if self.timed_out:  # a timed-out request that finished after all
                         self.timed_out.discard(rid)
                         self.stacks_pending.discard(rid)
-                    event = _final_event(kind, payload, exchange)
-                    if exchange is None:
-                        continue
-                    if exchange.rss_change is not None and exchange.facts is not None:
-                        self._note_growth(exchange.facts.fields[1], exchange.rss_change)
-                    exchange.feed(*event)
+                    rss = guard.rss_change
+                    if rss is not None and exchange.facts is not None:
+                        self._note_growth(exchange.facts.fields[1], rss)
+                    exchange.feed(what, value)
                     self.busy -= 1
                     self.completed += 1
                     self.events.on_slot_free(self)
-                elif kind == p.DATA:
-                    exchange = inflight.get(rid)
-                    if exchange is not None:
-                        exchange.received += len(payload)
-                        exchange.feed(ev.DATA, payload)
-                elif kind == p.START:
-                    start = p.decode_start(payload)
-                    exchange = inflight.get(rid)
-                    if exchange is not None:
-                        exchange.feed(ev.START, start)
-                elif kind == p.TAKEOVER:
-                    if payload:
-                        raise p.ProtocolError("TAKEOVER with a payload")
-                    exchange = inflight.get(rid)
-                    if exchange is not None:
-                        exchange.feed(ev.TAKEOVER)
-                elif kind == p.PROGRESS:
-                    exchange = inflight.get(rid)
-                    if exchange is not None:
-                        exchange.last_progress = self.loop.time()
-                elif kind == p.FILE:
-                    offset, count = p.decode_file(payload)
+                elif what == ev.DATA:
+                    exchange.received += len(value)
+                    exchange.feed(what, value)
+                elif what == ev.FILE:
                     fd = self.channel.take_fd()
-                    exchange = inflight.get(rid)
-                    if exchange is None:
+                    if not _readable_file(fd):
                         os.close(fd)
-                    else:
-                        exchange.feed(ev.FILE, (fd, offset, count))
-                elif kind == p.HELLO:
-                    pid, threads = p.decode_hello(payload)
-                    if pid != self.pid or self.state is not WorkerState.STARTING:
-                        raise p.ProtocolError(f"unexpected HELLO from pid {pid}")
-                    self.threads = threads
-                    self.state = WorkerState.READY
-                    self.ready_at = time.monotonic()
-                    if not self.ready_future.done():
-                        self.ready_future.set_result(None)
-                    self.events.on_ready(self)
-                elif kind == p.STATUS:
-                    rss, _served, flags = p.decode_status(payload)
-                    self.rss = rss
-                    self.events.on_status(self, rss, flags)
-                elif kind == p.STACK:
-                    self.events.on_stack(self, rid, p.decode_text(payload))
+                        raise p.ProtocolError("FILE with a descriptor that is not a readable file")
+                    exchange.feed(what, (fd, *value))
+                elif what == PROGRESS:
+                    exchange.last_progress = self.loop.time()
+                else:
+                    exchange.feed(what, value)
         except p.ProtocolError as exc:
-            self._die(f"protocol error: {exc}")
             self.kill(signal.SIGKILL)
+            self._die(f"protocol error: {exc}")
+
+    def _on_other_frame(self, kind: int, rid: int, payload: bytes) -> None:
+        """A frame that is not about a request in flight: lifecycle, or a protocol error."""
+        if kind == p.STATUS:
+            rss, _served, flags = p.decode_status(payload)
+            self.rss = rss
+            self.events.on_status(self, rss, flags)
+        elif kind == p.HELLO:
+            pid, threads = p.decode_hello(payload)
+            if pid != self.pid or self.state is not WorkerState.STARTING:
+                raise p.ProtocolError(f"unexpected HELLO from pid {pid}")
+            if threads != self.threads:
+                raise p.ProtocolError(f"HELLO with {threads} threads, not {self.threads}")
+            self.state = WorkerState.READY
+            self.ready_at = time.monotonic()
+            if not self.ready_future.done():
+                self.ready_future.set_result(None)
+            self.events.on_ready(self)
+        elif kind == p.STACK:
+            if rid not in self._stacks_owed:
+                raise p.ProtocolError(f"STACK for request {rid}, which was not asked for")
+            self._stacks_owed.discard(rid)
+            self.events.on_stack(self, rid, p.decode_text(payload))
+        else:
+            name = p.NAMES.get(kind, kind)
+            raise p.ProtocolError(f"{name} for request {rid}, which this worker does not have")
 
     def _note_growth(self, target: bytes, kib: int) -> None:
         path = normalise_path(target)
@@ -284,7 +333,7 @@ class WorkerHandle:
     # -- death -------------------------------------------------------------------
 
     def _on_channel_close(self, exc: BaseException | None) -> None:
-        if isinstance(exc, p.ProtocolError):
+        if isinstance(exc, p.ProtocolError):  # includes descriptors beyond WORKER_FDS
             self.kill(signal.SIGKILL)
             self._die(f"protocol error: {exc}")
         else:
@@ -309,6 +358,7 @@ class WorkerHandle:
             self.kill_timer = None
         inflight = list(self.inflight.values())
         self.inflight.clear()
+        self.guards.clear()
         self.busy = 0
         for exchange in inflight:
             exchange.feed(ev.ERROR, (502, f"worker {self.pid} died"))

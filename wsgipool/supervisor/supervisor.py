@@ -622,7 +622,7 @@ class Supervisor:
         )
         worker.timed_out.add(rid)
         worker.stacks_pending.add(rid)
-        worker.send(p.DUMP, rid)
+        worker.dump(rid)
         self._replace(worker, "timeout", keep_serving=False)
         self._stop_if_only_stuck(worker)
 
