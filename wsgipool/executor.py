@@ -63,6 +63,9 @@ class ProcessExecutor:
         # dispatched request's wait for a worker thread, in seconds.
         self.rejected: Counter[str] = Counter()
         self.wait_observer: Callable[[float], None] | None = None
+        # Set before start() to have workers measure each request's RSS change (the
+        # supervisor's `path_growth`, the leak finder) without an access log asking.
+        self.request_rss = False
         if application is not None:
             self.bind(application)
 
@@ -105,6 +108,7 @@ class ProcessExecutor:
             log_level=self.log_level,
             log_setup=self.log_setup,
             environ=self._options,
+            request_rss=self.request_rss,
         )
         try:
             await supervisor.start()

@@ -157,6 +157,7 @@ def families(s: Snapshot) -> Iterator[Metric]:
         "Workers in a row that died young; each doubles the restart delay.",
         s.backoff_failures,
     )
+    yield from _path_families(s)
 
     yield _gauge("wsgipool_main_resident_memory_bytes", "RSS of the main process.", s.main_rss)
     yield _gauge("wsgipool_main_open_fds", "Open descriptors of the main process.", s.main_fds)
@@ -165,6 +166,31 @@ def families(s: Snapshot) -> Iterator[Metric]:
         "How late the main event loop ran a timer at its latest check (every 0.5 s).",
         s.loop_lag,
     )
+
+
+def _path_families(s: Snapshot) -> Iterator[Metric]:
+    """The leak finder: growth by normalised path, at most POOL_PATHS paths plus "other"."""
+    if s.mode != "processes":
+        return
+    grown = CounterMetricFamily(
+        "wsgipool_path_rss_growth_kibibytes",
+        "Worker RSS growth over requests to a normalised path (rises only), in KiB; "
+        'at most 50 paths, the rest under path="other".',
+        labels=["path"],
+    )
+    requests = CounterMetricFamily(
+        "wsgipool_path_requests",
+        "Requests to a normalised path whose RSS change a worker measured.",
+        labels=["path"],
+    )
+    rows = list(s.paths)
+    if s.paths_other is not None:
+        rows.append(s.paths_other)
+    for row in rows:
+        grown.add_metric([row.path], row.grown_kib)
+        requests.add_metric([row.path], row.requests)
+    yield grown
+    yield requests
 
 
 def _gauge(name: str, documentation: str, value: float) -> GaugeMetricFamily:

@@ -59,6 +59,10 @@ svg.rss-chart { display: block; }
 <th class="l">when</th><th>pid</th><th class="l">reason</th><th>RSS</th><th>served</th>
 <th>age</th><th class="l">exit</th>
 </tr></thead><tbody></tbody></table>
+<h2>Request paths that grew the workers most</h2>
+<table id="paths"><thead><tr>
+<th class="l">path</th><th>RSS growth</th><th>requests</th><th>per request</th>
+</tr></thead><tbody></tbody></table>
 <script type="application/json" id="initial">@@DATA@@</script>
 <script>
 "use strict";
@@ -178,6 +182,22 @@ function draw(s) {
   if (!s.recent_exits.length) {
     const tr = el("tr"); tr.appendChild(el("td", {colspan: 7, class: "l muted"}, "none yet"));
     exits.appendChild(tr);
+  }
+  const paths = document.querySelector("#paths tbody");
+  paths.replaceChildren();
+  const grew = s.paths.filter(p => p.grown_kib > 0).slice(0, 10);
+  for (const p of grew) {
+    const tr = el("tr", {class: "path"});
+    tr.appendChild(el("td", {class: "l"}, p.path));
+    tr.appendChild(el("td", {}, mib(p.grown_kib * 1024)));
+    tr.appendChild(el("td", {}, p.requests));
+    tr.appendChild(el("td", {}, (p.grown_kib / Math.max(1, p.requests)).toFixed(1) + " KiB"));
+    paths.appendChild(tr);
+  }
+  if (!grew.length) {
+    const tr = el("tr"); tr.appendChild(el("td", {colspan: 4, class: "l muted"},
+      s.mode === "threads" ? "threads mode: not measured" : "no growth measured yet"));
+    paths.appendChild(tr);
   }
 }
 draw(JSON.parse(document.getElementById("initial").textContent));

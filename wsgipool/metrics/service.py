@@ -95,9 +95,11 @@ class Observability:
         self._sock = sock
 
     def attach(self, executor: object) -> None:
-        """Hear of each dispatched request's queue wait from a process pool."""
+        """Hear of each dispatched request's queue wait from a process pool, and have its
+        workers measure each request's RSS change."""
         if self.stats is not None and isinstance(executor, ProcessExecutor):
             executor.wait_observer = self.stats.queue_wait.observe
+            executor.request_rss = True  # the leak finder: RSS growth by request path
 
     def wrap(self, handler: Handler) -> Handler:
         """The main listener's handler: health paths first, then the app, counted."""

@@ -13,16 +13,17 @@ import os
 import platform
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Protocol
 
 from wsgipool.config import Config, PoolConfig
 from wsgipool.executor import ProcessExecutor
+from wsgipool.growth import GrowthEntry
 from wsgipool.metrics.history import History, Slots
 from wsgipool.metrics.requests import Histogram, RequestStats
 
-__all__ = ["ServerView", "Snapshot", "WorkerView", "take_snapshot"]
+__all__ = ["PathGrowth", "ServerView", "Snapshot", "WorkerView", "take_snapshot"]
 
 _PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
 
@@ -66,6 +67,15 @@ class ServerView(Protocol):
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
+class PathGrowth:
+    """A normalised request path's RSS growth (KiB, rises only) and its requests."""
+
+    path: str
+    grown_kib: int
+    requests: int
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
 class WorkerView:
     slot: int
     pid: int
@@ -80,6 +90,7 @@ class WorkerView:
     served: int  # requests completed
     dispatched: int
     rss_history: tuple[tuple[float, int], ...]  # (unix time, bytes), oldest first
+    top_paths: tuple[PathGrowth, ...] = ()  # the paths that grew this worker most (3)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -126,6 +137,10 @@ class Snapshot:
     main_rss: int
     main_fds: int
     loop_lag: float
+    # The leak finder: pool-wide RSS growth by path, most first (at most POOL_PATHS), and
+    # what the table holds under "other" (paths evicted from it).
+    paths: tuple[PathGrowth, ...] = ()
+    paths_other: PathGrowth | None = None
 
     def as_json(self) -> dict[str, Any]:
         """The /stats document: plain JSON types, tuples of pairs as objects where natural."""
@@ -155,6 +170,8 @@ def take_snapshot(
     exits: dict[str, int] = {}
     rejected: dict[str, int] = {}
     queue_depth = spawned = pending = failures = 0
+    paths: tuple[PathGrowth, ...] = ()
+    paths_other: PathGrowth | None = None
     target = server.pool.workers
     if isinstance(executor, ProcessExecutor):
         rejected = {REJECT_REASONS.get(k, k): n for k, n in executor.rejected.items()}
@@ -179,6 +196,7 @@ def take_snapshot(
                         served=w.completed,
                         dispatched=w.dispatched,
                         rss_history=tuple(history.rss(w.pid)),
+                        top_paths=_paths(w.growth.top(3)),
                     )
                 )
             exits = {EXIT_REASONS.get(k, k): n for k, n in supervisor.exits.items()}
@@ -195,6 +213,10 @@ def take_snapshot(
                 for e in supervisor.recent_exits
             ]
             spawned = supervisor.spawned
+            table = supervisor.path_growth
+            paths = _paths(table.top())
+            other = table.other
+            paths_other = PathGrowth(other.path, other.grown_kib, other.requests)
             pending = supervisor.pending_spawns
             failures = supervisor.backoff.failures
             target = supervisor.target
@@ -244,7 +266,13 @@ def take_snapshot(
         main_rss=main_rss(),
         main_fds=main_fds(),
         loop_lag=loop_lag,
+        paths=paths,
+        paths_other=paths_other,
     )
+
+
+def _paths(entries: Iterable[GrowthEntry]) -> tuple[PathGrowth, ...]:
+    return tuple(PathGrowth(e.path, e.grown_kib, e.requests) for e in entries)
 
 
 def _histogram(h: Histogram) -> dict[str, Any]:

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Protocol
 
 from wsgipool import exchange as ev
 from wsgipool import protocol as p
+from wsgipool.growth import GrowthTable, normalise_path
 from wsgipool.supervisor.channel import AsyncChannel
 from wsgipool.supervisor.guard import PROGRESS, RequestGuard
 
@@ -34,6 +35,10 @@ __all__ = ["WorkerHandle", "WorkerState"]
 
 logger = logging.getLogger("wsgipool.supervisor")
 
+
+#: Paths whose RSS growth a handle keeps for its own worker (its top 3 are logged
+#: when the worker is recycled for memory); the pool-wide table keeps more.
+WORKER_PATHS = 10
 
 #: Descriptors a worker may have sent that no frame claimed yet: the one of a FILE
 #: frame whose bytes are still arriving (a worker sends one per sendmsg()).
@@ -102,6 +107,10 @@ class WorkerHandle:
         self.ready_at: float | None = None
         self.rss = 0
         self.rss_over = 0
+        # RSS growth by request path on this worker, and the pool-wide table (the
+        # supervisor's) that each request's growth is added to as well.
+        self.growth = GrowthTable(WORKER_PATHS)
+        self.pool_growth: GrowthTable | None = None
         self.request_limit: int | None = None
         self.lifetime_limit: float | None = None
         self.recycle_reason: str | None = None
@@ -254,6 +263,9 @@ class WorkerHandle:
                     if self.timed_out:  # a timed-out request that finished after all
                         self.timed_out.discard(rid)
                         self.stacks_pending.discard(rid)
+                    rss = guard.rss_change
+                    if rss is not None and exchange.facts is not None:
+                        self._note_growth(exchange.facts.fields[1], rss)
                     exchange.feed(what, value)
                     self.busy -= 1
                     self.completed += 1
@@ -300,6 +312,23 @@ class WorkerHandle:
         else:
             name = p.NAMES.get(kind, kind)
             raise p.ProtocolError(f"{name} for request {rid}, which this worker does not have")
+
+    def _note_growth(self, target: bytes, kib: int) -> None:
+        path = normalise_path(target)
+        self.growth.add(path, kib)
+        if self.pool_growth is not None:
+            self.pool_growth.add(path, kib)
+
+    def inflight_requests(self) -> list[str]:
+        """ "METHOD /path" (no query) of each request the worker is running; raw, not escaped."""
+        out = []
+        for exchange in self.inflight.values():
+            facts = exchange.facts
+            if facts is not None:
+                method, target = facts.fields[0], facts.fields[1]
+                path = target.split(b"?", 1)[0]
+                out.append(f"{method.decode('latin-1')} {path.decode('latin-1')}")
+        return out
 
     # -- death -------------------------------------------------------------------
 

@@ -22,6 +22,7 @@ from typing import Any, NamedTuple, Protocol
 from wsgipool import protocol as p
 from wsgipool.cgi import EnvironOptions
 from wsgipool.config import PoolConfig
+from wsgipool.growth import GrowthTable
 from wsgipool.logs.escape import escape
 from wsgipool.logs.setup import LogSetup
 from wsgipool.supervisor import policy
@@ -45,6 +46,8 @@ _PLANNED = frozenset({"max-requests", "max-lifetime", "reload"})
 _MIB = 1048576.0
 #: How many past worker exits `Supervisor.recent_exits` remembers (for the status page).
 _RECENT_EXITS = 50
+#: Request paths whose RSS growth the pool-wide table keeps by name (the rest: "other").
+POOL_PATHS = 50
 
 
 class WorkerExit(NamedTuple):
@@ -80,6 +83,7 @@ class Supervisor:
         log_level: str = "info",
         log_setup: LogSetup | None = None,
         environ: EnvironOptions | None = None,
+        request_rss: bool = False,
     ) -> None:
         self.app_ref = app_ref
         self.config = config
@@ -97,6 +101,11 @@ class Supervisor:
             user=config.user,
             group=config.group,
             logs=log_setup or LogSetup(level=log_level),
+            # Which requests grew a worker: for the log line of a memory recycle, and
+            # for observers (request_rss: --metrics-bind).
+            request_rss=request_rss
+            or config.max_rss is not None
+            or config.max_rss_hard is not None,
         )
         self.target = config.workers
         self.workers: list[WorkerHandle] = []
@@ -121,6 +130,8 @@ class Supervisor:
         # Read-only for observers (wsgipool.metrics): exits by reason, and the latest few.
         self.exits: Counter[str] = Counter()
         self.recent_exits: deque[WorkerExit] = deque(maxlen=_RECENT_EXITS)
+        # RSS growth by request path over the whole pool (the leak finder, docs/operations.md).
+        self.path_growth = GrowthTable(POOL_PATHS)
 
     @property
     def spawned(self) -> int:
@@ -254,6 +265,7 @@ class Supervisor:
         worker = WorkerHandle(
             self._loop, number, pid, sock, template, self, self.config.threads, "spawn"
         )
+        worker.pool_growth = self.path_growth
         worker.request_limit = policy.jittered_request_limit(
             self.config.max_requests, self.config.max_requests_jitter, self._rng
         )
@@ -499,12 +511,13 @@ class Supervisor:
             return
         limit = self.config.max_rss or 0
         logger.warning(
-            "worker %d over the memory limit (%s): rss %.1f MiB > %.1f MiB; %s; recycling it",
+            "worker %d over the memory limit (%s): rss %.1f MiB > %.1f MiB; %s; recycling it; %s",
             worker.pid,
             how,
             rss / _MIB,
             limit / _MIB,
             worker.describe(),
+            memory_culprits(worker),
         )
         self._replace(worker, "max-rss", keep_serving=False)
 
@@ -514,11 +527,12 @@ class Supervisor:
         limit = self.config.max_rss_hard or 0
         logger.error(
             "worker %d over the hard memory limit: rss %.1f MiB > %.1f MiB; "
-            "killing it (%d request(s) in flight)",
+            "killing it (%d request(s) in flight); %s",
             worker.pid,
             rss / _MIB,
             limit / _MIB,
             len(worker.inflight),
+            memory_culprits(worker),
         )
         worker.recycle_reason = "max-rss-hard"
         self.pool.remove(worker)
@@ -702,3 +716,23 @@ def _request_line(facts: object) -> str:
     """ "METHOD /target" of a request, for log lines."""
     line = getattr(facts, "request_line", None)
     return escape(line()) if callable(line) else "(unknown request)"
+
+
+#: In-flight requests named in a memory recycle's log line; more are counted.
+_CULPRIT_REQUESTS = 5
+
+
+def memory_culprits(worker: WorkerHandle) -> str:
+    """For the log line of a memory recycle or kill: the requests in flight on `worker`
+    and the request paths that grew it most (KiB, requests), escaped."""
+    running = worker.inflight_requests()
+    shown = ", ".join(escape(r) for r in running[:_CULPRIT_REQUESTS])
+    if len(running) > _CULPRIT_REQUESTS:
+        shown += f" and {len(running) - _CULPRIT_REQUESTS} more"
+    top = worker.growth.top(3)
+    grew = ", ".join(
+        f"{escape(e.path)} +{e.grown_kib} KiB in {e.requests} request(s)"
+        for e in top
+        if e.grown_kib
+    )
+    return f"in flight: {shown or 'none'}; grew it most: {grew or 'no request measured'}"

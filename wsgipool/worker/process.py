@@ -62,6 +62,9 @@ class WorkerSettings:
     user: str | None = None  # the template switches to these before importing the app
     group: str | None = None
     logs: LogSetup = field(default_factory=LogSetup)
+    #: Measure the RSS change of every request (the leak finder, a memory recycle's log
+    #: line) even when no access log shows it.
+    request_rss: bool = False
 
 
 class _Job:
@@ -155,8 +158,9 @@ class Worker:
         self._reported_rss = False
         self._rss = _RssProbe() if settings.max_rss or settings.max_rss_hard else None
         # Per-request RSS changes (two reads of /proc/self/statm) only for an access log
-        # that shows them.
-        self._request_rss = _RssProbe().read if settings.logs.wants_rss_change else None
+        # that shows them, or for the leak finder (--metrics-bind, --max-rss).
+        wanted = settings.logs.wants_rss_change or settings.request_rss
+        self._request_rss = _RssProbe().read if wanted else None
         self._served = itertools.count(1)
         self._decoder = p.FrameDecoder(p.TO_WORKER)
         self._lock = threading.Lock()
