@@ -81,6 +81,13 @@ def _wsgipool(s: Settings, app: str, port: int, extra: list[str]) -> tuple[Argv,
     return argv, {}
 
 
+def _wsgipool_metrics(s: Settings, app: str, port: int, extra: list[str]) -> tuple[Argv, Env]:
+    """wsgipool with its metrics listener on: what observing costs (issue 12)."""
+    from bench.procs import free_port
+
+    return _wsgipool(s, app, port, [*extra, "--metrics-bind", f"{HOST}:{free_port()}"])
+
+
 def _wsgipool_threads(s: Settings, app: str, port: int, extra: list[str]) -> tuple[Argv, Env]:
     argv = [PY, "-m", "wsgipool", "serve", app, "--workers", "0"]
     argv += ["--threads", str(s.workers * s.threads), "--bind", f"{HOST}:{port}", *extra]
@@ -229,6 +236,16 @@ SERVERS: dict[str, Server] = {
             kill=[],
         ),
         Server(
+            "wsgipool-metrics",
+            "wsgipool --metrics-bind",
+            ("wsgipool", "prometheus_client"),
+            ("wsgipool", "prometheus_client"),
+            _wsgipool_metrics,
+            _pool_shape,
+            _pool,
+            reference="wsgipool with /metrics on, for the cost of observing (--set metrics)",
+        ),
+        Server(
             "wsgipool-threads",
             "wsgipool --workers 0",
             ("wsgipool",),
@@ -367,7 +384,11 @@ SETS: dict[str, tuple[list[str], list[str]]] = {
         ["uvicorn-wsgipool", "uvicorn1-a2wsgi", "uvicorn1-asgiref"],
         ["hello", "cpu", "echo", "django"],
     ),
+    # issue 12: wsgipool with and without its metrics listener (and per-request RSS).
+    "metrics": (["wsgipool", "wsgipool-metrics"], ["hello", "django"]),
 }
 
-# The one-uvicorn-process adapters are measured with --set asgi (or by name), not by default.
-DEFAULT_SERVERS = [name for name in SERVERS if name not in SETS["asgi"][0]]
+# The sets' own servers are measured with --set NAME (or by name), not by default.
+DEFAULT_SERVERS = [
+    name for name in SERVERS if name not in SETS["asgi"][0] and name != "wsgipool-metrics"
+]
