@@ -29,6 +29,7 @@ import pytest
 from tests.apps.directapp import pattern
 from tests.certs import Pki, make_pki
 from tests.conftest import ServerProcess, free_port, server_env
+from tests.e2e.test_cli import assert_one_line_error, run_cli, wsgipool_cmd
 from tests.polling import wait_for
 
 PROCESSES = ["--workers", "2", "--threads", "2"]
@@ -165,29 +166,11 @@ def test_bad_tls_options_are_one_line_and_exit_2(
 ) -> None:
     names = {"CERT": pki.cert, "KEY": pki.key, "CA_KEY": pki.ca.with_suffix(".key")}
     argv = [str(names.get(arg, arg)) for arg in args]
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "wsgipool",
-            "serve",
-            "deployapp:app",
-            "--bind",
-            "127.0.0.1:0",
-            *argv,
-        ],
-        check=False,
-        capture_output=True,
-        text=True,
-        env=server_env(),
-        cwd=tmp_path,
-        timeout=60,
+    code, _out, err, _left = run_cli(
+        wsgipool_cmd("serve", "deployapp:app", "--bind", "127.0.0.1:0", *argv), tmp_path
     )
-    assert result.returncode == 2, result.stderr
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1, result.stderr
-    assert lines[0].startswith("wsgipool: error: ")
-    assert expected in lines[0]
+    assert code == 2, err
+    assert_one_line_error(err, expected)
 
 
 @pytest.fixture

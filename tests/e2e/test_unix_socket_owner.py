@@ -8,14 +8,13 @@ import pwd
 import signal
 import socket
 import stat
-import subprocess
-import sys
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import ServerProcess, server_env
+from tests.conftest import ServerProcess
+from tests.e2e.test_cli import assert_one_line_error, run_cli, wsgipool_cmd
 
 
 def _other_group() -> str:
@@ -80,27 +79,11 @@ def test_socket_group_perms_and_umask(
     ],
 )
 def test_bad_values_are_one_line_and_exit_2(tmp_path: Path, args: list[str], expected: str) -> None:
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "wsgipool",
-            "serve",
-            "deployapp:app",
-            "--bind",
-            "127.0.0.1:0",
-            *args,
-        ],
-        check=False,
-        capture_output=True,
-        text=True,
-        env=server_env(),
-        cwd=tmp_path,
-        timeout=60,
+    code, _out, err, _left = run_cli(
+        wsgipool_cmd("serve", "deployapp:app", "--bind", "127.0.0.1:0", *args), tmp_path
     )
-    assert result.returncode == 2
-    (line,) = result.stderr.strip().splitlines()
-    assert expected in line
+    assert code == 2, err
+    assert_one_line_error(err, expected)
 
 
 def test_group_by_number() -> None:
