@@ -27,6 +27,7 @@ import logging
 import os
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, MutableMapping
 from concurrent.futures import Executor, ThreadPoolExecutor
+from functools import partial
 from typing import IO, TYPE_CHECKING, Any
 from urllib.parse import quote, unquote_to_bytes
 
@@ -37,6 +38,8 @@ from wsgipool.cgi import EnvironOptions
 from wsgipool.environ import Collected
 from wsgipool.ratelog import RateLimitedLog
 from wsgipool.response import _clean_headers
+from wsgipool.retry import first_event
+from wsgipool.threaded import ThreadBackend
 
 if TYPE_CHECKING:
     from wsgipool.executor import ProcessExecutor
@@ -128,6 +131,10 @@ class WSGIMiddleware:
         self._backend = placement.backend
         self._memory_limit = placement.memory_limit
         self._in_process = placement.in_process
+        # The methods that may run again when their worker dies (retry.py); None: never.
+        self._retry_methods: frozenset[str] | None = None
+        if not isinstance(self._backend, ThreadBackend) and self._backend.retry_methods:
+            self._retry_methods = self._backend.retry_methods
 
     @property
     def executor(self) -> Executor | ProcessExecutor | None:
@@ -213,19 +220,36 @@ class WSGIMiddleware:
         if self._in_process:
             extras = {"asgi.scope": scope}  # a live object: thread mode only
         backend = self._backend
+        # A request that may run again if its worker dies keeps its body until then.
+        retry_methods = self._retry_methods
+        retrying = retry_methods is not None and collected.method.decode("latin-1") in retry_methods
         try:
-            exchange = backend.submit_now(collected, body, extras, False)
-            if exchange is None:  # no free worker thread: wait in the queue
-                exchange = await backend.submit(collected, body, extras, False)
+            if retrying and not isinstance(backend, ThreadBackend):
+                exchange = backend.submit_now(collected, body, None, False, keep_body=True)
+                if exchange is None:
+                    exchange = await backend.submit(collected, body, None, False, keep_body=True)
+            else:
+                exchange = backend.submit_now(collected, body, extras, False)
+                if exchange is None:  # no free worker thread: wait in the queue
+                    exchange = await backend.submit(collected, body, extras, False)
         except ev.Unavailable as exc:
             body.close()
             self._unavailable_log.record(f"{_request_line(collected)}: 503, {exc}")
             await _send_error(send, 503, retry_after=1)
             return
         finally:
-            body.close()  # the executor has what it needs of it by now (or never will)
-        watch = asyncio.ensure_future(_watch_disconnect(receive, exchange))
+            if not retrying:
+                body.close()  # the executor has what it needs of it by now (or never will)
+        current = [exchange]  # what the disconnect watch aborts: a retry replaces it
+        watch = asyncio.ensure_future(_watch_disconnect(receive, current))
         try:
+            if retrying and not isinstance(backend, ThreadBackend):
+                try:
+                    exchange = await first_event(
+                        backend, exchange, body, False, partial(_switch, current)
+                    )
+                finally:
+                    body.close()
             await _write_response(scope, send, exchange, collected)
         except ResponseCut:
             if watch.done() and not watch.cancelled():
@@ -264,15 +288,20 @@ class _BodyReader:
         return b""
 
 
-async def _watch_disconnect(receive: Receive, exchange: ev.Exchange) -> None:
+async def _watch_disconnect(receive: Receive, current: list[ev.Exchange]) -> None:
     """Stop the app (its close() is called) when the client leaves before the response ends.
 
     ASGI servers return from ``send`` quietly once the client is gone, so the
-    only sign of it is ``http.disconnect`` from ``receive``.
+    only sign of it is ``http.disconnect`` from ``receive``.  `current` holds the
+    request's exchange (a retry replaces it).
     """
     while (await receive())["type"] != "http.disconnect":
         pass
-    exchange.abort(_GONE, "client disconnected")
+    current[0].abort(_GONE, "client disconnected")
+
+
+def _switch(current: list[ev.Exchange], _old: ev.Exchange, new: ev.Exchange) -> None:
+    current[0] = new
 
 
 def collect_scope(

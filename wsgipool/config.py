@@ -179,6 +179,28 @@ def _parse_ips(value: object) -> tuple[str, ...]:
     return tuple(out)
 
 
+#: Methods a retry could run twice with a different effect: never retried.
+_NEVER_RETRIED = frozenset({"POST", "PATCH", "CONNECT"})
+_METHOD_RE = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+
+
+def _parse_methods(value: object) -> tuple[str, ...]:
+    """HTTP methods, comma-separated or a list; '' is none.  Upper-cased, deduplicated."""
+    items = value.split(",") if isinstance(value, str) else list(_iterable(value))
+    out: list[str] = []
+    for raw in items:
+        item = str(raw).strip().upper()
+        if not item:
+            continue
+        if not _METHOD_RE.fullmatch(item):
+            raise ValueError(f"{str(raw).strip()!r} is not an HTTP method")
+        if item in _NEVER_RETRIED:
+            raise ValueError(f"{item} is not idempotent: a retry could apply it twice")
+        if item not in out:
+            out.append(item)
+    return tuple(out)
+
+
 def _parse_metrics_bind(value: object) -> str:
     text = _parse_str(value)
     if parse_bind(text).kind == "fd":
@@ -420,6 +442,16 @@ class PoolConfig(_Validated):
         _parse_optional(parse_size),
         "Hard memory limit per worker: over it, a worker is killed at once.",
         metavar="SIZE",
+    )
+    retry_methods: tuple[str, ...] = option(
+        ("GET", "HEAD", "OPTIONS"),
+        _parse_methods,
+        "Methods of the requests that run once more on another worker when theirs dies "
+        "before a byte of the response reached the client (PUT and DELETE only if listed); "
+        "comma-separated, '' turns retries off. A request that kills two workers gets 502.",
+        metavar="METHODS",
+        default_text="GET,HEAD,OPTIONS",
+        show=",".join,
     )
     max_requests: int = option(
         0,

@@ -74,6 +74,7 @@ class Exchange:
         "granted",
         "last_progress",
         "loop",
+        "lost_to",
         "owner",
         "received",
         "rid",
@@ -102,6 +103,9 @@ class Exchange:
         self.facts: Any = None
         #: The worker's RSS change over the request in KiB, when it measured it (access log).
         self.rss_change: int | None = None
+        #: The pid of a worker that died with this request before sending a frame of
+        #: its response (0: none); the ERROR that follows may be retried (retry.py).
+        self.lost_to = 0
 
     # -- executor side ---------------------------------------------------------
 
@@ -132,6 +136,12 @@ class Exchange:
         return self._waiter is not None
 
     async def next(self) -> Event:
+        if not self._events:
+            await self.ready()
+        return self._events.popleft()
+
+    async def ready(self) -> None:
+        """Wait until an event is here, without taking it."""
         events = self._events
         while not events:
             # The app's silence counts from here: before, the handler was the bottleneck.
@@ -141,7 +151,6 @@ class Exchange:
                 await waiter
             finally:
                 self._waiter = None
-        return events.popleft()
 
     def peek(self) -> Event | None:
         """The next event if it is already here, without taking it."""

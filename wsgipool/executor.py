@@ -59,6 +59,7 @@ class ProcessExecutor:
         self._starting: asyncio.Future[None] | None = None
         self._next_rid = 0
         self._stopped = False
+        self._retry_methods = frozenset(self.config.retry_methods)
         # For observers (wsgipool.metrics): 503s by reason, and a hook told each
         # dispatched request's wait for a worker thread, in seconds.
         self.rejected: Counter[str] = Counter()
@@ -177,24 +178,56 @@ class ProcessExecutor:
 
     # -- requests (the handler's side) --------------------------------------------------
 
+    @property
+    def retry_methods(self) -> frozenset[str]:
+        """The methods whose requests may run again when their worker dies (retry.py)."""
+        return self._retry_methods
+
+    @property
+    def stopping(self) -> bool:
+        """Shutting down (or stopped): no request runs again on another worker now."""
+        return self._stopped
+
     def submit_now(
-        self, collected: Collected, body: Body, _extras: object = None, raw_ok: bool = False
+        self,
+        collected: Collected,
+        body: Body,
+        _extras: object = None,
+        raw_ok: bool = False,
+        *,
+        keep_body: bool = False,
     ) -> ev.Exchange | None:
-        """Send the request if a worker thread is free now; None means: wait with `submit`."""
+        """Send the request if a worker thread is free now; None means: wait with `submit`.
+
+        The body is closed once sent unless `keep_body`: then the caller keeps it
+        (to send again, see `submit`'s `retry`) and closes it.
+        """
         if self._supervisor is None:
             return None
         worker = self._dispatcher.try_acquire()
         if worker is None:
             return None
-        return self._send(worker, collected, body, raw_ok, 0.0)
+        return self._send(worker, collected, body, raw_ok, 0.0, keep_body, False)
 
     async def submit(
-        self, collected: Collected, body: Body, _extras: object = None, raw_ok: bool = False
+        self,
+        collected: Collected,
+        body: Body,
+        _extras: object = None,
+        raw_ok: bool = False,
+        *,
+        keep_body: bool = False,
+        retry: bool = False,
     ) -> ev.Exchange:
-        """Send the request to a worker, waiting in the queue for a free thread if need be."""
+        """Send the request to a worker, waiting in the queue for a free thread if need be.
+
+        `retry`: the request ran before on a worker that died (the app sees
+        ``environ['wsgipool.retry']``); `keep_body` as in `submit_now`.
+        """
         if self._supervisor is None:
             if self._stopped:
-                body.close()
+                if not keep_body:
+                    body.close()
                 self.rejected["shutting-down"] += 1
                 raise ev.Unavailable("the server is shutting down")
             await self.start()
@@ -213,10 +246,18 @@ class ProcessExecutor:
                 if worker.alive:
                     self._dispatcher.release(worker)
                 worker = None
-        return self._send(worker, collected, body, raw_ok, loop.time() - queued_at)
+        waited = loop.time() - queued_at
+        return self._send(worker, collected, body, raw_ok, waited, keep_body, retry)
 
     def _send(
-        self, worker: WorkerHandle, collected: Collected, body: Body, raw_ok: bool, waited: float
+        self,
+        worker: WorkerHandle,
+        collected: Collected,
+        body: Body,
+        raw_ok: bool,
+        waited: float,
+        keep_body: bool,
+        retry: bool,
     ) -> ev.Exchange:
         self._next_rid = rid = (self._next_rid % 0xFFFFFFFF) + 1
         exchange = ev.Exchange(worker.loop, self, rid)
@@ -228,6 +269,8 @@ class ProcessExecutor:
             flags |= p.FLAG_BODY_FD
         if collected.keep_alive:
             flags |= p.FLAG_KEEP_ALIVE
+        if retry:
+            flags |= p.FLAG_RETRY
         try:
             frame = p.encode_request(
                 rid, ev.RESPONSE_WINDOW, flags, collected.fields, collected.headers, body.chunks
@@ -240,7 +283,8 @@ class ProcessExecutor:
             self.rejected["dispatch-failed"] += 1
             raise ev.Unavailable(f"cannot hand the request to a worker: {exc}") from exc
         finally:
-            body.close()
+            if not keep_body:
+                body.close()
         assert self._supervisor is not None
         self._supervisor.on_dispatched(worker)
         if self.wait_observer is not None:

@@ -25,13 +25,14 @@ from wsgipool.body import EMPTY as EMPTY_BODY
 from wsgipool.body import BodyTooLarge, read_body
 from wsgipool.cgi import EnvironOptions
 from wsgipool.config import parse_duration
-from wsgipool.deadlines import BodyTimeout, SendWatch
+from wsgipool.deadlines import BodyTimeout, Sending, SendWatch
 from wsgipool.environ import collect
 from wsgipool.exchange import Unavailable
 from wsgipool.logs.access import note_worker
 from wsgipool.logs.escape import escape
 from wsgipool.ratelog import RateLimitedLog
 from wsgipool.response import error_response, sent_later, write_response
+from wsgipool.retry import first_event
 from wsgipool.threaded import ThreadBackend
 from wsgipool.wire import refuse
 
@@ -99,6 +100,10 @@ class WSGIHandler:
         self._backend = placement.backend
         self._memory_limit = placement.memory_limit
         self._in_process = placement.in_process
+        # The methods that may run again when their worker dies (retry.py); None: never.
+        self._retry_methods: frozenset[str] | None = None
+        if not isinstance(self._backend, ThreadBackend) and self._backend.retry_methods:
+            self._retry_methods = self._backend.retry_methods
 
     @property
     def executor(self) -> Executor | ProcessExecutor | None:
@@ -149,10 +154,18 @@ class WSGIHandler:
         # worker may send a whole response with its head already serialised.
         raw_ok = not routed
         backend = self._backend
+        # A request that may run again if its worker dies keeps its body until then.
+        retrying = self._retry_methods is not None and request.method in self._retry_methods
         try:
-            exchange = backend.submit_now(collected, body, extras, raw_ok)
-            if exchange is None:  # no free worker thread: wait in the queue
-                exchange = await backend.submit(collected, body, extras, raw_ok)
+            if retrying:
+                assert not isinstance(backend, ThreadBackend)
+                exchange = backend.submit_now(collected, body, None, raw_ok, keep_body=True)
+                if exchange is None:
+                    exchange = await backend.submit(collected, body, None, raw_ok, keep_body=True)
+            else:
+                exchange = backend.submit_now(collected, body, extras, raw_ok)
+                if exchange is None:  # no free worker thread: wait in the queue
+                    exchange = await backend.submit(collected, body, extras, raw_ok)
         except Unavailable as exc:
             body.close()
             self._unavailable_log.record(
@@ -162,10 +175,18 @@ class WSGIHandler:
         watch = self._watch
         if watch is not None:
             watch.add(exchange, request)
-        sends = self._sends
-        sending = sends.watch(request, exchange) if sends is not None else None
+        sending: Sending | None = None
         released = False
         try:
+            if retrying:
+                assert not isinstance(backend, ThreadBackend)
+                try:
+                    switch = watch.switch if watch is not None else _unwatched
+                    exchange = await first_event(backend, exchange, body, raw_ok, switch)
+                finally:
+                    body.close()
+            sends = self._sends
+            sending = sends.watch(request, exchange) if sends is not None else None
             response = await write_response(request, exchange, sending)
             if sending is not None:
                 # A whole response is written by aiohttp after we return: the deadline
@@ -222,6 +243,10 @@ async def _answer_expect(request: web.BaseRequest) -> web.StreamResponse | None:
     return None
 
 
+def _unwatched(_old: ev.Exchange, _new: ev.Exchange) -> None:
+    """A retry replaced the exchange of a request that no disconnect watch follows."""
+
+
 class _DisconnectWatch:
     """Notices clients that went away while their app is still running.
 
@@ -242,6 +267,12 @@ class _DisconnectWatch:
 
     def discard(self, exchange: ev.Exchange) -> None:
         self._active.pop(exchange, None)
+
+    def switch(self, old: ev.Exchange, new: ev.Exchange) -> None:
+        """A retry replaced the request's exchange: watch the new one instead."""
+        request = self._active.pop(old, None)
+        if request is not None:
+            self.add(new, request)
 
     def _check(self, loop: asyncio.AbstractEventLoop) -> None:
         self._timer = None

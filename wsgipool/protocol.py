@@ -106,6 +106,8 @@ FROM_TEMPLATE: Final = frozenset({SPAWNED, EXITED, READY, FAILED})
 FLAG_BODY_FD: Final = 1
 FLAG_KEEP_ALIVE: Final = 2
 FLAG_RAW_HEAD: Final = 8
+#: REQUEST flag: a retry: the worker that ran this request first died before answering.
+FLAG_RETRY: Final = 16
 #: SOCKET flag: the connection may stay open after this response.
 FLAG_SOCKET_KEEP_ALIVE: Final = 1
 #: DONE flag: the response went out whole and framed, the connection may be reused.

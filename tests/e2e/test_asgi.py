@@ -324,7 +324,8 @@ def test_timeout_is_504(uvicorn_process: Setup) -> None:
     assert status == 504
 
 
-def test_worker_killed_under_load_fails_only_its_requests(uvicorn_process: Setup) -> None:
+def test_worker_killed_under_load_loses_no_get(uvicorn_process: Setup) -> None:
+    """Its in-flight GETs run again on the other worker (wsgipool/retry.py): none fails."""
     victim = json.loads(uvicorn_process.get("/pid")[2])["pid"]  # a live worker
 
     def slow(_: int) -> tuple[int, bytes]:
@@ -338,8 +339,7 @@ def test_worker_killed_under_load_fails_only_its_requests(uvicorn_process: Setup
         results = [f.result() for f in futures]
     statuses = [status for status, _ in results]
     served_by = [json.loads(body)["pid"] for status, body in results if status == 200]
-    assert set(statuses) <= {200, 502}, statuses
-    assert 1 <= statuses.count(502) <= POOL["threads"], statuses
+    assert statuses == [200] * 8, statuses
     assert victim not in served_by
     for _ in range(5):
         assert uvicorn_process.get("/hello")[0] == 200

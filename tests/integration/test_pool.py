@@ -55,7 +55,8 @@ def test_os_exit_fails_only_its_request_and_the_pool_recovers(run_server, tmp_pa
     marks = tmp_path / "marks"
     marks.mkdir()
     server = run_server(
-        "faultapp:app", "--workers", "2", "--threads", "1", env={"FAULTAPP_MARK_DIR": str(marks)}
+        *("faultapp:app", "--workers", "2", "--threads", "1", "--retry-methods", ""),
+        env={"FAULTAPP_MARK_DIR": str(marks)},
     )
     before = server.worker_pids()
     assert len(before) == 2, server.log

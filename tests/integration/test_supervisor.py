@@ -201,9 +201,12 @@ def wait_for_workers(server, count: int, timeout: float = 15.0) -> dict[int, int
 
 @pytest.mark.slow
 def test_sigkill_one_of_four_workers_under_load(run_server):
-    """Only the killed worker's in-flight requests fail; the replacement serves within 2 s."""
+    """Without retries, only the killed worker's in-flight requests fail; the replacement
+    serves within 2 s.  (With retries, none fail: tests/integration/test_retry.py.)"""
     threads = 4
-    server = run_server("faultapp:app", "--workers", "4", "--threads", str(threads))
+    server = run_server(
+        "faultapp:app", "--workers", "4", "--threads", str(threads), "--retry-methods", ""
+    )
     before = sorted(live_workers(server))
     assert len(before) == 4, server.log
     victim = before[0]
@@ -331,7 +334,15 @@ def test_soft_rss_recycle_has_its_replacement_ready_before_the_worker_stops(run_
 def test_hard_memory_limit_kills_at_once_and_logs_the_rss(run_server):
     """--max-rss-hard: a worker over it is killed in the middle of its request, with RSS logged."""
     server = run_server(
-        "faultapp:app", "--workers", "2", "--threads", "2", "--max-rss-hard", "100M"
+        "faultapp:app",
+        "--workers",
+        "2",
+        "--threads",
+        "2",
+        "--max-rss-hard",
+        "100M",
+        "--retry-methods",
+        "",
     )
     before = set(live_workers(server))
     # The hog would hold 150 MiB for 30 s; the client gives up after 20 s, so a 502
@@ -724,7 +735,10 @@ def test_app_that_fails_at_import_exits_non_zero_with_the_error(run_server):
 
 @pytest.mark.slow
 def test_app_that_kills_every_worker_backs_off_and_server_stays_up(run_server):
-    server = run_server("faultapp:killer_app", "--workers", "1", "--threads", "1")
+    # One death per request (no retries): the backoff counts them one by one.
+    server = run_server(
+        "faultapp:killer_app", "--workers", "1", "--threads", "1", "--retry-methods", ""
+    )
     for _ in range(6):
         result = fetch(server.port, "/anything", timeout=30)
         assert result.status == 502, (result.status, result.error)
@@ -748,7 +762,7 @@ def test_app_that_kills_every_worker_backs_off_and_server_stays_up(run_server):
 
 
 def test_crashing_path_backs_off_while_other_paths_still_answer(run_server):
-    server = run_server("faultapp:app", "--workers", "1", "--threads", "1")
+    server = run_server("faultapp:app", "--workers", "1", "--threads", "1", "--retry-methods", "")
     for _ in range(4):
         assert fetch(server.port, "/exit?code=9").status == 502
     assert wait_for(
@@ -767,7 +781,7 @@ def test_crashing_path_backs_off_while_other_paths_still_answer(run_server):
 
 
 def test_every_restart_is_logged_with_pid_and_reason(run_server):
-    server = run_server("faultapp:app", "--workers", "2", "--threads", "1")
+    server = run_server("faultapp:app", "--workers", "2", "--threads", "1", "--retry-methods", "")
     seen: set[int] = set(live_workers(server))
 
     def died(pattern: str) -> int:
@@ -832,7 +846,7 @@ def test_fault_app_module_reads_its_version_at_import(tmp_path, run_server):
 
 def test_template_killed_workers_keep_serving_and_it_is_restarted(run_server):
     """SIGKILL to the template: no request fails, a new template takes over the spawning."""
-    server = run_server("faultapp:app", "--workers", "2", "--threads", "2")
+    server = run_server("faultapp:app", "--workers", "2", "--threads", "2", "--retry-methods", "")
     main = psutil.Process(server.pid)
     [template] = main.children()
     workers = set(live_workers(server))

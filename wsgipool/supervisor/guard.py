@@ -33,7 +33,7 @@ from typing import Any, Final
 from wsgipool import exchange as ev
 from wsgipool import protocol as p
 
-__all__ = ["PROGRESS", "RequestGuard"]
+__all__ = ["NEW", "PROGRESS", "RequestGuard"]
 
 #: The event for PROGRESS: the direct write is alive (not an exchange event).
 PROGRESS: Final = -1

@@ -26,7 +26,7 @@ from wsgipool import exchange as ev
 from wsgipool import protocol as p
 from wsgipool.growth import GrowthTable, normalise_path
 from wsgipool.supervisor.channel import AsyncChannel
-from wsgipool.supervisor.guard import PROGRESS, RequestGuard
+from wsgipool.supervisor.guard import NEW, PROGRESS, RequestGuard
 
 if TYPE_CHECKING:
     from wsgipool.supervisor.spawner import TemplateProcess
@@ -285,7 +285,7 @@ class WorkerHandle:
                     exchange.feed(what, value)
         except p.ProtocolError as exc:
             self.kill(signal.SIGKILL)
-            self._die(f"protocol error: {exc}")
+            self._die(f"protocol error: {exc}", retryable=False)
 
     def _on_other_frame(self, kind: int, rid: int, payload: bytes) -> None:
         """A frame that is not about a request in flight: lifecycle, or a protocol error."""
@@ -335,15 +335,20 @@ class WorkerHandle:
     def _on_channel_close(self, exc: BaseException | None) -> None:
         if isinstance(exc, p.ProtocolError):  # includes descriptors beyond WORKER_FDS
             self.kill(signal.SIGKILL)
-            self._die(f"protocol error: {exc}")
+            self._die(f"protocol error: {exc}", retryable=False)
         else:
             self._die("connection closed" if exc is None else f"connection error: {exc}")
 
     def _on_sentinel(self) -> None:
         self._die("process exited")
 
-    def _die(self, reason: str) -> None:
-        """The worker is gone (or disowned): fail what it had in flight, release everything."""
+    def _die(self, reason: str, retryable: bool = True) -> None:
+        """The worker is gone (or disowned): fail what it had in flight, release everything.
+
+        A request it had sent no frame of a response for is marked as lost to this
+        worker, so the handler may run it again (retry.py), unless the worker was
+        killed for breaking the protocol: then its requests are suspects, not victims.
+        """
         if self.state is WorkerState.STOPPED:
             return
         self.state = WorkerState.STOPPED
@@ -357,6 +362,10 @@ class WorkerHandle:
             self.kill_timer.cancel()
             self.kill_timer = None
         inflight = list(self.inflight.values())
+        if retryable:
+            for rid, guard in self.guards.items():
+                if guard.phase == NEW:
+                    self.inflight[rid].lost_to = self.pid
         self.inflight.clear()
         self.guards.clear()
         self.busy = 0

@@ -68,16 +68,23 @@ class WorkerSettings:
 
 
 class _Job:
-    __slots__ = ("body", "body_fd", "facts", "output", "rid", "thread")
+    __slots__ = ("body", "body_fd", "facts", "output", "retry", "rid", "thread")
 
     def __init__(
-        self, rid: int, facts: RequestFacts, body: bytes, body_fd: int, output: FrameOutput
+        self,
+        rid: int,
+        facts: RequestFacts,
+        body: bytes,
+        body_fd: int,
+        output: FrameOutput,
+        retry: bool = False,
     ) -> None:
         self.rid = rid
         self.facts = facts
         self.body = body
         self.body_fd = body_fd
         self.output = output
+        self.retry = retry
         self.thread = 0
 
 
@@ -400,7 +407,7 @@ class Worker:
             output = FrameOutput(
                 self.channel, rid, credit, self._end_report, raw, self.wait_for, self._request_rss
             )
-            job = _Job(rid, facts, body, body_fd, output)
+            job = _Job(rid, facts, body, body_fd, output, bool(flags & p.FLAG_RETRY))
             with self._lock:
                 self.jobs[rid] = job
             return job
@@ -457,6 +464,8 @@ class Worker:
             body = io.BytesIO(job.body)
         complete_environ(environ, body, sys.stderr, multiprocess=True)
         environ["wsgipool.worker_pid"] = self.pid
+        if job.retry:  # the first worker to run it died before answering
+            environ["wsgipool.retry"] = 1
         job.output.mark_rss()
         try:
             run_wsgi(self.app, environ, job.output)
