@@ -131,10 +131,7 @@ class WSGIMiddleware:
         self._backend = placement.backend
         self._memory_limit = placement.memory_limit
         self._in_process = placement.in_process
-        # The methods that may run again when their worker dies (retry.py); None: never.
-        self._retry_methods: frozenset[str] | None = None
-        if not isinstance(self._backend, ThreadBackend) and self._backend.retry_methods:
-            self._retry_methods = self._backend.retry_methods
+        self._retry_methods = placement.retry_methods  # None: never
 
     @property
     def executor(self) -> Executor | ProcessExecutor | None:

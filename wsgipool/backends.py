@@ -37,6 +37,9 @@ class Placement:
     memory_limit: int
     #: The app runs in this process's threads (live objects may go in its environ).
     in_process: bool
+    #: Methods that run again when their worker dies before answering (retry.py);
+    #: None: never (thread mode, or `retry_methods` empty).
+    retry_methods: frozenset[str] | None = None
 
 
 def place(
@@ -52,7 +55,9 @@ def place(
 
     if isinstance(executor, ProcessExecutor):
         executor.bind(application, options)
-        return Placement(executor, min(inbuf_overflow, INLINE_BODY_LIMIT), in_process=False)
+        memory_limit = min(inbuf_overflow, INLINE_BODY_LIMIT)
+        retry = executor.retry_methods or None
+        return Placement(executor, memory_limit, in_process=False, retry_methods=retry)
     app = load_app(application) if isinstance(application, str) else application
     if not callable(app):
         raise TypeError(f"application must be callable, got {type(app).__name__}")
