@@ -33,7 +33,7 @@ import psutil
 import pytest
 
 from tests.certs import Pki, make_pki
-from tests.conftest import ROOT, ServerProcess, free_port
+from tests.conftest import ROOT, ServerProcess, free_port, request_once
 from tests.polling import wait_for
 
 NGINX = shutil.which("nginx") or next(
@@ -174,16 +174,7 @@ http {{
             )
         else:
             conn = http.client.HTTPConnection("127.0.0.1", self.http_port, timeout=60)
-        try:
-            conn.request(method, path, body=body, headers=headers or {})
-            response = conn.getresponse()
-            return (
-                response.status,
-                {k.lower(): v for k, v in response.getheaders()},
-                response.read(),
-            )
-        finally:
-            conn.close()
+        return request_once(conn, method, path, body, headers)
 
 
 @pytest.fixture(scope="module")

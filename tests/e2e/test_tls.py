@@ -28,7 +28,7 @@ import pytest
 
 from tests.apps.directapp import pattern
 from tests.certs import Pki, make_pki
-from tests.conftest import ServerProcess, free_port, server_env
+from tests.conftest import ServerProcess, free_port, request_once, server_env
 from tests.e2e.test_cli import assert_one_line_error, run_cli, wsgipool_cmd
 from tests.polling import wait_for
 
@@ -48,12 +48,7 @@ def get(
     port: int, path: str, context: ssl.SSLContext, timeout: float = 30.0
 ) -> tuple[int, dict[str, str], bytes]:
     conn = http.client.HTTPSConnection("127.0.0.1", port, context=context, timeout=timeout)
-    try:
-        conn.request("GET", path)
-        response = conn.getresponse()
-        return response.status, {k.lower(): v for k, v in response.getheaders()}, response.read()
-    finally:
-        conn.close()
+    return request_once(conn, "GET", path)
 
 
 def test_https_environ_streamed_direct_and_sendfile(

@@ -13,17 +13,13 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
+from tests.conftest import request_once
 from tests.polling import wait_for
 
 
 def get(port: int, path: str, timeout: float = 30.0) -> tuple[int, dict[str, str], bytes]:
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
-    try:
-        conn.request("GET", path)
-        response = conn.getresponse()
-        return response.status, {k.lower(): v for k, v in response.getheaders()}, response.read()
-    finally:
-        conn.close()
+    return request_once(conn, "GET", path)
 
 
 def test_two_workers_run_cpu_bound_requests_in_parallel(run_server):
