@@ -564,7 +564,7 @@ class HostileWorker(RuleBasedStateMachine):
         # Each live client holds a connection; connections of heal() and a worker being
         # replaced come and go: the count must come back under the bound, not stay over.
         bound = self.baseline_fds + 2 * len(self.live) + 8
-        assert wait_for_fds(self.main, bound, 5.0), (self.main.fds(), bound)
+        assert wait_for_fds(self.main, bound), (self.main.fds(), bound)
         assert self.main.escapes() == "", self.main.escapes()
 
     @invariant()
