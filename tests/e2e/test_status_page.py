@@ -90,5 +90,7 @@ def test_status_page_shows_each_worker_with_its_rss_chart(run_server, tmp_path):
     charts = re.findall(r'<svg class="rss-chart"[^>]*data-pid="(\d+)"', dom)
     assert sorted(int(pid) for pid in charts) == pids, dom
     assert dom.count("<polyline") == 3, "each chart draws the worker's RSS"
+    uss = re.findall(r'<td class="uss">([\d.]+) MiB</td>', dom)
+    assert len(uss) == 3 and all(float(v) > 0 for v in uss), "each worker's USS is shown"
     assert "stroke-dasharray" in dom, "the --max-rss line is drawn"
     assert "requests answered" in dom

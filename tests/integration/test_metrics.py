@@ -19,6 +19,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
+import psutil
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -134,6 +135,12 @@ def test_exact_counters_after_a_known_load(run_server):
     labels = {"slot": str(live[0]["slot"]), "pid": str(live[0]["pid"])}
     assert value(m, "wsgipool_worker_threads", **labels) == 1
     assert ("wsgipool_worker_resident_memory_bytes", frozenset(labels.items())) in m
+    # USS and PSS are read at the scrape: each is above zero and at most the worker's RSS.
+    rss_now = psutil.Process(live[0]["pid"]).memory_info().rss
+    for kind in ("unique", "proportional"):
+        name = f"wsgipool_worker_{kind}_memory_bytes"
+        assert 0 < value(m, name, **labels) <= rss_now * 1.5, name
+    assert 0 < stats(mport)["workers"][0]["uss"] <= stats(mport)["workers"][0]["pss"]
     assert value(m, "wsgipool_main_resident_memory_bytes") > 0
     assert value(m, "wsgipool_main_open_fds") > 0
     info = [k for k in m if k[0] == "wsgipool_build_info"]
@@ -243,10 +250,11 @@ def test_status_command_prints_the_workers(run_server, tmp_path):
         wsgipool_cmd("status", "--metrics-bind", f"127.0.0.1:{mport}", "--once"), tmp_path
     )
     assert code == 0, err
-    assert "PID" in out and "RSS" in out and "REQUESTS" in out and "BUSY" in out
+    assert "PID" in out and "RSS" in out and "USS" in out and "REQUESTS" in out
     rows = [line.split() for line in out.splitlines() if line.strip()[:1].isdigit()]
     assert sorted(int(row[1]) for row in rows) == pids
-    assert sum(int(row[5]) for row in rows) == 5  # requests served, all workers together
+    assert all(row[5].endswith("M") for row in rows)  # the USS column has a figure
+    assert sum(int(row[6]) for row in rows) == 5  # requests served, all workers together
     assert all(row[2] == "ready" for row in rows)
 
 

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import json
+import os
 import re
+
+import psutil
 
 from wsgipool.metrics.history import History, Slots
 from wsgipool.metrics.page import render
 from wsgipool.metrics.requests import Histogram, RequestStats
+from wsgipool.metrics.smaps import Memory, read_all, read_memory
 from wsgipool.metrics.status import format_table
 
 
@@ -81,7 +85,8 @@ def test_page_embeds_its_data_without_breaking_out_of_the_script():
 def test_status_table_lines():
     worker = {
         "slot": 0, "pid": 4242, "state": "draining", "recycle_reason": "max-requests",
-        "age": 75.0, "rss": 50 * 1048576, "served": 12, "busy": 1, "threads": 4,
+        "age": 75.0, "rss": 50 * 1048576, "uss": 20 * 1048576, "served": 12, "busy": 1,
+        "threads": 4,
     }  # fmt: skip
     text = format_table(_stats(workers=[worker], requests=[{"count": 12}]))
     line = next(line for line in text.splitlines() if "4242" in line)
@@ -92,7 +97,32 @@ def test_status_table_lines():
         "(max-requests)",
         "1m15s",
         "50.0M",
+        "20.0M",
         "12",
         "1/4",
     ]
     assert "requests 12" in text
+
+
+def test_worker_memory_from_smaps_rollup(tmp_path):
+    rollup = tmp_path / "77" / "smaps_rollup"
+    rollup.parent.mkdir()
+    rollup.write_text(
+        "55ac-7ffc ---p 00000000 00:00 0   [rollup]\n"
+        "Rss:               13544 kB\nPss:                8712 kB\n"
+        "Shared_Clean:       6664 kB\nPrivate_Clean:        12 kB\n"
+        "Private_Dirty:      6880 kB\nPrivate_Hugetlb:     2048 kB\n"
+    )
+    assert read_memory(77, str(tmp_path)) == Memory(uss=(12 + 6880 + 2048) * 1024, pss=8712 * 1024)
+    # Gone, unreadable or garbled: no figure rather than a wrong one.
+    assert read_memory(78, str(tmp_path)) is None
+    rollup.write_text("Pss: lots kB\n")
+    assert read_memory(77, str(tmp_path)) is None
+    assert read_all([77, 78], str(tmp_path)) == {}
+
+
+def test_worker_memory_agrees_with_psutil():
+    own = read_memory(os.getpid())
+    full = psutil.Process().memory_full_info()
+    assert own is not None
+    assert abs(own.uss - full.uss) < 4 * 1048576 and abs(own.pss - full.pss) < 4 * 1048576

@@ -9,6 +9,7 @@ request handler.
 - `snapshot.py`: `take_snapshot()`, every fact at one instant; the one read that
   feeds /metrics, /stats, /readyz and the status page.
 - `requests.py`: per-request counters and histograms, and the handler wrapper.
+- `smaps.py`: workers' USS and PSS, read at scrape time only.
 - `history.py`: worker slots, and a bounded ring of RSS samples per slot.
 - `exposition.py`: the snapshot as Prometheus metric families.
 - `service.py`: the listener (`--metrics-bind`), `--health-path`, the sampler task.

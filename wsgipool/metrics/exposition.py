@@ -119,6 +119,16 @@ def families(s: Snapshot) -> Iterator[Metric]:
         "wsgipool_worker_busy_threads", "A worker's threads running a request.", labels=labels
     )
     threads = GaugeMetricFamily("wsgipool_worker_threads", "A worker's threads.", labels=labels)
+    uss = GaugeMetricFamily(
+        "wsgipool_worker_unique_memory_bytes",
+        "A worker's USS (pages no other process maps), read at this scrape.",
+        labels=labels,
+    )
+    pss = GaugeMetricFamily(
+        "wsgipool_worker_proportional_memory_bytes",
+        "A worker's PSS (its share of the pages it maps), read at this scrape.",
+        labels=labels,
+    )
     for w in s.workers:
         key = [str(w.slot), str(w.pid)]
         rss.add_metric(key, w.rss)
@@ -126,7 +136,11 @@ def families(s: Snapshot) -> Iterator[Metric]:
         age.add_metric(key, round(w.age, 3))
         busy.add_metric(key, w.busy)
         threads.add_metric(key, w.threads)
-    yield from (rss, served, age, busy, threads)
+        if w.uss is not None:
+            uss.add_metric(key, w.uss)
+        if w.pss is not None:
+            pss.add_metric(key, w.pss)
+    yield from (rss, uss, pss, served, age, busy, threads)
     if s.max_rss is not None:
         yield _gauge("wsgipool_worker_max_rss_bytes", "--max-rss, the soft limit.", s.max_rss)
     if s.max_rss_hard is not None:

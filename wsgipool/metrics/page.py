@@ -52,6 +52,7 @@ svg.rss-chart { display: block; }
 <h2>Workers</h2>
 <table id="workers"><thead><tr>
 <th>slot</th><th>pid</th><th class="l">state</th><th>age</th><th>RSS</th>
+<th title="memory only this worker maps">USS</th>
 <th class="l">RSS, last <span id="span">5m</span></th><th>served</th><th>busy / threads</th>
 </tr></thead><tbody></tbody></table>
 <h2>Recent worker exits</h2>
@@ -153,6 +154,7 @@ function draw(s) {
       w.state + (w.recycle_reason ? " (" + w.recycle_reason + ")" : "")));
     tr.appendChild(el("td", {}, dur(w.age)));
     tr.appendChild(el("td", {}, mib(w.rss)));
+    tr.appendChild(el("td", {class: "uss"}, mib(w.uss)));
     const cell = el("td", {class: "l"});
     cell.appendChild(chart(w, s, span));
     tr.appendChild(cell);
@@ -161,7 +163,7 @@ function draw(s) {
     rows.appendChild(tr);
   }
   if (!s.workers.length) {
-    const tr = el("tr"); tr.appendChild(el("td", {colspan: 8, class: "l muted"},
+    const tr = el("tr"); tr.appendChild(el("td", {colspan: 9, class: "l muted"},
       s.mode === "threads" ? "threads mode: no worker processes" : "no live worker"));
     rows.appendChild(tr);
   }

@@ -18,15 +18,17 @@ import os
 import socket
 import stat
 import time
+from collections.abc import Mapping
 from typing import Any
 
 from aiohttp import web
 
 from wsgipool.config import ConfigError, describe, parse_bind
 from wsgipool.executor import ProcessExecutor
-from wsgipool.metrics import page
+from wsgipool.metrics import page, smaps
 from wsgipool.metrics.history import SAMPLE_INTERVAL, History, Slots
 from wsgipool.metrics.requests import Handler, RequestStats
+from wsgipool.metrics.smaps import Memory
 from wsgipool.metrics.snapshot import ServerView, Snapshot, take_snapshot
 from wsgipool.supervisor.handle import WorkerState
 
@@ -182,7 +184,7 @@ class Observability:
             )
         return executor is not None
 
-    def snapshot(self) -> Snapshot:
+    def snapshot(self, memory: Mapping[int, Memory] | None = None) -> Snapshot:
         return take_snapshot(
             self.server,
             self.stats,
@@ -190,7 +192,17 @@ class Observability:
             self.slots,
             started_at=self.started_at,
             loop_lag=self.loop_lag,
+            memory=memory,
         )
+
+    async def full_snapshot(self) -> Snapshot:
+        """A snapshot with the workers' USS and PSS, read in a thread (smaps.py says why)."""
+        executor = self.server.executor
+        pids: list[int] = []
+        if isinstance(executor, ProcessExecutor) and executor.supervisor is not None:
+            pids = [w.pid for w in executor.supervisor.workers if w.alive]
+        memory = await asyncio.get_running_loop().run_in_executor(None, smaps.read_all, pids)
+        return self.snapshot(memory)
 
     def health_response(self, readiness: bool) -> web.Response:
         if not readiness:
@@ -211,21 +223,21 @@ class Observability:
     async def _metrics(self, request: web.Request) -> web.StreamResponse:
         from wsgipool.metrics.exposition import render
 
-        body, content_type = render(self.snapshot(), request.headers.get("Accept"))
+        body, content_type = render(await self.full_snapshot(), request.headers.get("Accept"))
         response = web.Response(body=body, headers=_NO_CACHE)
         response.headers["Content-Type"] = content_type
         return response
 
     async def _stats(self, _request: web.Request) -> web.StreamResponse:
         return web.Response(
-            text=json.dumps(self.snapshot().as_json()),
+            text=json.dumps((await self.full_snapshot()).as_json()),
             content_type="application/json",
             headers=_NO_CACHE,
         )
 
     async def _page(self, _request: web.Request) -> web.StreamResponse:
         return web.Response(
-            text=page.render(self.snapshot().as_json()),
+            text=page.render((await self.full_snapshot()).as_json()),
             content_type="text/html",
             headers=_NO_CACHE,
         )

@@ -22,6 +22,7 @@ from wsgipool.executor import ProcessExecutor
 from wsgipool.growth import GrowthEntry
 from wsgipool.metrics.history import History, Slots
 from wsgipool.metrics.requests import Histogram, RequestStats
+from wsgipool.metrics.smaps import Memory
 
 __all__ = ["PathGrowth", "ServerView", "Snapshot", "WorkerView", "take_snapshot"]
 
@@ -91,6 +92,8 @@ class WorkerView:
     dispatched: int
     rss_history: tuple[tuple[float, int], ...]  # (unix time, bytes), oldest first
     top_paths: tuple[PathGrowth, ...] = ()  # the paths that grew this worker most (3)
+    uss: int | None = None  # bytes only this worker maps, read at the scrape (None: unread)
+    pss: int | None = None  # its proportional share of the pages it maps
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -161,7 +164,10 @@ def take_snapshot(
     *,
     started_at: float,
     loop_lag: float,
+    memory: Mapping[int, Memory] | None = None,
 ) -> Snapshot:
+    """Read every fact now; `memory` holds the workers' USS/PSS when the caller read them."""
+    memory = memory or {}
     executor = server.executor
     stopping = server.stopping
     now = time.time()
@@ -181,6 +187,7 @@ def take_snapshot(
             handles = [w for w in supervisor.workers if w.alive]
             slot_of = slots.assign(w.pid for w in handles)
             for w in handles:
+                shares = memory.get(w.pid)
                 workers.append(
                     WorkerView(
                         slot=slot_of[w.pid],
@@ -197,6 +204,8 @@ def take_snapshot(
                         dispatched=w.dispatched,
                         rss_history=tuple(history.rss(w.pid)),
                         top_paths=_paths(w.growth.top(3)),
+                        uss=shares.uss if shares else None,
+                        pss=shares.pss if shares else None,
                     )
                 )
             exits = {EXIT_REASONS.get(k, k): n for k, n in supervisor.exits.items()}

@@ -76,13 +76,15 @@ def format_table(stats: dict[str, Any]) -> str:
         f"req/s {stats['request_rate']:.1f}  requests {total}  503s {rejected}  "
         f"main rss {_mib(stats['main_rss'])}",
         "",
-        f"{'SLOT':>4} {'PID':>8} {'STATE':<22} {'AGE':>8} {'RSS':>10} {'REQUESTS':>9} {'BUSY':>7}",
+        f"{'SLOT':>4} {'PID':>8} {'STATE':<22} {'AGE':>8} {'RSS':>10} {'USS':>10} "
+        f"{'REQUESTS':>9} {'BUSY':>7}",
     ]
     for w in stats["workers"]:
         state = w["state"] + (f" ({w['recycle_reason']})" if w["recycle_reason"] else "")
         lines.append(
             f"{w['slot']:>4} {w['pid']:>8} {state:<22} {_duration(w['age']):>8} "
-            f"{_mib(w['rss']):>10} {w['served']:>9} {w['busy']:>3}/{w['threads']:<3}"
+            f"{_mib(w['rss']):>10} {_mib(w.get('uss')):>10} "
+            f"{w['served']:>9} {w['busy']:>3}/{w['threads']:<3}"
         )
     if not stats["workers"]:
         lines.append("   (no worker processes)" if stats["mode"] == "threads" else "   (none)")
@@ -124,7 +126,7 @@ def default_address() -> str | None:
     return os.environ.get("WSGIPOOL_METRICS_BIND") or None
 
 
-def _mib(n: int) -> str:
+def _mib(n: int | None) -> str:
     return f"{n / _MIB:.1f}M" if n else "-"
 
 
