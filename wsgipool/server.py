@@ -119,6 +119,13 @@ class Server:
             raise ConfigError("ssl_context: give either ssl_context or certfile, not both")
         # Certificates are read now: a bad path is a one-line error before anything starts.
         self.ssl_context = ssl_context or tls.server_context(config)
+        # Certificates from --certfile are read again on SIGHUP (a context given by the
+        # embedding program is its own to renew).
+        self.certificates = (
+            tls.Certificates(config, self.ssl_context)
+            if ssl_context is None and self.ssl_context is not None
+            else None
+        )
         self.notifier = systemd.Notifier(None)
         self._ready_task: asyncio.Task[None] | None = None
         self.sources = sources or {}
@@ -509,13 +516,21 @@ class Server:
             self._stop.set_result(how)
 
     def _reload(self) -> None:
+        if self.certificates is not None:
+            problem = self.certificates.reload()
+            if problem is None:
+                logger.info("SIGHUP: TLS certificate reloaded from %s", self.config.certfile)
+            else:
+                logger.error("SIGHUP: %s; the previous certificate stays in use", problem)
         if isinstance(self.executor, ProcessExecutor):
             logger.info("SIGHUP: reloading the app")
             self.notifier.reloading()
             task = asyncio.get_running_loop().create_task(self.executor.reload())
             task.add_done_callback(self._reloaded)
         else:
-            logger.warning("SIGHUP ignored: reload needs worker processes (--workers 1 or more)")
+            logger.warning(
+                "SIGHUP: the app is not reloaded: that needs worker processes (--workers 1 or more)"
+            )
 
     def _reloaded(self, task: asyncio.Task[bool]) -> None:
         """The new app is imported (or failed to, and the old workers serve on): ready again."""

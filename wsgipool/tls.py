@@ -15,7 +15,7 @@ import ssl
 
 from wsgipool.config import Config, ConfigError, describe
 
-__all__ = ["server_context"]
+__all__ = ["Certificates", "server_context"]
 
 logger = logging.getLogger("wsgipool.tls")
 
@@ -67,6 +67,38 @@ def server_context(config: Config) -> ssl.SSLContext | None:
             ) from None
     logger.debug("TLS from %s (minimum %s)", config.certfile, config.ssl_min_version)
     return context
+
+
+class Certificates:
+    """The listeners' TLS context, whose certificate SIGHUP can renew without a restart.
+
+    aiohttp's sites keep the context they were started with, so a renewed
+    certificate (certbot, cert-manager) goes into a new context built from the same
+    options, and the first context's SNI callback, which OpenSSL calls for every
+    ClientHello, with or without a server name, moves each new handshake to it.
+    Connections already open keep the certificate they were made with.
+    """
+
+    def __init__(self, config: Config, context: ssl.SSLContext) -> None:
+        self._config = config
+        self.context = context
+        self._current = context
+        context.sni_callback = self._choose
+
+    def _choose(self, connection: ssl.SSLObject, _name: str | None, first: ssl.SSLContext) -> None:
+        current = self._current
+        if current is not first:
+            connection.context = current
+
+    def reload(self) -> str | None:
+        """Build a context from the files again; the error, or None once it serves."""
+        try:
+            context = server_context(self._config)
+        except ConfigError as exc:
+            return str(exc)
+        if context is not None:
+            self._current = context
+        return None
 
 
 class _EncryptedKey(Exception):

@@ -225,3 +225,60 @@ def test_serve_ssl_context_keyword(
     assert json.loads(body)["wsgi.url_scheme"] == "https"
     os.kill(proc.pid, signal.SIGTERM)
     assert proc.wait(30) == 0
+
+
+def served_certificate(port: int) -> bytes:
+    """The DER certificate the server presents to a new connection (no SNI sent)."""
+    import socket
+
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    with (
+        socket.create_connection(("127.0.0.1", port), timeout=10) as raw,
+        context.wrap_socket(raw) as tls,
+    ):
+        der = tls.getpeercert(binary_form=True)
+    assert der is not None
+    return der
+
+
+@pytest.mark.parametrize("workers", ["2", "0"])
+def test_sighup_renews_the_certificate(
+    run_server: Callable[..., ServerProcess], tmp_path: Path, workers: str
+) -> None:
+    first, second = make_pki(tmp_path / "first"), make_pki(tmp_path / "second")
+    cert, key = tmp_path / "live.pem", tmp_path / "live.key"
+    cert.write_bytes(first.cert.read_bytes())
+    key.write_bytes(first.key.read_bytes())
+    server = run_server(
+        "deployapp:app", "--workers", workers, "--certfile", str(cert), "--keyfile", str(key)
+    )
+    assert server.port is not None
+    pem = ssl.PEM_cert_to_DER_cert
+    # A connection opened before the renewal keeps its certificate and its session.
+    kept = http.client.HTTPSConnection(
+        "127.0.0.1", server.port, timeout=10, context=first.client_context()
+    )
+    with contextlib.closing(kept):
+        kept.request("GET", "/env")
+        assert kept.getresponse().read()
+        assert served_certificate(server.port) == pem(first.cert.read_text())
+
+        # Renewed on disk (as certbot or cert-manager does), then SIGHUP.
+        cert.write_bytes(second.cert.read_bytes())
+        key.write_bytes(second.key.read_bytes())
+        server.signal(signal.SIGHUP)
+        assert wait_for(lambda: "TLS certificate reloaded" in server.log, 30), server.log
+        assert served_certificate(server.port) == pem(second.cert.read_text())
+        status, _, _ = get(server.port, "/env", second.client_context())
+        assert status == 200
+        kept.request("GET", "/env")
+        assert kept.getresponse().status == 200
+
+    # A broken renewal (key of another certificate) is refused; the last good one serves.
+    key.write_bytes(first.key.read_bytes())
+    server.signal(signal.SIGHUP)
+    assert wait_for(lambda: "the previous certificate stays in use" in server.log, 30)
+    assert served_certificate(server.port) == pem(second.cert.read_text())
+    assert get(server.port, "/env", second.client_context())[0] == 200
