@@ -92,3 +92,7 @@ def reconnect(worker: Any) -> None:
 def fail_first(worker: Any) -> None:
     if worker.number == 1:
         raise RuntimeError("the cache is not reachable from worker 1")
+
+
+def fail_always(worker: Any) -> None:
+    raise RuntimeError(f"the cache is not reachable from worker {worker.number}")

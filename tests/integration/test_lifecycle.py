@@ -11,6 +11,7 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
+import psutil
 import pytest
 
 from tests.integration.test_supervisor import (
@@ -275,6 +276,25 @@ def test_a_failing_post_fork_fails_the_worker_which_is_replaced(run_server, sink
     assert "the cache is not reachable from worker 1" in log, log
     assert log_lines(server, r"worker \d+ died .*exit code 4; .*; restarting"), log
     assert len(_answers_from_each_worker(server, 2)) == 2
+
+
+def test_a_post_fork_that_fails_in_every_worker_stops_the_boot(run_server, sink):
+    server = run_server(
+        "importtime:app",
+        *("--workers", "2", "--threads", "1", "--post-fork", "importtime:fail_always"),
+        env={"IMPORTTIME_PORT": str(sink.port)},
+        wait=False,
+    )
+    assert wait_for(lambda: server.descendants() == [] and server.proc.poll() is not None, 60)
+    assert server.wait(5) == 2, server.log
+    assert len(server.known) >= 3, "the template and the workers were seen while they lived"
+    log = server.log
+    errors = [line for line in log.splitlines() if line.startswith("wsgipool: error:")]
+    assert len(errors) == 1 and "no worker could start: 5 in a row died" in errors[0], log
+    assert "the cache is not reachable from worker" in log  # the cause, logged by the worker
+    assert "listening on" not in log, log  # never bound: a proxy or systemd sees the failure
+    left = [pid for pid in server.known if psutil.pid_exists(pid)]
+    assert not [p for p in left if psutil.Process(p).status() != psutil.STATUS_ZOMBIE], left
 
 
 @pytest.mark.parametrize("mode", ["--preload", "--no-preload"])

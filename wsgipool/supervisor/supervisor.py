@@ -23,6 +23,7 @@ from wsgipool import protocol as p
 from wsgipool.cgi import EnvironOptions
 from wsgipool.config import PoolConfig
 from wsgipool.growth import GrowthTable
+from wsgipool.loader import AppImportError
 from wsgipool.logs.escape import escape
 from wsgipool.logs.setup import LogSetup
 from wsgipool.supervisor import policy
@@ -46,6 +47,11 @@ _PLANNED = frozenset({"max-requests", "max-lifetime", "reload"})
 _MIB = 1048576.0
 #: How many past worker exits `Supervisor.recent_exits` remembers (for the status page).
 _RECENT_EXITS = 50
+#: Workers in a row that die before a first worker is ready, at start, after which the
+#: server gives up instead of listening with a pool that cannot keep one worker alive
+#: (a post_fork hook or an import that fails in every worker): gunicorn stops on a
+#: worker's boot error too.
+_BOOT_DEATHS = 5
 #: Request paths whose RSS growth the pool-wide table keeps by name (the rest: "other").
 POOL_PATHS = 50
 
@@ -155,6 +161,13 @@ class Supervisor:
             ready = sum(1 for w in self.workers if w.state is WorkerState.READY)
             if ready >= self.target:
                 break
+            if ready == 0 and self.backoff.failures >= _BOOT_DEATHS:
+                await self.shutdown(0.0)
+                raise AppImportError(
+                    f"no worker could start: {self.backoff.failures} in a row died before "
+                    "answering (the log lines above say why: a post_fork hook, the app's "
+                    "import in the worker, a crash)"
+                )
             await asyncio.sleep(0.005)
         self._keep(self._loop.create_task(self._monitor_loop()))
         if self.config.timeout is not None:
