@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import os
 import signal
+import sys
 import time
 
 import psutil
+
+from tests.polling import wait_for
 
 
 def _gone(pids: list[int], timeout: float) -> list[int]:
@@ -48,3 +51,39 @@ def test_workers_are_in_their_own_process_group(run_server):
     assert len(workers) == 2
     for pid in workers:
         assert os.getpgid(pid) != main_group
+
+
+# Makes the server a child subreaper, then execs it (the attribute survives exec): orphans
+# come to it as they would to a container's PID 1, without needing a PID namespace.
+_SUBREAPER = (
+    sys.executable,
+    "-c",
+    "import ctypes, os, sys; ctypes.CDLL(None).prctl(36, 1, 0, 0, 0); "
+    "os.execv(sys.argv[1], sys.argv[1:])",
+)
+
+
+def test_workers_orphaned_to_the_main_process_are_reaped(run_server):
+    """As a container's PID 1, the main process adopts the workers of a dead template."""
+    server = run_server("envapp:app", "--workers", "2", launcher=_SUBREAPER)
+    assert server.request("GET", "/")[0] == 200
+    workers = server.worker_pids()
+    assert len(workers) == 2
+    template = psutil.Process(workers[0]).ppid()
+    assert template != server.pid
+
+    os.kill(template, signal.SIGKILL)
+    main = psutil.Process(server.pid)
+    assert wait_for(lambda: all(psutil.Process(w).ppid() == server.pid for w in workers), 10)
+    for pid in workers:
+        os.kill(pid, signal.SIGKILL)
+
+    def zombies() -> list[int]:
+        return [c.pid for c in main.children() if c.status() == psutil.STATUS_ZOMBIE]
+
+    assert wait_for(lambda: not (set(zombies()) & set(workers)), 15), zombies()
+    for pid in workers:  # the exit status came from the reap, not from the dead template
+        assert wait_for(lambda pid=pid: f"{pid} died" in server.log, 15), server.log
+        line = next(x for x in server.log.splitlines() if f"worker {pid} died" in x)
+        assert "killed by SIGKILL" in line, line
+    assert wait_for(lambda: server.request("GET", "/")[0] == 200, 30)

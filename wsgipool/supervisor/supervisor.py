@@ -401,7 +401,7 @@ class Supervisor:
         self._retire_idle_templates()
 
     def _log_exit_when_known(self, worker: WorkerHandle, text: str, error: bool) -> None:
-        status = self._exits.pop(worker.pid, None)
+        status = self._exits.pop(worker.pid, None) or _reap_adopted(worker.pid)
         if status is not None or self._loop is None:
             worker.exit_status = status
             self._log_exit(worker, text, error)
@@ -413,6 +413,7 @@ class Supervisor:
         pending = self._awaiting_exit.pop(pid, None)
         if pending is not None:
             worker, text, _timer = pending
+            worker.exit_status = worker.exit_status or _reap_adopted(pid)
             self._log_exit(worker, text, error=not self._expected(worker))
             self._retire_idle_templates()
 
@@ -749,3 +750,23 @@ def memory_culprits(worker: WorkerHandle) -> str:
         if e.grown_kib
     )
     return f"in flight: {shown or 'none'}; grew it most: {grew or 'no request measured'}"
+
+
+def _reap_adopted(pid: int) -> tuple[int, int] | None:
+    """Reap a worker that became this process's child, with its exit status.
+
+    A worker's parent is the template; if the template died first, the kernel
+    hands the worker to the nearest subreaper or to PID 1, which is this process
+    when wsgipool runs as a container's PID 1.  Nobody else would wait() for it,
+    so it would stay a zombie.  Only the pid of a worker known to be gone is
+    waited for, never -1: the template's own status belongs to multiprocess.
+    """
+    try:
+        reaped, status = os.waitpid(pid, os.WNOHANG)
+    except ChildProcessError:
+        return None  # not ours: the template reaps it (the normal case)
+    if reaped == 0:
+        return None  # ours but still exiting: the overdue timer tries again
+    if os.WIFSIGNALED(status):
+        return (p.EXIT_SIGNAL, os.WTERMSIG(status))
+    return (p.EXIT_CODE, os.waitstatus_to_exitcode(status))
