@@ -192,7 +192,8 @@ def test_report_from_a_wrk_summary():
     text = report.markdown(results)
     assert "| wsgipool | 2 processes x 4 threads | 1,200 |" in text
     assert "502: 2" in text
-    assert "hello ≥ 1.0 x gunicorn gthread | 1.00x | yes" in text
+    assert "hello ≥ 1.0 x gunicorn gthread (issue 5) | 1.00x | yes" in text
+    assert "kill: 0 failed GETs, the killed worker's retried (issue 13) | 5 | **no** |" in text
 
 
 @pytest.mark.skipif(not cputime.available(), reason="needs /proc/PID/stat (Linux)")
@@ -292,7 +293,7 @@ def test_interleaved_rounds_fold_into_medians_and_ratios():
     assert entry["tree_cpu"]["median"] == 0.5
     results["targets"] = report.targets(results)
     text = report.markdown(results)
-    assert "| hello ≥ 1.0 x gunicorn gthread | 1.10x (0.90-1.25) | yes |" in text
+    assert "| hello ≥ 1.0 x gunicorn gthread (issue 5) | 1.10x (0.90-1.25) | yes |" in text
     assert "| hello | 100 (main 60) | 200 |" in text
     assert "median of 3 interleaved round(s)" in text
 
