@@ -26,17 +26,15 @@ so that a cancelled write never races the file's close.
 
 from __future__ import annotations
 
-import array
 import asyncio
 import contextlib
-import fcntl
 import logging
 import socket
-import struct
-import sys
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:  # the worker imports reset_on_close, and never aiohttp
+from wsgipool.clientsock import queued, reset_on_close
+
+if TYPE_CHECKING:
     from aiohttp import web
 
     from wsgipool import exchange as ev
@@ -45,7 +43,6 @@ __all__ = ["BodyDeadline", "BodyTimeout", "SendWatch", "Sending"]
 
 logger = logging.getLogger("wsgipool.handler")
 
-_LINGER_RESET = struct.pack("ii", 1, 0)
 #: How much longer than the worker the main process waits before it cuts a direct write.
 _WORKER_GRACE = 1.0
 
@@ -53,33 +50,6 @@ _WORKER_GRACE = 1.0
 def sweep_interval(timeout: float) -> float:
     """How often a deadline of `timeout` seconds is checked: a quarter of it, 50 ms to 1 s."""
     return min(1.0, max(0.05, timeout / 4))
-
-
-# Linux's SIOCOUTQ (the same number as TIOCOUTQ): bytes in a socket's send queue.
-_SIOCOUTQ = 0x5411 if sys.platform.startswith("linux") else None
-
-
-def queued(sock: Any) -> int:
-    """Bytes the kernel holds for the client (unsent or unacknowledged); -1 if unknown.
-
-    A client draining the kernel's buffer is taking bytes, even while the
-    socket is not yet writable again: without this, a slow but steady reader
-    behind a large send buffer would look stalled.
-    """
-    if _SIOCOUTQ is None or sock is None:
-        return -1
-    out = array.array("i", [0])
-    try:
-        fcntl.ioctl(sock.fileno(), _SIOCOUTQ, out, True)
-    except (OSError, ValueError):
-        return -1
-    return out[0]
-
-
-def reset_on_close(sock: Any) -> None:
-    """Make the coming close() a reset: the kernel drops what the client never took."""
-    with contextlib.suppress(OSError, AttributeError, ValueError):
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RESET)
 
 
 class Sending:

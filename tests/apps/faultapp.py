@@ -107,6 +107,7 @@ def app(environ: dict[str, Any], start_response: StartResponse) -> Iterable[byte
                 "pid": pid,
                 "aiohttp_imported": "aiohttp" in sys.modules,
                 "aiohttp_modules": sorted(m for m in sys.modules if m.split(".")[0] == "aiohttp"),
+                "asyncio_imported": "asyncio" in sys.modules,
                 "multiprocess": bool(environ.get("wsgi.multiprocess")),
                 "worker_pid": environ.get("wsgipool.worker_pid"),
             },

@@ -19,7 +19,7 @@ import socket
 import time
 from collections.abc import Callable
 
-from wsgipool.deadlines import queued, reset_on_close
+from wsgipool.clientsock import queued, reset_on_close
 from wsgipool.protocol import unsent
 from wsgipool.worker.head import head_lines
 

@@ -1,0 +1,46 @@
+"""Two facts about a client socket that the main process and the worker both need.
+
+Kept apart from deadlines.py so that a worker, which writes large responses to
+the client socket itself, imports neither asyncio nor aiohttp for them: every
+module the template imports is memory each worker maps (see docs/architecture.md).
+"""
+
+from __future__ import annotations
+
+import array
+import contextlib
+import fcntl
+import socket
+import struct
+import sys
+from typing import Any
+
+__all__ = ["queued", "reset_on_close"]
+
+_LINGER_RESET = struct.pack("ii", 1, 0)
+
+# Linux's SIOCOUTQ (the same number as TIOCOUTQ): bytes in a socket's send queue.
+_SIOCOUTQ = 0x5411 if sys.platform.startswith("linux") else None
+
+
+def queued(sock: Any) -> int:
+    """Bytes the kernel holds for the client (unsent or unacknowledged); -1 if unknown.
+
+    A client draining the kernel's buffer is taking bytes, even while the
+    socket is not yet writable again: without this, a slow but steady reader
+    behind a large send buffer would look stalled.
+    """
+    if _SIOCOUTQ is None or sock is None:
+        return -1
+    out = array.array("i", [0])
+    try:
+        fcntl.ioctl(sock.fileno(), _SIOCOUTQ, out, True)
+    except (OSError, ValueError):
+        return -1
+    return out[0]
+
+
+def reset_on_close(sock: Any) -> None:
+    """Make the coming close() a reset: the kernel drops what the client never took."""
+    with contextlib.suppress(OSError, AttributeError, ValueError):
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RESET)
