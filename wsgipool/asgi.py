@@ -37,7 +37,7 @@ from wsgipool.body import BodyTooLarge, read_stream
 from wsgipool.cgi import EnvironOptions
 from wsgipool.environ import Collected
 from wsgipool.ratelog import RateLimitedLog
-from wsgipool.response import _clean_headers
+from wsgipool.relay import GONE, Head, relay
 from wsgipool.retry import first_event
 from wsgipool.threaded import ThreadBackend
 
@@ -53,8 +53,6 @@ Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 
-_CREDIT_BATCH = 64 * 1024
-_GONE = 499  # the ERROR status of an exchange whose client left
 _FILE_CHUNK = 256 * 1024
 _REASONS = {
     413: "Payload Too Large",
@@ -247,7 +245,7 @@ class WSGIMiddleware:
                     )
                 finally:
                     body.close()
-            await _write_response(scope, send, exchange, collected)
+            await _write_response(send, exchange, collected, scope.get("method") == "HEAD")
         except ResponseCut:
             if watch.done() and not watch.cancelled():
                 return  # the client left: there is nobody to tell
@@ -294,7 +292,7 @@ async def _watch_disconnect(receive: Receive, current: list[ev.Exchange]) -> Non
     """
     while (await receive())["type"] != "http.disconnect":
         pass
-    current[0].abort(_GONE, "client disconnected")
+    current[0].abort(GONE, "client disconnected")
 
 
 def _switch(current: list[ev.Exchange], _old: ev.Exchange, new: ev.Exchange) -> None:
@@ -383,127 +381,69 @@ def _asgi_headers(headers: list[tuple[str, str]], length: int | None) -> list[tu
 
 
 async def _write_response(
-    scope: Scope, send: Send, exchange: ev.Exchange, collected: Collected
+    send: Send, exchange: ev.Exchange, collected: Collected, head_only: bool
 ) -> None:
-    kind, value = await exchange.next()
-    if kind == ev.TAKEOVER:  # only asked for when offered (raw heads): never here
+    event = await exchange.next()
+    if event[0] == ev.TAKEOVER:  # only asked for when offered (raw heads): never here
         exchange.backend.decline(exchange)  # type: ignore[attr-defined]
-        kind, value = await exchange.next()
-    if kind == ev.ERROR:
-        if value[0] != _GONE:
-            await _send_error(send, value[0], retry_after=1 if value[0] == 503 else None)
-        return
-    try:
-        cleaned, length, _ = _clean_headers(value[2])
-    except ValueError as exc:
-        logger.error("%s: %s", _request_line(collected), exc)
-        exchange.close()
-        await _send_error(send, 500)
-        return
-    if not any(name.lower() == "server" for name, _ in value[2]):
-        cleaned.pop()  # the ASGI server names itself
-    code: int = value[0]
-    no_body = scope.get("method") == "HEAD" or code in (204, 304)
-    if kind == ev.RESPONSE:
-        data: bytes = value[3]
-        if length is None and not no_body:
-            length = len(data)
-        start = {"type": "http.response.start", "status": code}
-        if no_body:
-            start["headers"] = _asgi_headers(cleaned, None if code == 204 else length)
-            await send(start)
-            await send({"type": "http.response.body", "body": b"", "more_body": False})
-            return
-        assert length is not None
-        start["headers"] = _asgi_headers(cleaned, length)
-        await send(start)
-        if len(data) < length:
-            await send({"type": "http.response.body", "body": data, "more_body": True})
-            raise ResponseCut(_short(collected, length, len(data)))
-        await send({"type": "http.response.body", "body": data[:length], "more_body": False})
-        return
-    if no_body:
-        if length is None:  # a file the worker sends whole: HEAD gets the length GET would
-            upcoming = exchange.peek()
-            if upcoming is not None and upcoming[0] == ev.FILE and upcoming[1][2] is not None:
-                length = upcoming[1][2]
-        exchange.close()  # nothing of the body will be sent: stop producing it
-        headers = _asgi_headers(cleaned, None if code == 204 else length)
-        await send({"type": "http.response.start", "status": code, "headers": headers})
-        await send({"type": "http.response.body", "body": b"", "more_body": False})
-        return
-    await _write_streamed(send, exchange, collected, code, cleaned, length)
+        event = await exchange.next()
+    await relay(exchange, _Sink(send, collected), event, head_only)
 
 
-async def _write_streamed(
-    send: Send,
-    exchange: ev.Exchange,
-    collected: Collected,
-    code: int,
-    headers: list[tuple[str, str]],
-    length: int | None,
-) -> None:
-    started = False
-    written = 0
-    owed = 0
+class _Sink:
+    """relay.py's steps as ``http.response.*`` messages.
 
-    async def start() -> None:
-        nonlocal started
-        started = True
-        await send(
-            {
-                "type": "http.response.start",
-                "status": code,
-                "headers": _asgi_headers(headers, length),
-            }
-        )
+    ``send`` returns once the server has taken the message (uvicorn and
+    Hypercorn wait while the client's socket is full): that is the backpressure
+    `relay` grants credit by.  A cut is `ResponseCut` raised to the server.
+    """
 
-    while True:
-        kind, value = await exchange.next()
-        if kind == ev.DATA:
-            if length is not None:
-                room = length - written
-                if room <= 0:
-                    continue
-                if len(value) > room:
-                    value = value[:room]
-            if not started:
-                await start()
-            await send({"type": "http.response.body", "body": value, "more_body": True})
-            written += len(value)
-            owed += len(value)
-            if owed >= _CREDIT_BATCH:  # sent, so the app may produce that much more
-                exchange.grant(owed)
-                owed = 0
-            if length is not None and written >= length:
-                exchange.close()  # the declared length is reached: the rest is cut
+    __slots__ = ("collected", "send")
+
+    names_server = False  # the ASGI server names itself
+
+    def __init__(self, send: Send, collected: Collected) -> None:
+        self.send = send
+        self.collected = collected
+
+    def label(self) -> str:
+        return _request_line(self.collected)
+
+    async def error(self, status: int) -> None:
+        if status != GONE:  # a client that left has nobody to tell
+            await _send_error(self.send, status, retry_after=1 if status == 503 else None)
+
+    async def whole(self, head: Head, body: bytes) -> None:
+        send = self.send
+        headers = _asgi_headers(head.headers, head.length)
+        await send({"type": "http.response.start", "status": head.status, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
+
+    async def start(self, head: Head) -> None:
+        headers = _asgi_headers(head.headers, head.length)
+        await self.send({"type": "http.response.start", "status": head.status, "headers": headers})
+
+    async def write(self, data: bytes) -> None:
+        await self.send({"type": "http.response.body", "body": data, "more_body": True})
+
+    async def send_file(self, fd: int, offset: int, count: int) -> int:
+        """The descriptor's bytes as body messages, read off the loop one chunk at a time."""
+        loop = asyncio.get_running_loop()
+        sent = 0
+        while sent < count:
+            size = min(_FILE_CHUNK, count - sent)
+            chunk = await loop.run_in_executor(None, os.pread, fd, size, offset + sent)
+            if not chunk:
                 break
-        elif kind == ev.FILE:
-            fd, offset, count = value
-            try:
-                if length is not None:
-                    room = max(0, length - written)
-                    count = room if count is None else min(count, room)
-                elif not started and count is not None:
-                    length = count
-                if not started:
-                    await start()
-                written += await _send_file(send, fd, offset, count)
-            finally:
-                os.close(fd)
-        elif kind == ev.END:
-            break
-        else:  # ERROR: before the head, an error response; after it, a cut connection
-            if not started:
-                if value[0] != _GONE:
-                    await _send_error(send, value[0])
-                return
-            raise ResponseCut(f"response to {_request_line(collected)} cut: {value[1]}")
-    if not started:
-        await start()
-    if length is not None and written < length:
-        raise ResponseCut(_short(collected, length, written))
-    await send({"type": "http.response.body", "body": b"", "more_body": False})
+            await self.send({"type": "http.response.body", "body": chunk, "more_body": True})
+            sent += len(chunk)
+        return sent
+
+    async def finish(self) -> None:
+        await self.send({"type": "http.response.body", "body": b""})
+
+    async def cut(self, reason: str) -> None:
+        raise ResponseCut(f"{self.label()}: {reason}")
 
 
 _ESCAPES = {code: f"\\x{code:02x}" for code in (*range(0x20), 0x7F)}
@@ -512,26 +452,3 @@ _ESCAPES = {code: f"\\x{code:02x}" for code in (*range(0x20), 0x7F)}
 def _request_line(collected: Collected) -> str:
     """ "METHOD /target" for a log line, control characters escaped."""
     return collected.request_line().translate(_ESCAPES)
-
-
-def _short(collected: Collected, length: int, got: int) -> str:
-    return (
-        f"{_request_line(collected)}: app declared Content-Length {length} but sent {got} bytes; "
-        "the connection is closed"
-    )
-
-
-async def _send_file(send: Send, fd: int, offset: int, count: int | None) -> int:
-    """The descriptor's bytes as body messages, read off the loop one chunk at a time."""
-    loop = asyncio.get_running_loop()
-    if count is None:
-        count = max(os.fstat(fd).st_size - offset, 0)
-    sent = 0
-    while sent < count:
-        size = min(_FILE_CHUNK, count - sent)
-        chunk = await loop.run_in_executor(None, os.pread, fd, size, offset + sent)
-        if not chunk:
-            break
-        await send({"type": "http.response.body", "body": chunk, "more_body": True})
-        sent += len(chunk)
-    return sent
