@@ -27,13 +27,13 @@ import logging
 import os
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, MutableMapping
 from concurrent.futures import Executor, ThreadPoolExecutor
-from functools import partial
 from typing import IO, TYPE_CHECKING, Any
 from urllib.parse import quote, unquote_to_bytes
 
 from wsgipool import exchange as ev
 from wsgipool.backends import place
-from wsgipool.body import BodyTooLarge, read_stream
+from wsgipool.body import EMPTY as EMPTY_BODY
+from wsgipool.body import Body, BodyTooLarge, read_stream
 from wsgipool.cgi import EnvironOptions
 from wsgipool.environ import Collected
 from wsgipool.ratelog import RateLimitedLog
@@ -54,6 +54,8 @@ Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 
 _FILE_CHUNK = 256 * 1024
+#: Seconds between looks at the requests in flight (see `_DisconnectWatch`).
+_WATCH_INTERVAL = 0.5
 _REASONS = {
     413: "Payload Too Large",
     500: "Internal Server Error",
@@ -130,6 +132,7 @@ class WSGIMiddleware:
         self._memory_limit = placement.memory_limit
         self._in_process = placement.in_process
         self._retry_methods = placement.retry_methods  # None: never
+        self._watch = _DisconnectWatch()
 
     @property
     def executor(self) -> Executor | ProcessExecutor | None:
@@ -197,20 +200,23 @@ class WSGIMiddleware:
                 return
 
     async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
-        headers = [(bytes(name), bytes(value)) for name, value in scope.get("headers", ())]
-        declared = _content_length(headers)
+        headers = scope.get("headers", ())
+        if type(headers) is not list:  # uvicorn and Hypercorn give a list of bytes pairs
+            headers = [(bytes(name), bytes(value)) for name, value in headers]
+        declared, chunked = _framing(headers)
         if declared is not None and declared > self._max_body:
             await _send_error(send, 413, close=True)
             return
-        reader = _BodyReader(receive)
         try:
-            body = await read_stream(reader.readany, self._memory_limit, self._max_body)
+            body = await self._read_body(receive)
         except BodyTooLarge:
             await _send_error(send, 413, close=True)
             return
         except _ClientGone:
             return
-        collected = collect_scope(scope, headers, body.length)
+        # No body and none announced: no CONTENT_LENGTH, as under the aiohttp frontend.
+        length = body.length if body.length or declared is not None or chunked else None
+        collected = collect_scope(scope, headers, length)
         extras: dict[str, Any] | None = None
         if self._in_process:
             extras = {"asgi.scope": scope}  # a live object: thread mode only
@@ -235,41 +241,63 @@ class WSGIMiddleware:
         finally:
             if not retrying:
                 body.close()  # the executor has what it needs of it by now (or never will)
-        current = [exchange]  # what the disconnect watch aborts: a retry replaces it
-        watch = asyncio.ensure_future(_watch_disconnect(receive, current))
+        flight = _InFlight(exchange, receive)
+        watch = self._watch
+        watch.add(flight)
         try:
             if retrying and not isinstance(backend, ThreadBackend):
                 try:
-                    exchange = await first_event(
-                        backend, exchange, body, False, partial(_switch, current)
-                    )
+                    exchange = await first_event(backend, exchange, body, False, flight.switch)
                 finally:
                     body.close()
             await _write_response(send, exchange, collected, scope.get("method") == "HEAD")
         except ResponseCut:
-            if watch.done() and not watch.cancelled():
+            if flight.gone:
                 return  # the client left: there is nobody to tell
             raise
         finally:
-            watch.cancel()
+            watch.discard(flight)
             exchange.close()
+
+    async def _read_body(self, receive: Receive) -> Body:
+        """The request body from ``receive``; one message (most requests) without a loop."""
+        message = await receive()
+        if message["type"] == "http.request" and not message.get("more_body", False):
+            chunk = message.get("body") or b""
+            size = len(chunk)
+            if not size:
+                return EMPTY_BODY
+            if size > self._max_body:
+                raise BodyTooLarge(self._max_body)
+            if size <= self._memory_limit:
+                return Body([bytes(chunk)], length=size)
+        reader = _BodyReader(receive, message)
+        return await read_stream(reader.readany, self._memory_limit, self._max_body)
 
 
 WsgiToAsgi = WSGIMiddleware  # asgiref's name
 
 
 class _BodyReader:
-    """``receive`` as the `read_stream` readany: the body's pieces, b"" at its end."""
+    """``receive`` as the `read_stream` readany: the body's pieces, b"" at its end.
 
-    __slots__ = ("done", "receive")
+    `first` is a message already received.
+    """
 
-    def __init__(self, receive: Receive) -> None:
+    __slots__ = ("done", "first", "receive")
+
+    def __init__(self, receive: Receive, first: Message | None = None) -> None:
         self.receive = receive
+        self.first = first
         self.done = False
 
     async def readany(self) -> bytes:
         while not self.done:
-            message = await self.receive()
+            message = self.first
+            if message is None:
+                message = await self.receive()
+            else:
+                self.first = None
             kind = message["type"]
             if kind == "http.disconnect":
                 raise _ClientGone
@@ -283,24 +311,72 @@ class _BodyReader:
         return b""
 
 
-async def _watch_disconnect(receive: Receive, current: list[ev.Exchange]) -> None:
-    """Stop the app (its close() is called) when the client leaves before the response ends.
+class _InFlight:
+    """A request whose response is being written, as the disconnect watch sees it."""
+
+    __slots__ = ("exchange", "gone", "receive", "task")
+
+    def __init__(self, exchange: ev.Exchange, receive: Receive) -> None:
+        self.exchange = exchange  # a retry replaces it
+        self.receive = receive
+        self.task: asyncio.Task[None] | None = None
+        #: ``http.disconnect`` arrived: the client left.
+        self.gone = False
+
+    def switch(self, _old: ev.Exchange, new: ev.Exchange) -> None:
+        self.exchange = new
+
+    async def wait_for_disconnect(self) -> None:
+        while (await self.receive())["type"] != "http.disconnect":
+            pass
+        self.gone = True
+        self.exchange.abort(GONE, "client disconnected")
+
+
+class _DisconnectWatch:
+    """Stops the app (its close() is called) when its client leaves mid-request.
 
     ASGI servers return from ``send`` quietly once the client is gone, so the
-    only sign of it is ``http.disconnect`` from ``receive``.  `current` holds the
-    request's exchange (a retry replaces it).
+    only sign of it is ``http.disconnect`` from ``receive``, which only a task
+    waiting in ``receive`` sees.  A task per request would cost every request
+    a task, its cancellation and the server's wake-up; so a sweep every
+    `_WATCH_INTERVAL` seconds starts one only for the requests still running
+    (as the aiohttp frontend's watch looks at its connections every half
+    second): a client that leaves is noticed within about a second.
     """
-    while (await receive())["type"] != "http.disconnect":
-        pass
-    current[0].abort(GONE, "client disconnected")
 
+    __slots__ = ("_loop", "_new", "_timer")
 
-def _switch(current: list[ev.Exchange], _old: ev.Exchange, new: ev.Exchange) -> None:
-    current[0] = new
+    def __init__(self) -> None:
+        self._new: set[_InFlight] = set()
+        self._timer: asyncio.TimerHandle | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def add(self, flight: _InFlight) -> None:
+        self._new.add(flight)
+        loop = flight.exchange.loop
+        if self._timer is None or self._loop is not loop:  # (a new loop: tests, reloads)
+            self._loop = loop
+            self._timer = loop.call_later(_WATCH_INTERVAL, self._sweep)
+
+    def discard(self, flight: _InFlight) -> None:
+        self._new.discard(flight)
+        task = flight.task
+        if task is not None:
+            task.cancel()
+
+    def _sweep(self) -> None:
+        self._timer = None
+        loop = self._loop
+        if loop is None or not self._new:
+            return
+        for flight in self._new:
+            flight.task = loop.create_task(flight.wait_for_disconnect())
+        self._new.clear()
 
 
 def collect_scope(
-    scope: Scope, headers: list[tuple[bytes, bytes]], content_length: int
+    scope: Scope, headers: list[tuple[bytes, bytes]], content_length: int | None
 ) -> Collected:
     """The request facts (protocol.REQUEST_FIELDS) of an ASGI HTTP scope.
 
@@ -335,7 +411,7 @@ def collect_scope(
         remote_addr,
         remote_port,
         prefix,
-        b"%d" % content_length,
+        b"" if content_length is None else b"%d" % content_length,  # None: no body at all
     ]
     return Collected(fields, headers, True)
 
@@ -353,11 +429,17 @@ def _address(address: object) -> tuple[bytes, bytes]:
     return b"", b""
 
 
-def _content_length(headers: list[tuple[bytes, bytes]]) -> int | None:
+def _framing(headers: list[tuple[bytes, bytes]]) -> tuple[int | None, bool]:
+    """The Content-Length a request declares, and whether it has a Transfer-Encoding."""
+    declared: int | None = None
+    chunked = False
     for name, value in headers:
-        if name.lower() == b"content-length" and value.strip().isdigit():
-            return int(value)
-    return None
+        size = len(name)
+        if size == 14 and name.lower() == b"content-length" and value.strip().isdigit():
+            declared = int(value)
+        elif size == 17 and name.lower() == b"transfer-encoding":
+            chunked = True
+    return declared, chunked
 
 
 async def _send_error(
