@@ -9,8 +9,9 @@
 This module is the ASGI edge and nothing more: the request's facts are read from
 the scope, the body from ``receive``; spooling (`body.read_stream`), the
 environ (`cgi`, where the app runs), the executors and the `Exchange` they feed
-are the ones the aiohttp handler uses.  The exchange's events become
-``http.response.*`` messages, and credit is granted back only once the ASGI
+are the ones the aiohttp handler uses, and so are the response rules
+(`relay.relay`): this module's `_Sink` only turns its steps into
+``http.response.*`` messages.  Credit is granted back only once the ASGI
 server's ``send`` has returned: a slow client makes the app wait, not memory grow.
 
 ``lifespan`` starts and stops a process pool when this is the top-level app;
