@@ -2,7 +2,7 @@
 
 Every case runs against wsgipool's own aiohttp frontend and against uvicorn
 serving the ASGI adapter, each in thread and in process mode, with the same
-WSGI app (tests/apps/badapps.py). A case is one keep-alive request followed on
+WSGI app (tests/apps/asgimix.py's: badapps, streamapp). A case is one keep-alive request followed on
 the same connection by ``GET /ok``: a complete response must leave the
 connection usable (the /ok answer follows), a cut one must end it (no /ok).
 Servers are subprocesses in their own process groups, started once per module.
@@ -22,6 +22,8 @@ from tests.e2e import rawhttp
 from tests.e2e.test_asgi import start_asgi
 from tests.polling import wait_for
 
+FILE_DATA = bytes(range(256)) * 400  # 100 KiB
+FILE = "/file?path={file}"  # {file}: a file of FILE_DATA
 FRONTENDS = ["aiohttp-thread", "aiohttp-process", "uvicorn-thread", "uvicorn-process"]
 POOL = {"workers": 2, "threads": 2, "timeout": "10s", "graceful_timeout": "5s"}
 
@@ -59,6 +61,11 @@ CASES = [
     Case("GET", "/status-body?code=304", status=304),
     Case("GET", "/status-body-stream?code=204", status=204),
     Case("GET", "/status-body-stream?code=304", status=304),
+    # A file (wsgi.file_wrapper): sendfile under aiohttp, read in pieces under ASGI.
+    Case("GET", FILE, body=FILE_DATA, length=str(len(FILE_DATA)), closes=False),
+    Case("GET", FILE + "&length=1000", body=FILE_DATA[:1000], length="1000", closes=False),
+    Case("HEAD", FILE + "&length=1000", length="1000", closes=False),
+    Case("HEAD", FILE, length=str(len(FILE_DATA)), closes=False),
     Case(
         "GET",
         "/hop-by-hop",
@@ -102,7 +109,7 @@ def _start(name: str, tmp: Path) -> Frontend:
         args = ["--workers", "0", "--threads", "4"]
     else:
         args = ["--workers", str(POOL["workers"]), "--threads", str(POOL["threads"])]
-    argv = ["serve", "badapps:app", *args, "--bind", f"127.0.0.1:{port}"]
+    argv = ["serve", "asgimix:wsgi_app", *args, "--bind", f"127.0.0.1:{port}"]
     server = ServerProcess(argv, port, tmp / "server.log", server_env(), tmp)
     try:
         server.wait_until_serving()
@@ -143,8 +150,12 @@ def _closes(record: Path) -> int:
 def test_the_same_response_rules_under_both_frontends(frontend: Frontend, case: Case) -> None:
     record = frontend.tmp / f"close-{CASES.index(case)}.txt"
     record.unlink(missing_ok=True)
-    sep = "&" if "?" in case.path else "?"
-    target = f"{case.path}{sep}close={record}"
+    data = frontend.tmp / "data.bin"
+    if not data.exists():
+        data.write_bytes(FILE_DATA)
+    path = case.path.replace("{file}", str(data))
+    sep = "&" if "?" in path else "?"
+    target = f"{path}{sep}close={record}"
     requests = rawhttp.request_bytes(case.method, target, close=False)
     requests += rawhttp.request_bytes("GET", "/ok", close=True)
     raw = rawhttp.exchange(("127.0.0.1", frontend.server.port), requests)
