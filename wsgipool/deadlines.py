@@ -31,6 +31,7 @@ import asyncio
 import contextlib
 import fcntl
 import logging
+import os
 import socket
 import struct
 import sys
@@ -80,6 +81,20 @@ def reset_on_close(sock: Any) -> None:
     """Make the coming close() a reset: the kernel drops what the client never took."""
     with contextlib.suppress(OSError, AttributeError, ValueError):
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RESET)
+
+
+def shut_down(sock: Any) -> None:
+    """shutdown(SHUT_RDWR) of the connection behind `sock`, through a duplicate of it.
+
+    uvloop's transport sockets refuse shutdown() (TypeError); the connection is
+    the same through any descriptor of it.
+    """
+    with contextlib.suppress(OSError, AttributeError, ValueError):
+        duplicate = socket.socket(fileno=os.dup(sock.fileno()))
+        try:
+            duplicate.shutdown(socket.SHUT_RDWR)
+        finally:
+            duplicate.close()
 
 
 class Sending:
@@ -188,8 +203,7 @@ class SendWatch:
         sock = transport.get_extra_info("socket")
         reset_on_close(sock)
         if sending.direct:  # wake the worker: its duplicate keeps the connection open
-            with contextlib.suppress(OSError, AttributeError):
-                sock.shutdown(socket.SHUT_RDWR)
+            shut_down(sock)
         transport.abort()
         waiter = sending.waiter
         if waiter is not None and not waiter.done():
