@@ -1,7 +1,8 @@
 """The response rules (wsgipool/relay.py) are the same under both frontends.
 
 Every case runs against wsgipool's own aiohttp frontend and against uvicorn
-serving the ASGI adapter, each in thread and in process mode, with the same
+serving the ASGI adapter, each in thread and in process mode, and Hypercorn
+serving it in process mode, with the same
 WSGI app (tests/apps/asgimix.py's: badapps, streamapp). A case is one keep-alive request followed on
 the same connection by ``GET /ok``: a complete response must leave the
 connection usable (the /ok answer follows), a cut one must end it (no /ok).
@@ -24,7 +25,13 @@ from tests.polling import wait_for
 
 FILE_DATA = bytes(range(256)) * 400  # 100 KiB
 FILE = "/file?path={file}"  # {file}: a file of FILE_DATA
-FRONTENDS = ["aiohttp-thread", "aiohttp-process", "uvicorn-thread", "uvicorn-process"]
+FRONTENDS = [
+    "aiohttp-thread",
+    "aiohttp-process",
+    "uvicorn-thread",
+    "uvicorn-process",
+    "hypercorn-process",
+]
 POOL = {"workers": 2, "threads": 2, "timeout": "10s", "graceful_timeout": "5s"}
 
 
@@ -90,20 +97,20 @@ class Frontend:
     def __init__(self, server: ServerProcess, tmp: Path, asgi: bool) -> None:
         self.server = server
         self.tmp = tmp
-        #: uvicorn adds its own Server and Date headers even when the app sends them
-        #: (unless run with --no-server-header, --no-date-header).
+        #: uvicorn and Hypercorn add their own Server and Date headers even when the
+        #: app sends them (uvicorn: unless run with --no-server-header, --no-date-header).
         self.asgi = asgi
 
 
 def _start(name: str, tmp: Path) -> Frontend:
     frontend, mode = name.split("-")
-    if frontend == "uvicorn":
+    if frontend in ("uvicorn", "hypercorn"):
         env = {
             "ASGI_MODE": mode,
             "ASGI_LAYOUT": "top",
             "ASGI_POOL": json.dumps(POOL),
         }
-        return Frontend(start_asgi(tmp, "uvicorn", "asgimix:app", env), tmp, asgi=True)
+        return Frontend(start_asgi(tmp, frontend, "asgimix:app", env), tmp, asgi=True)
     port = free_port()
     if mode == "thread":
         args = ["--workers", "0", "--threads", "4"]
