@@ -9,8 +9,9 @@
 This module is the ASGI edge and nothing more: the request's facts are read from
 the scope, the body from ``receive``; spooling (`body.read_stream`), the
 environ (`cgi`, where the app runs), the executors and the `Exchange` they feed
-are the ones the aiohttp handler uses.  The exchange's events become
-``http.response.*`` messages, and credit is granted back only once the ASGI
+are the ones the aiohttp handler uses, and so are the response rules
+(`relay.relay`): this module's `_Sink` only turns its steps into
+``http.response.*`` messages.  Credit is granted back only once the ASGI
 server's ``send`` has returned: a slow client makes the app wait, not memory grow.
 
 ``lifespan`` starts and stops a process pool when this is the top-level app;
@@ -27,17 +28,17 @@ import logging
 import os
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, MutableMapping
 from concurrent.futures import Executor, ThreadPoolExecutor
-from functools import partial
 from typing import IO, TYPE_CHECKING, Any
 from urllib.parse import quote, unquote_to_bytes
 
 from wsgipool import exchange as ev
 from wsgipool.backends import place
-from wsgipool.body import BodyTooLarge, read_stream
+from wsgipool.body import EMPTY as EMPTY_BODY
+from wsgipool.body import Body, BodyTooLarge, read_stream
 from wsgipool.cgi import EnvironOptions
 from wsgipool.environ import Collected
 from wsgipool.ratelog import RateLimitedLog
-from wsgipool.response import _clean_headers
+from wsgipool.relay import GONE, Head, relay
 from wsgipool.retry import first_event
 from wsgipool.threaded import ThreadBackend
 
@@ -53,9 +54,9 @@ Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 
-_CREDIT_BATCH = 64 * 1024
-_GONE = 499  # the ERROR status of an exchange whose client left
 _FILE_CHUNK = 256 * 1024
+#: Seconds between looks at the requests in flight (see `_DisconnectWatch`).
+_WATCH_INTERVAL = 0.5
 _REASONS = {
     413: "Payload Too Large",
     500: "Internal Server Error",
@@ -132,6 +133,7 @@ class WSGIMiddleware:
         self._memory_limit = placement.memory_limit
         self._in_process = placement.in_process
         self._retry_methods = placement.retry_methods  # None: never
+        self._watch = _DisconnectWatch()
 
     @property
     def executor(self) -> Executor | ProcessExecutor | None:
@@ -199,20 +201,23 @@ class WSGIMiddleware:
                 return
 
     async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
-        headers = [(bytes(name), bytes(value)) for name, value in scope.get("headers", ())]
-        declared = _content_length(headers)
+        headers = scope.get("headers", ())
+        if type(headers) is not list:  # uvicorn and Hypercorn give a list of bytes pairs
+            headers = [(bytes(name), bytes(value)) for name, value in headers]
+        declared, chunked = _framing(headers)
         if declared is not None and declared > self._max_body:
             await _send_error(send, 413, close=True)
             return
-        reader = _BodyReader(receive)
         try:
-            body = await read_stream(reader.readany, self._memory_limit, self._max_body)
+            body = await self._read_body(receive)
         except BodyTooLarge:
             await _send_error(send, 413, close=True)
             return
         except _ClientGone:
             return
-        collected = collect_scope(scope, headers, body.length)
+        # No body and none announced: no CONTENT_LENGTH, as under the aiohttp frontend.
+        length = body.length if body.length or declared is not None or chunked else None
+        collected = collect_scope(scope, headers, length)
         extras: dict[str, Any] | None = None
         if self._in_process:
             extras = {"asgi.scope": scope}  # a live object: thread mode only
@@ -237,41 +242,63 @@ class WSGIMiddleware:
         finally:
             if not retrying:
                 body.close()  # the executor has what it needs of it by now (or never will)
-        current = [exchange]  # what the disconnect watch aborts: a retry replaces it
-        watch = asyncio.ensure_future(_watch_disconnect(receive, current))
+        flight = _InFlight(exchange, receive)
+        watch = self._watch
+        watch.add(flight)
         try:
             if retrying and not isinstance(backend, ThreadBackend):
                 try:
-                    exchange = await first_event(
-                        backend, exchange, body, False, partial(_switch, current)
-                    )
+                    exchange = await first_event(backend, exchange, body, False, flight.switch)
                 finally:
                     body.close()
-            await _write_response(scope, send, exchange, collected)
+            await _write_response(send, exchange, collected, scope.get("method") == "HEAD")
         except ResponseCut:
-            if watch.done() and not watch.cancelled():
+            if flight.gone:
                 return  # the client left: there is nobody to tell
             raise
         finally:
-            watch.cancel()
+            watch.discard(flight)
             exchange.close()
+
+    async def _read_body(self, receive: Receive) -> Body:
+        """The request body from ``receive``; one message (most requests) without a loop."""
+        message = await receive()
+        if message["type"] == "http.request" and not message.get("more_body", False):
+            chunk = message.get("body") or b""
+            size = len(chunk)
+            if not size:
+                return EMPTY_BODY
+            if size > self._max_body:
+                raise BodyTooLarge(self._max_body)
+            if size <= self._memory_limit:
+                return Body([bytes(chunk)], length=size)
+        reader = _BodyReader(receive, message)
+        return await read_stream(reader.readany, self._memory_limit, self._max_body)
 
 
 WsgiToAsgi = WSGIMiddleware  # asgiref's name
 
 
 class _BodyReader:
-    """``receive`` as the `read_stream` readany: the body's pieces, b"" at its end."""
+    """``receive`` as the `read_stream` readany: the body's pieces, b"" at its end.
 
-    __slots__ = ("done", "receive")
+    `first` is a message already received.
+    """
 
-    def __init__(self, receive: Receive) -> None:
+    __slots__ = ("done", "first", "receive")
+
+    def __init__(self, receive: Receive, first: Message | None = None) -> None:
         self.receive = receive
+        self.first = first
         self.done = False
 
     async def readany(self) -> bytes:
         while not self.done:
-            message = await self.receive()
+            message = self.first
+            if message is None:
+                message = await self.receive()
+            else:
+                self.first = None
             kind = message["type"]
             if kind == "http.disconnect":
                 raise _ClientGone
@@ -285,24 +312,72 @@ class _BodyReader:
         return b""
 
 
-async def _watch_disconnect(receive: Receive, current: list[ev.Exchange]) -> None:
-    """Stop the app (its close() is called) when the client leaves before the response ends.
+class _InFlight:
+    """A request whose response is being written, as the disconnect watch sees it."""
+
+    __slots__ = ("exchange", "gone", "receive", "task")
+
+    def __init__(self, exchange: ev.Exchange, receive: Receive) -> None:
+        self.exchange = exchange  # a retry replaces it
+        self.receive = receive
+        self.task: asyncio.Task[None] | None = None
+        #: ``http.disconnect`` arrived: the client left.
+        self.gone = False
+
+    def switch(self, _old: ev.Exchange, new: ev.Exchange) -> None:
+        self.exchange = new
+
+    async def wait_for_disconnect(self) -> None:
+        while (await self.receive())["type"] != "http.disconnect":
+            pass
+        self.gone = True
+        self.exchange.abort(GONE, "client disconnected")
+
+
+class _DisconnectWatch:
+    """Stops the app (its close() is called) when its client leaves mid-request.
 
     ASGI servers return from ``send`` quietly once the client is gone, so the
-    only sign of it is ``http.disconnect`` from ``receive``.  `current` holds the
-    request's exchange (a retry replaces it).
+    only sign of it is ``http.disconnect`` from ``receive``, which only a task
+    waiting in ``receive`` sees.  A task per request would cost every request
+    a task, its cancellation and the server's wake-up; so a sweep every
+    `_WATCH_INTERVAL` seconds starts one only for the requests still running
+    (as the aiohttp frontend's watch looks at its connections every half
+    second): a client that leaves is noticed within about a second.
     """
-    while (await receive())["type"] != "http.disconnect":
-        pass
-    current[0].abort(_GONE, "client disconnected")
 
+    __slots__ = ("_loop", "_new", "_timer")
 
-def _switch(current: list[ev.Exchange], _old: ev.Exchange, new: ev.Exchange) -> None:
-    current[0] = new
+    def __init__(self) -> None:
+        self._new: set[_InFlight] = set()
+        self._timer: asyncio.TimerHandle | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def add(self, flight: _InFlight) -> None:
+        self._new.add(flight)
+        loop = flight.exchange.loop
+        if self._timer is None or self._loop is not loop:  # (a new loop: tests, reloads)
+            self._loop = loop
+            self._timer = loop.call_later(_WATCH_INTERVAL, self._sweep)
+
+    def discard(self, flight: _InFlight) -> None:
+        self._new.discard(flight)
+        task = flight.task
+        if task is not None:
+            task.cancel()
+
+    def _sweep(self) -> None:
+        self._timer = None
+        loop = self._loop
+        if loop is None or not self._new:
+            return
+        for flight in self._new:
+            flight.task = loop.create_task(flight.wait_for_disconnect())
+        self._new.clear()
 
 
 def collect_scope(
-    scope: Scope, headers: list[tuple[bytes, bytes]], content_length: int
+    scope: Scope, headers: list[tuple[bytes, bytes]], content_length: int | None
 ) -> Collected:
     """The request facts (protocol.REQUEST_FIELDS) of an ASGI HTTP scope.
 
@@ -337,7 +412,7 @@ def collect_scope(
         remote_addr,
         remote_port,
         prefix,
-        b"%d" % content_length,
+        b"" if content_length is None else b"%d" % content_length,  # None: no body at all
     ]
     return Collected(fields, headers, True)
 
@@ -355,11 +430,17 @@ def _address(address: object) -> tuple[bytes, bytes]:
     return b"", b""
 
 
-def _content_length(headers: list[tuple[bytes, bytes]]) -> int | None:
+def _framing(headers: list[tuple[bytes, bytes]]) -> tuple[int | None, bool]:
+    """The Content-Length a request declares, and whether it has a Transfer-Encoding."""
+    declared: int | None = None
+    chunked = False
     for name, value in headers:
-        if name.lower() == b"content-length" and value.strip().isdigit():
-            return int(value)
-    return None
+        size = len(name)
+        if size == 14 and name.lower() == b"content-length" and value.strip().isdigit():
+            declared = int(value)
+        elif size == 17 and name.lower() == b"transfer-encoding":
+            chunked = True
+    return declared, chunked
 
 
 async def _send_error(
@@ -383,127 +464,69 @@ def _asgi_headers(headers: list[tuple[str, str]], length: int | None) -> list[tu
 
 
 async def _write_response(
-    scope: Scope, send: Send, exchange: ev.Exchange, collected: Collected
+    send: Send, exchange: ev.Exchange, collected: Collected, head_only: bool
 ) -> None:
-    kind, value = await exchange.next()
-    if kind == ev.TAKEOVER:  # only asked for when offered (raw heads): never here
+    event = await exchange.next()
+    if event[0] == ev.TAKEOVER:  # only asked for when offered (raw heads): never here
         exchange.backend.decline(exchange)  # type: ignore[attr-defined]
-        kind, value = await exchange.next()
-    if kind == ev.ERROR:
-        if value[0] != _GONE:
-            await _send_error(send, value[0], retry_after=1 if value[0] == 503 else None)
-        return
-    try:
-        cleaned, length, _ = _clean_headers(value[2])
-    except ValueError as exc:
-        logger.error("%s: %s", _request_line(collected), exc)
-        exchange.close()
-        await _send_error(send, 500)
-        return
-    if not any(name.lower() == "server" for name, _ in value[2]):
-        cleaned.pop()  # the ASGI server names itself
-    code: int = value[0]
-    no_body = scope.get("method") == "HEAD" or code in (204, 304)
-    if kind == ev.RESPONSE:
-        data: bytes = value[3]
-        if length is None and not no_body:
-            length = len(data)
-        start = {"type": "http.response.start", "status": code}
-        if no_body:
-            start["headers"] = _asgi_headers(cleaned, None if code == 204 else length)
-            await send(start)
-            await send({"type": "http.response.body", "body": b"", "more_body": False})
-            return
-        assert length is not None
-        start["headers"] = _asgi_headers(cleaned, length)
-        await send(start)
-        if len(data) < length:
-            await send({"type": "http.response.body", "body": data, "more_body": True})
-            raise ResponseCut(_short(collected, length, len(data)))
-        await send({"type": "http.response.body", "body": data[:length], "more_body": False})
-        return
-    if no_body:
-        if length is None:  # a file the worker sends whole: HEAD gets the length GET would
-            upcoming = exchange.peek()
-            if upcoming is not None and upcoming[0] == ev.FILE and upcoming[1][2] is not None:
-                length = upcoming[1][2]
-        exchange.close()  # nothing of the body will be sent: stop producing it
-        headers = _asgi_headers(cleaned, None if code == 204 else length)
-        await send({"type": "http.response.start", "status": code, "headers": headers})
-        await send({"type": "http.response.body", "body": b"", "more_body": False})
-        return
-    await _write_streamed(send, exchange, collected, code, cleaned, length)
+        event = await exchange.next()
+    await relay(exchange, _Sink(send, collected), event, head_only)
 
 
-async def _write_streamed(
-    send: Send,
-    exchange: ev.Exchange,
-    collected: Collected,
-    code: int,
-    headers: list[tuple[str, str]],
-    length: int | None,
-) -> None:
-    started = False
-    written = 0
-    owed = 0
+class _Sink:
+    """relay.py's steps as ``http.response.*`` messages.
 
-    async def start() -> None:
-        nonlocal started
-        started = True
-        await send(
-            {
-                "type": "http.response.start",
-                "status": code,
-                "headers": _asgi_headers(headers, length),
-            }
-        )
+    ``send`` returns once the server has taken the message (uvicorn and
+    Hypercorn wait while the client's socket is full): that is the backpressure
+    `relay` grants credit by.  A cut is `ResponseCut` raised to the server.
+    """
 
-    while True:
-        kind, value = await exchange.next()
-        if kind == ev.DATA:
-            if length is not None:
-                room = length - written
-                if room <= 0:
-                    continue
-                if len(value) > room:
-                    value = value[:room]
-            if not started:
-                await start()
-            await send({"type": "http.response.body", "body": value, "more_body": True})
-            written += len(value)
-            owed += len(value)
-            if owed >= _CREDIT_BATCH:  # sent, so the app may produce that much more
-                exchange.grant(owed)
-                owed = 0
-            if length is not None and written >= length:
-                exchange.close()  # the declared length is reached: the rest is cut
+    __slots__ = ("collected", "send")
+
+    names_server = False  # the ASGI server names itself
+
+    def __init__(self, send: Send, collected: Collected) -> None:
+        self.send = send
+        self.collected = collected
+
+    def label(self) -> str:
+        return _request_line(self.collected)
+
+    async def error(self, status: int) -> None:
+        if status != GONE:  # a client that left has nobody to tell
+            await _send_error(self.send, status, retry_after=1 if status == 503 else None)
+
+    async def whole(self, head: Head, body: bytes) -> None:
+        send = self.send
+        headers = _asgi_headers(head.headers, head.length)
+        await send({"type": "http.response.start", "status": head.status, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
+
+    async def start(self, head: Head) -> None:
+        headers = _asgi_headers(head.headers, head.length)
+        await self.send({"type": "http.response.start", "status": head.status, "headers": headers})
+
+    async def write(self, data: bytes) -> None:
+        await self.send({"type": "http.response.body", "body": data, "more_body": True})
+
+    async def send_file(self, fd: int, offset: int, count: int) -> int:
+        """The descriptor's bytes as body messages, read off the loop one chunk at a time."""
+        loop = asyncio.get_running_loop()
+        sent = 0
+        while sent < count:
+            size = min(_FILE_CHUNK, count - sent)
+            chunk = await loop.run_in_executor(None, os.pread, fd, size, offset + sent)
+            if not chunk:
                 break
-        elif kind == ev.FILE:
-            fd, offset, count = value
-            try:
-                if length is not None:
-                    room = max(0, length - written)
-                    count = room if count is None else min(count, room)
-                elif not started and count is not None:
-                    length = count
-                if not started:
-                    await start()
-                written += await _send_file(send, fd, offset, count)
-            finally:
-                os.close(fd)
-        elif kind == ev.END:
-            break
-        else:  # ERROR: before the head, an error response; after it, a cut connection
-            if not started:
-                if value[0] != _GONE:
-                    await _send_error(send, value[0])
-                return
-            raise ResponseCut(f"response to {_request_line(collected)} cut: {value[1]}")
-    if not started:
-        await start()
-    if length is not None and written < length:
-        raise ResponseCut(_short(collected, length, written))
-    await send({"type": "http.response.body", "body": b"", "more_body": False})
+            await self.send({"type": "http.response.body", "body": chunk, "more_body": True})
+            sent += len(chunk)
+        return sent
+
+    async def finish(self) -> None:
+        await self.send({"type": "http.response.body", "body": b""})
+
+    async def cut(self, reason: str) -> None:
+        raise ResponseCut(f"{self.label()}: {reason}")
 
 
 _ESCAPES = {code: f"\\x{code:02x}" for code in (*range(0x20), 0x7F)}
@@ -512,26 +535,3 @@ _ESCAPES = {code: f"\\x{code:02x}" for code in (*range(0x20), 0x7F)}
 def _request_line(collected: Collected) -> str:
     """ "METHOD /target" for a log line, control characters escaped."""
     return collected.request_line().translate(_ESCAPES)
-
-
-def _short(collected: Collected, length: int, got: int) -> str:
-    return (
-        f"{_request_line(collected)}: app declared Content-Length {length} but sent {got} bytes; "
-        "the connection is closed"
-    )
-
-
-async def _send_file(send: Send, fd: int, offset: int, count: int | None) -> int:
-    """The descriptor's bytes as body messages, read off the loop one chunk at a time."""
-    loop = asyncio.get_running_loop()
-    if count is None:
-        count = max(os.fstat(fd).st_size - offset, 0)
-    sent = 0
-    while sent < count:
-        size = min(_FILE_CHUNK, count - sent)
-        chunk = await loop.run_in_executor(None, os.pread, fd, size, offset + sent)
-        if not chunk:
-            break
-        await send({"type": "http.response.body", "body": chunk, "more_body": True})
-        sent += len(chunk)
-    return sent

@@ -29,8 +29,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import socket
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from wsgipool.clientsock import queued, reset_on_close
 
@@ -50,6 +51,20 @@ _WORKER_GRACE = 1.0
 def sweep_interval(timeout: float) -> float:
     """How often a deadline of `timeout` seconds is checked: a quarter of it, 50 ms to 1 s."""
     return min(1.0, max(0.05, timeout / 4))
+
+
+def shut_down(sock: Any) -> None:
+    """shutdown(SHUT_RDWR) of the connection behind `sock`, through a duplicate of it.
+
+    uvloop's transport sockets refuse shutdown() (TypeError); the connection is
+    the same through any descriptor of it.
+    """
+    with contextlib.suppress(OSError, AttributeError, ValueError):
+        duplicate = socket.socket(fileno=os.dup(sock.fileno()))
+        try:
+            duplicate.shutdown(socket.SHUT_RDWR)
+        finally:
+            duplicate.close()
 
 
 class Sending:
@@ -158,8 +173,7 @@ class SendWatch:
         sock = transport.get_extra_info("socket")
         reset_on_close(sock)
         if sending.direct:  # wake the worker: its duplicate keeps the connection open
-            with contextlib.suppress(OSError, AttributeError):
-                sock.shutdown(socket.SHUT_RDWR)
+            shut_down(sock)
         transport.abort()
         waiter = sending.waiter
         if waiter is not None and not waiter.done():

@@ -1,10 +1,12 @@
 """Turn an exchange's events into the HTTP response, keeping the connection in sync.
 
-The rules a client depends on live here: hop-by-hop headers are dropped, a
-declared Content-Length is honoured (a longer body is cut, a shorter one closes
-the connection so the client cannot mistake the next response for the rest of
-this one), HEAD, 204 and 304 carry no body, and an app that fails after its
-headers went out gets a cut connection, never a second response.
+The rules a client depends on (hop-by-hop headers dropped, a declared
+Content-Length honoured, HEAD, 204 and 304 without a body, a cut connection
+for an app that fails after its head went out) are `relay.py`'s, shared with
+the ASGI adapter; this module carries them out on aiohttp (`_Sink`) and keeps
+the fast paths that need aiohttp's socket: a worker's serialised RAW head
+written as is, a worker writing to the client socket itself (TAKEOVER), and
+sendfile(2).
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import asyncio
 import logging
 import os
 from collections.abc import Callable
-from typing import IO, Any, cast
+from typing import Any, cast
 
 from aiohttp import hdrs, web
 from aiohttp.abc import AbstractStreamWriter
@@ -22,7 +24,8 @@ from aiohttp.http import HttpVersion, HttpVersion10, HttpVersion11
 from wsgipool import exchange as ev
 from wsgipool.deadlines import Sending
 from wsgipool.logs.escape import escape
-from wsgipool.wsgicall import HOP_BY_HOP, SERVER_HEADER
+from wsgipool.relay import ClientGone, Head, relay
+from wsgipool.wsgicall import SERVER_HEADER
 
 __all__ = ["error_response", "write_response"]
 
@@ -43,7 +46,6 @@ _REASONS = {
     504: "Gateway Timeout",
     505: "HTTP Version Not Supported",
 }
-_CREDIT_BATCH = 64 * 1024
 _FALLBACK_CHUNK = 256 * 1024
 #: How long a cancelled handler still waits for a direct write's DONE (for the access log).
 _DONE_GRACE = 2.0
@@ -320,176 +322,118 @@ async def write_response(
 async def _write_response(
     request: web.BaseRequest, exchange: ev.Exchange, sending: Sending | None
 ) -> web.StreamResponse:
-    kind, value = await exchange.next()
+    event = await exchange.next()
+    kind = event[0]
+    # The fast paths that need aiohttp's socket; everything else is relay.py's rules.
     if kind == ev.RAW:
-        return _RawResponse(request, *value)
+        return _RawResponse(request, *event[1])
     if kind == ev.TAKEOVER:
         if _hand_over_socket(request, exchange, sending):
             return await _written_by_worker(request, exchange)
-        kind, value = await exchange.next()
-    if kind == ev.ERROR:
-        return error_response(value[0])
+        event = await exchange.next()
+    sink = _Sink(request, sending)
     try:
-        headers, length, latin1 = _clean_headers(value[2])
-    except ValueError as exc:
-        logger.error("%s: %s", _label(request), escape(exc))
+        await relay(exchange, sink, event, request.method == "HEAD")
+    except ClientGone:
         exchange.close()
-        return error_response(500)
-    code, reason = value[0], value[1]
-    latin1 = latin1 or not reason.isascii()
-    if kind == ev.RESPONSE:
-        return _whole(request, code, reason, headers, length, value[3], latin1)
-    response = _Response(status=code, reason=reason, headers=headers)
-    response._latin1 = latin1
-    if request.method == "HEAD" or code in (204, 304):
-        if length is None:  # a file the worker sends whole: HEAD gets the length GET would
-            upcoming = exchange.peek()
-            if upcoming is not None and upcoming[0] == ev.FILE and upcoming[1][2] is not None:
-                length = upcoming[1][2]
-        exchange.close()  # nothing of the body will be sent: stop producing it
-        if length is not None and code != 204:
-            response.headers["Content-Length"] = str(length)
-        await response.prepare(request)
-        await response.write_eof()
+    response = sink.response
+    assert response is not None
+    return response
+
+
+class _Sink:
+    """relay.py's steps as aiohttp responses on `request`'s connection.
+
+    A whole response is returned unwritten (aiohttp writes it, head and body in
+    one write, after the handler returns); a streamed one is prepared with its
+    first body bytes; files go out with sendfile(2) where the socket allows.
+    """
+
+    __slots__ = ("prepared", "request", "response", "sending", "written")
+
+    names_server = True
+
+    def __init__(self, request: web.BaseRequest, sending: Sending | None) -> None:
+        self.request = request
+        self.sending = sending
+        self.response: web.StreamResponse | None = None
+        self.prepared = False
+        self.written = 0
+
+    def label(self) -> str:
+        return _label(self.request)
+
+    async def error(self, status: int) -> None:
+        self.response = error_response(status)
+
+    async def whole(self, head: Head, body: bytes) -> None:
+        response = _WholeResponse(
+            status=head.status, reason=head.reason, headers=head.headers, body=body
+        )
+        response._latin1 = head.latin1
+        length = head.length
+        if length is not None and length != len(body):  # HEAD: the length GET would have
+            response.headers[hdrs.CONTENT_LENGTH] = str(length)
+        self.response = response
+
+    async def start(self, head: Head) -> None:
+        response = _Response(status=head.status, reason=head.reason, headers=head.headers)
+        response._latin1 = head.latin1
+        if head.length is not None:
+            response.headers[hdrs.CONTENT_LENGTH] = str(head.length)
+        self.response = response
+
+    async def _prepare(self) -> web.StreamResponse:
+        response = self.response
+        assert response is not None
+        if not self.prepared:
+            self.prepared = True
+            await response.prepare(self.request)
         return response
-    return await _write_streamed(request, exchange, response, length, sending)
 
+    async def write(self, data: bytes) -> None:
+        response = await self._prepare()
+        await response.write(data)
+        self.written += len(data)
 
-def _clean_headers(
-    headers: list[tuple[str, str]],
-) -> tuple[list[tuple[str, str]], int | None, bool]:
-    """The app's headers without hop-by-hop ones and Content-Length, the length declared,
-    and whether a value is not plain ASCII (then the head is written as latin-1 here)."""
-    out: list[tuple[str, str]] = []
-    length: int | None = None
-    latin1 = False
-    server = False
-    for name, value in headers:
-        if not value.isascii():
-            latin1 = True
-        lower = name.lower()
-        if lower == "server":
-            server = True
-        if lower in HOP_BY_HOP:
-            continue
-        if lower == "content-length":
-            declared = int(value.strip())
-            if length is not None and declared != length:
-                raise ValueError(f"conflicting Content-Length headers: {length} and {declared}")
-            length = declared
-            continue
-        out.append((name, value))
-    if not server:
-        out.append(("Server", SERVER_HEADER))
-    return out, length, latin1
-
-
-def _whole(
-    request: web.BaseRequest,
-    code: int,
-    reason: str,
-    headers: list[tuple[str, str]],
-    length: int | None,
-    body: bytes,
-    latin1: bool,
-) -> web.Response:
-    """A response that arrived whole: aiohttp sends it in one write."""
-    response = _WholeResponse(status=code, reason=reason, headers=headers, body=body)
-    response._latin1 = latin1
-    if length is not None:
-        if len(body) > length:
-            response.body = body[:length]
-        elif len(body) < length:
-            if request.method == "HEAD" or code in (204, 304):
-                response.headers["Content-Length"] = str(length)
-            else:
-                _short_body(request, response, length, len(body))
-                response.headers["Content-Length"] = str(length)
-    return response
-
-
-async def _write_streamed(
-    request: web.BaseRequest,
-    exchange: ev.Exchange,
-    response: _Response,
-    length: int | None,
-    sending: Sending | None,
-) -> web.StreamResponse:
-    written = 0
-    owed = 0
-    if length is not None:
-        response.content_length = length
-    prepared = False
-    while True:
-        kind, value = await exchange.next()
-        if kind == ev.DATA:
-            if length is not None:
-                room = length - written
-                if room <= 0:
-                    continue
-                if len(value) > room:
-                    value = value[:room]
-            if not prepared:
-                await response.prepare(request)
-                prepared = True
-            await response.write(value)
-            written += len(value)
-            owed += len(value)
-            if owed >= _CREDIT_BATCH:
-                exchange.grant(owed)
-                owed = 0
-            if length is not None and written >= length:
-                exchange.close()  # the declared length is reached: the rest is cut
-                break
-        elif kind == ev.FILE:
-            fd, offset, count = value
-            if length is not None:
-                count = max(0, length - written) if count is None else min(count, length - written)
-            elif not prepared and count is not None:
-                response.content_length = length = count
-            if not prepared:
-                await response.prepare(request)
-                prepared = True
-            try:
-                written += await _send_file(request, response, fd, offset, count, sending)
-            except ConnectionError as exc:  # the client left: its business, one line
-                logger.info(
-                    "%s: client went away after %d bytes of a file response (%s)",
-                    _label(request),
-                    written,
-                    exc.strerror or type(exc).__name__,
-                )
-                _abort(request)
-                response.body_sent = written
-                return response
-        elif kind == ev.END:
-            break
-        else:  # ERROR after the headers were decided: the client must see a broken response
-            if not prepared:
-                return error_response(value[0])
-            logger.warning("response to %s cut: %s", _label(request), escape(value[1]))
+    async def send_file(self, fd: int, offset: int, count: int) -> int:
+        request = self.request
+        response = await self._prepare()
+        try:
+            sent = await _send_file(request, response, fd, offset, count, self.sending)
+        except ConnectionError as exc:  # the client left: its business, one line
+            logger.info(
+                "%s: client went away after %d bytes of a file response (%s)",
+                _label(request),
+                self.written,
+                exc.strerror or type(exc).__name__,
+            )
             _abort(request)
-            return response
-    if length is not None and written < length:
-        _short_body(request, response, length, written)
-    response.body_sent = written
-    if not prepared:
-        await response.prepare(request)
-    await response.write_eof()
-    return response
+            _set_body_sent(response, self.written)
+            raise ClientGone from exc
+        self.written += sent
+        return sent
+
+    async def finish(self) -> None:
+        response = await self._prepare()
+        _set_body_sent(response, self.written)
+        await response.write_eof()
+
+    async def cut(self, reason: str) -> None:
+        request = self.request
+        logger.warning("%s: %s", _label(request), escape(reason))
+        response = await self._prepare()
+        _set_body_sent(response, self.written)
+        writer = response._payload_writer
+        if writer is not None:
+            writer.send_headers()  # the head at least, then the connection ends
+        _abort(request)
 
 
-def _short_body(
-    request: web.BaseRequest, response: web.StreamResponse, length: int, got: int
-) -> None:
-    logger.warning(
-        "%s: app declared Content-Length %d but sent %d bytes; closing the connection",
-        _label(request),
-        length,
-        got,
-    )
-    # After the short body the connection must end: nothing else may follow it.
-    response.force_close()
+def _set_body_sent(response: web.StreamResponse, count: int) -> None:
+    """Body bytes sent, for the access log's %(b)s."""
+    if isinstance(response, _Response):
+        response.body_sent = count
 
 
 def _label(request: web.BaseRequest) -> str:
@@ -508,30 +452,22 @@ async def _send_file(
     response: web.StreamResponse,
     fd: int,
     offset: int,
-    count: int | None,
+    count: int,
     sending: Sending | None,
 ) -> int:
-    """sendfile() the descriptor straight to the client socket; the fd is ours to close."""
-    file: IO[bytes] = os.fdopen(fd, "rb", buffering=0)
-    try:
-        if count is None:
-            count = max(os.fstat(fd).st_size - offset, 0)
-        if count == 0:
-            return 0
-        writer = response._payload_writer
-        transport = request.transport
-        if transport is None:
-            raise ConnectionResetError("connection lost")
-        plain = transport.get_extra_info("sslcontext") is None
-        if writer is not None and not getattr(writer, "chunked", False) and plain:
-            writer.send_headers()
-            await writer.drain()
-            sent = await _sendfile_to_socket(transport, fd, offset, count, sending)
-            writer.output_size += sent
-            return sent
-        return await _send_file_fallback(response, file, offset, count)
-    finally:
-        file.close()
+    """sendfile() the descriptor straight to the client socket; the fd stays the caller's."""
+    writer = response._payload_writer
+    transport = request.transport
+    if transport is None:
+        raise ConnectionResetError("connection lost")
+    plain = transport.get_extra_info("sslcontext") is None
+    if writer is not None and not getattr(writer, "chunked", False) and plain:
+        writer.send_headers()
+        await writer.drain()
+        sent = await _sendfile_to_socket(transport, fd, offset, count, sending)
+        writer.output_size += sent
+        return sent
+    return await _send_file_fallback(response, fd, offset, count)
 
 
 async def _sendfile_to_socket(
@@ -594,13 +530,13 @@ def _set_result(waiter: asyncio.Future[None]) -> None:
 
 
 async def _send_file_fallback(
-    response: web.StreamResponse, file: IO[bytes], offset: int, count: int
+    response: web.StreamResponse, fd: int, offset: int, count: int
 ) -> int:
     loop = asyncio.get_running_loop()
     sent = 0
     while sent < count:
         size = min(_FALLBACK_CHUNK, count - sent)
-        chunk = await loop.run_in_executor(None, os.pread, file.fileno(), size, offset + sent)
+        chunk = await loop.run_in_executor(None, os.pread, fd, size, offset + sent)
         if not chunk:
             break
         await response.write(chunk)

@@ -264,6 +264,12 @@ def latin1_header(environ, start_response):
     return [b"latin-1 headers"]
 
 
+def no_length(environ, start_response):
+    """A whole body (a list) without Content-Length: the server declares it (HEAD too)."""
+    start_response("200 OK", TEXT)
+    return [b"twelve bytes"]
+
+
 def conflicting_length(environ, start_response):
     start_response("200 OK", [*TEXT, ("Content-Length", "3"), ("Content-Length", "4")])
     return [b"abcd"]
@@ -294,6 +300,7 @@ ROUTES = {
     "/no-start-response": no_start_response,
     "/not-bytes": not_bytes,
     "/conflicting-length": conflicting_length,
+    "/no-length": no_length,
     "/own-server-date": own_server_and_date,
     "/latin1-header": latin1_header,
 }

@@ -189,6 +189,14 @@ def test_environ_from_the_scope(setup: Setup) -> None:
     assert env["wsgi.multithread"] is True
 
 
+def test_a_request_without_a_body_has_no_content_length(setup: Setup) -> None:
+    """As under the aiohttp frontend (and gunicorn): absent unless a body or a length came."""
+    status, _, body = setup.get("/plain")
+    assert status == 200 and "CONTENT_LENGTH" not in json.loads(body)
+    status, _, body = setup.get("/plain", headers={"Content-Length": "0"})
+    assert status == 200 and json.loads(body)["CONTENT_LENGTH"] == "0"
+
+
 def test_chunked_upload_gets_its_exact_length(setup: Setup) -> None:
     parts = iter([b"a" * 1000, b"b" * 70000, b"c"])
     status, _, body = setup.server.request(
