@@ -1,0 +1,296 @@
+"""Issue 13, "Must have" 5: ``--frontends N``, an arbiter and N frontend processes.
+
+Real servers, real signals: both frontends answer on the one listening socket;
+SIGHUP under load loses nothing and replaces every worker; SIGTERM drains a
+request in flight and leaves no process; a SIGKILLed frontend is logged and
+started again while the other serves on, and its workers go with it; a killed
+arbiter takes the frontends with it; the pid file holds the arbiter's PID; bad
+counts are one line and exit 2.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import signal
+import threading
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+from tests.conftest import ServerProcess
+from tests.e2e.test_cli import assert_one_line_error, run_cli, wsgipool_cmd
+from tests.polling import wait_for
+
+SERVING = "frontends serving"
+
+
+def _start(run_server, *args: str, env: dict[str, str] | None = None) -> ServerProcess:
+    server: ServerProcess = run_server("frontendapp:app", *args, wait=False, env=env)
+    if not wait_for(lambda: SERVING in server.log or server.proc.poll() is not None, 60):
+        raise AssertionError(f"the frontends did not all start:\n{server.log}")
+    assert server.proc.poll() is None, server.log
+    server.descendants()
+    return server
+
+
+def _children(pid: int) -> list[int]:
+    try:
+        return sorted(child.pid for child in psutil.Process(pid).children())
+    except psutil.NoSuchProcess:
+        return []
+
+
+def _workers_of(frontend: int) -> list[int]:
+    """The live workers of one frontend: the children of its templates."""
+    return sorted(pid for template in _children(frontend) for pid in _children(template))
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+def _get(port: int, path: str = "/", conn: http.client.HTTPConnection | None = None) -> dict:
+    own = conn is None
+    conn = conn or http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    try:
+        conn.request("GET", path)
+        response = conn.getresponse()
+        body = response.read()
+        assert response.status == 200, (response.status, body)
+        return json.loads(body)
+    finally:
+        if own:
+            conn.close()
+
+
+def _frontends_answering(port: int, want: set[int], tries: int = 400) -> set[int]:
+    """Frontend PIDs seen over fresh connections (pairs at once, so both loops are busy)."""
+    seen: set[int] = set()
+    for _ in range(tries // 2):
+        results: list[dict] = []
+        threads = [
+            threading.Thread(target=lambda out=results: out.append(_get(port))) for _ in range(2)
+        ]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(30)
+        seen.update(result["frontend"] for result in results)
+        if want <= seen:
+            break
+    return seen
+
+
+class _Load:
+    """GETs on fresh connections from two threads until stopped; counts answers and failures."""
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self.ok = 0
+        self.failures: list[str] = []
+        self.workers: set[int] = set()
+        self._stop = threading.Event()
+        self._threads = [threading.Thread(target=self._run, daemon=True) for _ in range(2)]
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                answer = _get(self.port)
+            except Exception as exc:  # every failure counts, whatever its kind
+                self.failures.append(repr(exc))
+            else:
+                self.ok += 1
+                self.workers.add(answer["worker"])
+
+    def __enter__(self) -> _Load:
+        for thread in self._threads:
+            thread.start()
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self._stop.set()
+        for thread in self._threads:
+            thread.join(30)
+
+
+def test_both_frontends_answer_and_the_pid_file_holds_the_arbiter(run_server, tmp_path):
+    pid_file = tmp_path / "server.pid"
+    server = _start(run_server, "--workers", "3", "--frontends", "2", "--pid", str(pid_file))
+    frontends = _children(server.pid)
+    assert len(frontends) == 2, frontends
+    assert int(pid_file.read_text()) == server.pid
+    # The workers are split 2 + 1, each frontend with its own template.
+    assert sorted(len(_workers_of(pid)) for pid in frontends) == [1, 2]
+    assert _frontends_answering(server.port, set(frontends)) == set(frontends)
+    names = {psutil.Process(pid).cmdline()[0] for pid in [server.pid, *frontends]}
+    if any(name.startswith("wsgipool:") for name in names):  # setproctitle is installed
+        assert names == {
+            "wsgipool: arbiter [frontendapp:app]",
+            "wsgipool: frontend 1 [frontendapp:app]",
+            "wsgipool: frontend 2 [frontendapp:app]",
+        }
+    server.signal(signal.SIGTERM)
+    assert server.wait(30) == 0
+    assert not pid_file.exists()
+
+
+def test_thread_mode_runs_threads_in_each_frontend(run_server):
+    server = _start(
+        run_server,
+        "--workers",
+        "0",
+        "--frontends",
+        "2",
+        env={"FRONTENDAPP_THREADS": "1"},
+    )
+    frontends = set(_children(server.pid))
+    assert len(frontends) == 2
+    assert _frontends_answering(server.port, frontends) == frontends
+
+
+def test_sighup_under_load_loses_nothing_and_replaces_every_worker(run_server):
+    server = _start(run_server, "--workers", "2", "--frontends", "2")
+    frontends = _children(server.pid)
+    before = {pid for frontend in frontends for pid in _workers_of(frontend)}
+    assert len(before) == 2
+    with _Load(server.port) as load:
+        assert wait_for(lambda: load.ok > 20, 30)
+        server.signal(signal.SIGHUP)
+        assert wait_for(lambda: "every frontend has reloaded" in server.log, 60), server.log
+
+        def replaced() -> bool:
+            now = {pid for frontend in frontends for pid in _workers_of(frontend)}
+            return len(now) == 2 and not now & before
+
+        assert wait_for(replaced, 30), server.log
+        served = load.ok
+        assert wait_for(lambda: load.ok > served + 20, 30)
+    assert load.failures == []
+    assert load.workers - before, "no request was served by a new worker"
+    assert _children(server.pid) == frontends  # a reload keeps the frontends
+
+
+def test_sigterm_drains_a_request_in_flight_then_exits_0_leaving_no_process(run_server, tmp_path):
+    server = _start(run_server, "--workers", "2", "--frontends", "2")
+    started, release = tmp_path / "started", tmp_path / "release"
+    result: dict = {}
+
+    def slow() -> None:
+        try:
+            result.update(_get(server.port, f"/slow?started={started}&until={release}"))
+        except Exception as exc:
+            result["error"] = repr(exc)
+
+    thread = threading.Thread(target=slow, daemon=True)
+    thread.start()
+    assert wait_for(started.exists, 20), "the slow request never reached the app"
+    everything = [child.pid for child in server.descendants()]
+    assert len(everything) >= 6  # two frontends, two templates, two workers
+
+    server.signal(signal.SIGTERM)
+    time.sleep(0.5)  # the drain has begun: the request must still be waiting, not cut
+    assert thread.is_alive() and not result
+    release.write_text("go")
+    thread.join(30)
+    assert result.get("path") == "/slow", result
+    assert server.wait(30) == 0
+    assert wait_for(lambda: not [pid for pid in everything if _alive(pid)], 15)
+    assert "Traceback" not in server.log
+
+
+def test_a_killed_frontend_is_restarted_while_the_other_serves_on(run_server):
+    server = _start(run_server, "--workers", "2", "--frontends", "2")
+    frontends = _children(server.pid)
+    # A keep-alive connection held by one frontend; the other one is killed.
+    conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
+    for _ in range(200):
+        conn.close()
+        survivor = _get(server.port, conn=conn)["frontend"]
+        if survivor == frontends[0]:
+            break
+    else:
+        pytest.fail("no connection reached frontend 1")
+    victim = frontends[1]
+    doomed = [victim, *_children(victim), *_workers_of(victim)]
+    assert len(doomed) == 3, doomed  # the frontend, its template, its worker
+
+    psutil.Process(victim).send_signal(signal.SIGKILL)
+    answers = [_get(server.port, conn=conn)["frontend"] for _ in range(50)]
+    conn.close()
+    assert set(answers) == {survivor}
+    assert wait_for(lambda: not [pid for pid in doomed if _alive(pid)], 15), doomed
+    assert f"frontend 2 (pid {victim}) was killed by SIGKILL unexpectedly" in server.log
+
+    def restarted() -> list[int]:
+        now = _children(server.pid)
+        return now if len(now) == 2 and victim not in now and _workers_of(now[1]) else []
+
+    now = wait_for(restarted, 30)
+    assert now and now[0] == survivor, server.log
+    assert wait_for(lambda: f"frontend 2 (pid {now[1]}) serving" in server.log, 30)
+    assert _frontends_answering(server.port, set(now)) == set(now)
+
+
+def test_a_killed_arbiter_takes_the_frontends_and_workers_with_it(run_server):
+    server = _start(run_server, "--workers", "2", "--frontends", "2")
+    everything = [child.pid for child in server.descendants()]
+    assert len(everything) >= 6
+    server.signal(signal.SIGKILL)
+    server.wait(10)
+    assert wait_for(lambda: not [pid for pid in everything if _alive(pid)], 30)
+
+
+def test_sigttin_adds_a_worker_to_one_frontend(run_server):
+    server = _start(run_server, "--workers", "2", "--frontends", "2")
+    frontends = _children(server.pid)
+    server.signal(signal.SIGTTIN)
+    counts = wait_for(lambda: sorted(len(_workers_of(pid)) for pid in frontends) == [1, 2], 30)
+    assert counts, server.log
+
+
+@pytest.mark.parametrize(
+    ("args", "needles"),
+    [
+        (["--frontends", "0"], ["--frontends", "must be 1 or more"]),
+        (["--workers", "1", "--frontends", "2"], ["--frontends", "at least 2 workers"]),
+        (
+            ["--workers", "2", "--frontends", "2", "--metrics-bind", "127.0.0.1:1"],
+            ["--frontends", "--metrics-bind"],
+        ),
+    ],
+    ids=["zero", "fewer-workers", "metrics"],
+)
+def test_bad_frontend_counts_are_one_line_and_exit_2(tmp_path, args, needles):
+    code, _out, err, left = run_cli(
+        wsgipool_cmd("serve", "frontendapp:app", "--bind", "127.0.0.1:0", *args), tmp_path
+    )
+    assert code == 2
+    assert_one_line_error(err, *needles)
+    assert left == []
+
+
+def test_an_app_that_does_not_import_is_one_line_and_exit_2(tmp_path):
+    code, _out, err, left = run_cli(
+        wsgipool_cmd(
+            "serve",
+            "no_such_module_wsgipool:app",
+            "--bind",
+            "127.0.0.1:0",
+            "--workers",
+            "2",
+            "--frontends",
+            "2",
+        ),
+        tmp_path,
+        timeout=60,
+    )
+    assert code == 2
+    assert_one_line_error(err, "no_such_module_wsgipool")
+    assert left == []
+    assert not list(Path(tmp_path).glob("*.pid"))

@@ -1,0 +1,482 @@
+"""The arbiter: with ``--frontends N`` (N > 1), the process that starts N frontends and keeps them.
+
+It binds every listener once (TCP, unix, ``fd://``, systemd's sockets), then
+forks N frontends (`wsgipool.frontend`), each a whole one-frontend server with
+its own share of the workers, accepting on the same sockets.  It runs no event
+loop and no app code; its loop is a selector over a signal wake-up socket and
+one SOCK_SEQPACKET link per frontend, on which the frontend says what it would
+tell systemd (READY, RELOADING, STOPPING) or why it could not start (ERROR).
+
+- Signals: TERM, INT, QUIT, HUP and USR1 go to every frontend; TTIN and TTOU
+  to one frontend in turn; the arbiter then waits (TERM, INT, QUIT) for them
+  within the graceful timeout, with a margin, and kills what is left.
+- A frontend that dies unexpectedly is logged (PID, exit status or signal) and
+  started again, at once if it had served for a while, else after a backoff
+  that doubles up to 30 s.  Its workers die with it: its template sees EOF
+  on its control socket and kills them.
+- ``--pid`` holds the arbiter's PID, written once every frontend serves;
+  systemd's READY=1 is sent then, RELOADING=1 on SIGHUP with READY=1 again
+  once every frontend has reloaded, STOPPING=1 on a stop.
+- A frontend that fails while the server starts (the app does not import)
+  stops the others; its one-line error is the arbiter's, exit status 2.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import logging
+import os
+import selectors
+import signal
+import socket
+import time
+import traceback
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from wsgipool import systemd
+from wsgipool.config import BindAddress, ConfigError
+from wsgipool.loader import AppImportError
+from wsgipool.logs import setup as logsetup
+from wsgipool.pidfile import remove_pid_file, write_pid_file
+from wsgipool.proctitle import set_title
+
+if TYPE_CHECKING:
+    from wsgipool.server import Server
+
+__all__ = ["Arbiter", "split_workers"]
+
+logger = logging.getLogger("wsgipool.arbiter")
+
+#: The signals the arbiter answers.
+FORWARDED_TO_ALL = (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGHUP, signal.SIGUSR1)
+FORWARDED_TO_ONE = (signal.SIGTTIN, signal.SIGTTOU)
+IGNORED = (signal.SIGUSR2, signal.SIGWINCH)
+HANDLED = (*FORWARDED_TO_ALL, *FORWARDED_TO_ONE, *IGNORED, signal.SIGCHLD)
+
+#: A frontend that served at least this long before it died is restarted at once.
+STEADY_AFTER = 10.0
+BACKOFF_FIRST = 0.5
+BACKOFF_MAX = 30.0
+#: Beyond --graceful-timeout, how long the arbiter waits for frontends to exit before SIGKILL.
+STOP_MARGIN = 10.0
+#: How long a frontend may take to start (the template's own limit for importing the app).
+START_LIMIT = 120.0
+
+
+def split_workers(workers: int, frontends: int) -> list[int]:
+    """Each frontend's share of the workers, as even as possible (0 each: thread mode)."""
+    base, extra = divmod(workers, frontends)
+    return [base + (1 if i < extra else 0) for i in range(frontends)]
+
+
+@dataclass
+class Frontend:
+    """One frontend process as the arbiter sees it."""
+
+    index: int
+    workers: int
+    pid: int = 0
+    link: socket.socket | None = None
+    started: float = 0.0
+    ready: bool = False
+    failures: int = 0  # deaths in a row that came soon after a start: the backoff
+    restart_at: float | None = None
+    error: str | None = None
+    errors: list[str] = field(default_factory=list)
+
+
+class Arbiter:
+    def __init__(self, server: Server) -> None:
+        self.server = server
+        config, pool = server.config, server.pool
+        shares = split_workers(pool.workers, config.frontends)
+        self.frontends = [Frontend(i + 1, share) for i, share in enumerate(shares)]
+        self.notifier = systemd.Notifier(None)
+        self.listeners: list[tuple[BindAddress, socket.socket]] = []
+        self._selector = selectors.DefaultSelector()
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._signals: list[int] = []
+        self._stopping: str | None = None  # "graceful" or "quit" once a stop is asked for
+        self._stop_deadline = 0.0
+        self._serving = False
+        self._reloading: set[int] = set()
+        self._turn = 0
+        self._pid_file: str | None = None
+        self._boot_error: BaseException | None = None
+
+    # -- the whole life --------------------------------------------------------------
+
+    def run(self) -> None:
+        from wsgipool.server import _configure_logging, _raise_open_files_limit
+
+        server = self.server
+        app = server.application if isinstance(server.application, str) else ""
+        set_title("arbiter", app)
+        _configure_logging(server.log_setup)
+        _raise_open_files_limit()
+        self.notifier = systemd.Notifier.from_environ()  # removed: frontends never see it
+        activated = systemd.listen_fds()
+        if server.config.umask is not None:
+            os.umask(server.config.umask)
+        try:
+            for address, sock in server.bound_listeners(activated):
+                self.listeners.append((address, sock))
+            self._install_signals()
+            for frontend in self.frontends:
+                self._start(frontend)
+            self._loop()
+        finally:
+            self._close()
+        if self._boot_error is not None:
+            raise self._boot_error
+        logger.info("arbiter: every frontend has exited")
+
+    def _loop(self) -> None:
+        while True:
+            timeout = self._next_timeout()
+            for key, _ in self._selector.select(timeout):
+                if key.fileobj is self._wake_r:
+                    _drain(self._wake_r)
+                else:
+                    frontend = key.data
+                    assert isinstance(frontend, Frontend)
+                    self._read_link(frontend)
+            self._handle_signals()
+            self._reap()
+            now = time.monotonic()
+            if self._stopping is not None:
+                if not any(f.pid for f in self.frontends):
+                    return
+                if now >= self._stop_deadline:
+                    self._kill_all()
+                    return
+                continue
+            for frontend in self.frontends:
+                if frontend.restart_at is not None and now >= frontend.restart_at:
+                    frontend.restart_at = None
+                    self._start(frontend)
+
+    def _next_timeout(self) -> float | None:
+        now = time.monotonic()
+        times = [f.restart_at for f in self.frontends if f.restart_at is not None]
+        if self._stopping is not None:
+            times = [self._stop_deadline]
+        if not times:
+            return None
+        return max(0.0, min(times) - now)
+
+    # -- frontends ------------------------------------------------------------------------
+
+    def _start(self, frontend: Frontend) -> None:
+        from wsgipool.frontend import run_frontend
+
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        arbiter_pid = os.getpid()
+        pid = os.fork()
+        if pid == 0:
+            try:
+                signal.set_wakeup_fd(-1)
+                for sig in HANDLED:
+                    signal.signal(sig, signal.SIG_DFL)
+                self._selector.close()
+                self._wake_r.close()
+                self._wake_w.close()
+                ours.close()
+                for other in self.frontends:
+                    if other.link is not None:
+                        other.link.close()
+                theirs.setblocking(False)  # sd_notify never blocks the loop
+                run_frontend(
+                    self.server,
+                    frontend.index,
+                    frontend.workers,
+                    self.listeners,
+                    theirs,
+                    arbiter_pid,
+                )
+            except BaseException:
+                traceback.print_exc()
+            finally:
+                os._exit(70)
+        theirs.close()
+        ours.setblocking(False)
+        frontend.pid = pid
+        frontend.link = ours
+        frontend.started = time.monotonic()
+        frontend.ready = False
+        frontend.error = None
+        self._selector.register(ours, selectors.EVENT_READ, frontend)
+        (logger.info if self._serving else logger.debug)(
+            "arbiter: started frontend %d (pid %d, %s)",
+            frontend.index,
+            pid,
+            f"{frontend.workers} worker(s)" if frontend.workers else "threads",
+        )
+
+    def _read_link(self, frontend: Frontend) -> None:
+        link = frontend.link
+        if link is None:
+            return
+        while True:
+            try:
+                data = link.recv(65536)
+            except BlockingIOError:
+                return
+            except OSError:
+                data = b""
+            if not data:  # the frontend is gone (or going): its exit is reaped separately
+                self._selector.unregister(link)
+                link.close()
+                frontend.link = None
+                return
+            self._on_message(frontend, data.decode("utf-8", "replace"))
+
+    def _on_message(self, frontend: Frontend, message: str) -> None:
+        fields = dict(line.partition("=")[::2] for line in message.splitlines())
+        if "ERROR" in fields:
+            frontend.error = fields["ERROR"]
+        if fields.get("READY") == "1":
+            self._on_ready(frontend)
+
+    def _on_ready(self, frontend: Frontend) -> None:
+        if self._stopping is not None:
+            if not frontend.ready:  # it started after a failed start of another: stop it
+                frontend.ready = True
+                _kill(frontend.pid, signal.SIGTERM)
+            return
+        if not frontend.ready:
+            frontend.ready = True
+            if self._serving:
+                logger.info("arbiter: frontend %d (pid %d) serving", frontend.index, frontend.pid)
+        elif frontend.index in self._reloading:
+            self._reloading.discard(frontend.index)
+            if not self._reloading and self._stopping is None:
+                logger.info("arbiter: every frontend has reloaded")
+                self.notifier.ready("serving")
+        if not self._serving and all(f.ready for f in self.frontends):
+            self._serving = True
+            self._on_all_serving()
+
+    def _on_all_serving(self) -> None:
+        server = self.server
+        if server.config.pid is not None:
+            try:
+                write_pid_file(server.config.pid)
+            except ConfigError as exc:
+                self._boot_error = exc
+                self._stop("graceful", starting=True)
+                return
+            self._pid_file = server.config.pid
+        workers = sum(f.workers for f in self.frontends)
+        mode = f"{workers} worker(s) in all" if workers else "threads in each"
+        logger.info(
+            "wsgipool arbiter %d: %d frontends serving (pids %s), %s",
+            os.getpid(),
+            len(self.frontends),
+            ", ".join(str(f.pid) for f in self.frontends),
+            mode,
+        )
+        self.notifier.ready(f"{len(self.frontends)} frontends serving, {mode}")
+
+    def _reap(self) -> None:
+        while True:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                return
+            for frontend in self.frontends:
+                if frontend.pid == pid:
+                    self._on_exit(frontend, status)
+
+    def _on_exit(self, frontend: Frontend, status: int) -> None:
+        self._read_link(frontend)  # an ERROR it sent before it exited
+        if frontend.link is not None:
+            self._selector.unregister(frontend.link)
+            frontend.link.close()
+            frontend.link = None
+        pid, frontend.pid = frontend.pid, 0
+        self._reloading.discard(frontend.index)
+        how = _exit_text(status)
+        if self._stopping is not None:
+            clean = os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0
+            quiet = self._boot_error is not None  # the failure is said once, by the caller
+            (logger.debug if quiet else logger.info if clean else logger.warning)(
+                "arbiter: frontend %d (pid %d) %s", frontend.index, pid, how
+            )
+            return
+        if not self._serving:  # the server is starting: its failure is the whole server's
+            message = frontend.error or f"frontend {frontend.index} (pid {pid}) {how} at start"
+            failure = AppImportError if frontend.error else ConfigError
+            self._boot_error = failure(message)
+            self._stop("graceful", starting=True)
+            return
+        lived = time.monotonic() - frontend.started
+        if frontend.ready and lived >= STEADY_AFTER:
+            frontend.failures = 0
+        frontend.failures += 1
+        delay = 0.0 if frontend.failures == 1 else _backoff(frontend.failures - 1)
+        reason = f"; {frontend.error}" if frontend.error else ""
+        logger.error(
+            "arbiter: frontend %d (pid %d) %s unexpectedly%s; starting it again%s",
+            frontend.index,
+            pid,
+            how,
+            reason,
+            f" in {delay:.1f}s" if delay else "",
+        )
+        frontend.ready = False
+        frontend.restart_at = time.monotonic() + delay
+
+    # -- signals ------------------------------------------------------------------------
+
+    def _install_signals(self) -> None:
+        self._wake_r.setblocking(False)
+        self._wake_w.setblocking(False)
+        self._selector.register(self._wake_r, selectors.EVENT_READ, None)
+        signal.set_wakeup_fd(self._wake_w.fileno(), warn_on_full_buffer=False)
+        for sig in HANDLED:
+            signal.signal(sig, self._note_signal)
+
+    def _note_signal(self, signum: int, _frame: object) -> None:
+        self._signals.append(signum)
+
+    def _handle_signals(self) -> None:
+        while self._signals:
+            sig = signal.Signals(self._signals.pop(0))
+            if sig is signal.SIGCHLD:
+                continue  # _reap runs after every wake-up
+            if sig in IGNORED:
+                logger.info("%s ignored: wsgipool has no binary upgrade", sig.name)
+            elif sig in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT):
+                self._stop("quit" if sig is signal.SIGQUIT else "graceful", sig)
+            elif sig is signal.SIGHUP:
+                self._reload()
+            elif sig is signal.SIGUSR1:
+                for problem in logsetup.reopen(self.server.log_setup):
+                    logger.error("SIGUSR1: %s; logging goes on to the old file", problem)
+                self._send_all(sig)
+            elif sig in FORWARDED_TO_ONE:
+                self._send_to_one(sig)
+
+    def _stop(self, how: str, sig: signal.Signals | None = None, starting: bool = False) -> None:
+        """Stop every frontend: by forwarding `sig`, or, when the start failed, SIGTERM.
+
+        After a failed start, a frontend still starting is left to finish (it most
+        likely fails the same way, and says so); one that serves is stopped.
+        """
+        if self._stopping is not None:
+            if how == "quit" and self._stopping != "quit":
+                self._stopping = "quit"
+                self._send_all(signal.SIGQUIT)
+            return
+        self._stopping = how
+        self.notifier.stopping()
+        if sig is not None:
+            logger.info("arbiter: %s; stopping %d frontends", sig.name, len(self.frontends))
+        for frontend in self.frontends:
+            frontend.restart_at = None
+        budget = self.server.pool.graceful_timeout + STOP_MARGIN
+        if starting:
+            budget += START_LIMIT
+        self._stop_deadline = time.monotonic() + budget
+        for frontend in self.frontends:
+            if frontend.pid and (frontend.ready or not starting):
+                _kill(frontend.pid, sig or signal.SIGTERM)
+
+    def _reload(self) -> None:
+        if self._stopping is not None:
+            return
+        live = [f for f in self.frontends if f.pid and f.ready]
+        logger.info("arbiter: SIGHUP: reloading %d frontend(s)", len(live))
+        if self.server.pool.workers > 0:
+            self.notifier.reloading()
+            self._reloading = {f.index for f in live}
+        self._send_all(signal.SIGHUP)
+
+    def _send_all(self, sig: signal.Signals) -> None:
+        for frontend in self.frontends:
+            if frontend.pid:
+                _kill(frontend.pid, sig)
+
+    def _send_to_one(self, sig: signal.Signals) -> None:
+        live = [f for f in self.frontends if f.pid]
+        if not live:
+            return
+        frontend = live[self._turn % len(live)]
+        self._turn += 1
+        logger.info("arbiter: %s to frontend %d (pid %d)", sig.name, frontend.index, frontend.pid)
+        _kill(frontend.pid, sig)
+
+    def _kill_all(self) -> None:
+        left = [f for f in self.frontends if f.pid]
+        for frontend in left:
+            logger.warning(
+                "arbiter: frontend %d (pid %d) still running after the graceful timeout; killed",
+                frontend.index,
+                frontend.pid,
+            )
+            _kill(frontend.pid, signal.SIGKILL)
+        for frontend in left:
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(frontend.pid, 0)
+            frontend.pid = 0
+
+    # -- the end ------------------------------------------------------------------------
+
+    def _close(self) -> None:
+        if any(f.pid for f in self.frontends):  # an exception in the loop: leave nothing behind
+            self._kill_all()
+        for frontend in self.frontends:
+            if frontend.link is not None:
+                frontend.link.close()
+                frontend.link = None
+        for sig in HANDLED:
+            with contextlib.suppress(ValueError, OSError):
+                signal.signal(sig, signal.SIG_DFL)
+        with contextlib.suppress(ValueError):
+            signal.set_wakeup_fd(-1)
+        self._selector.close()
+        self._wake_r.close()
+        self._wake_w.close()
+        for _address, sock in self.listeners:
+            sock.close()
+        self.listeners.clear()
+        for path in self.server._unix_paths:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
+        self.server._unix_paths.clear()
+        if self._pid_file is not None:
+            remove_pid_file(self._pid_file)
+            self._pid_file = None
+
+
+def _backoff(failures: int) -> float:
+    return min(BACKOFF_MAX, BACKOFF_FIRST * 2.0 ** (failures - 1))
+
+
+def _kill(pid: int, sig: signal.Signals) -> None:
+    try:
+        os.kill(pid, sig)
+    except ProcessLookupError:
+        pass
+    except OSError as exc:
+        if exc.errno != errno.ESRCH:
+            raise
+
+
+def _drain(sock: socket.socket) -> None:
+    try:
+        while sock.recv(4096):
+            pass
+    except BlockingIOError:
+        pass
+
+
+def _exit_text(status: int) -> str:
+    if os.WIFSIGNALED(status):
+        return f"was killed by {signal.Signals(os.WTERMSIG(status)).name}"
+    return f"exited with status {os.waitstatus_to_exitcode(status)}"
