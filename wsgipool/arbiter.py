@@ -105,6 +105,7 @@ class Arbiter:
         self._turn = 0
         self._pid_file: str | None = None
         self._boot_error: BaseException | None = None
+        self._next_ping: float | None = None  # systemd's watchdog, for the arbiter's own loop
 
     # -- the whole life --------------------------------------------------------------
 
@@ -117,6 +118,8 @@ class Arbiter:
         _configure_logging(server.log_setup)
         _raise_open_files_limit()
         self.notifier = systemd.Notifier.from_environ()  # removed: frontends never see it
+        if self.notifier.watchdog_usec is not None:
+            self._next_ping = time.monotonic()
         activated = systemd.listen_fds()
         if server.config.umask is not None:
             os.umask(server.config.umask)
@@ -124,6 +127,7 @@ class Arbiter:
             for address, sock in server.bound_listeners(activated):
                 self.listeners.append((address, sock))
             self._install_signals()
+            _share_before_fork()
             for frontend in self.frontends:
                 self._start(frontend)
             self._loop()
@@ -146,6 +150,9 @@ class Arbiter:
             self._handle_signals()
             self._reap()
             now = time.monotonic()
+            if self._next_ping is not None and now >= self._next_ping:
+                self.notifier.notify("WATCHDOG=1")
+                self._next_ping = now + self._ping_interval()
             if self._stopping is not None:
                 if not any(f.pid for f in self.frontends):
                     return
@@ -158,11 +165,17 @@ class Arbiter:
                     frontend.restart_at = None
                     self._start(frontend)
 
+    def _ping_interval(self) -> float:
+        usec = self.notifier.watchdog_usec
+        return usec / 2_000_000 if usec else 1.0
+
     def _next_timeout(self) -> float | None:
         now = time.monotonic()
         times = [f.restart_at for f in self.frontends if f.restart_at is not None]
         if self._stopping is not None:
             times = [self._stop_deadline]
+        if self._next_ping is not None:
+            times.append(self._next_ping)
         if not times:
             return None
         return max(0.0, min(times) - now)
@@ -452,6 +465,25 @@ class Arbiter:
         if self._pid_file is not None:
             remove_pid_file(self._pid_file)
             self._pid_file = None
+
+
+def _share_before_fork() -> None:
+    """Import what every frontend imports, then freeze the garbage collector's view of it.
+
+    The frontends are forked from this process: what it has loaded, they share
+    until they write to it.  Frozen objects are never touched by a collection,
+    so their pages stay shared instead of being copied into every frontend.
+    """
+    import gc
+    import importlib
+
+    for name in ("uvloop", "multiprocess", "wsgipool.supervisor.supervisor"):
+        try:
+            importlib.import_module(name)
+        except ImportError:
+            pass
+    gc.collect()
+    gc.freeze()
 
 
 def _backoff(failures: int) -> float:
