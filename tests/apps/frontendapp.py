@@ -33,7 +33,13 @@ def app(environ, start_response):
                 break
             time.sleep(0.02)
     body = json.dumps(
-        {"worker": os.getpid(), "frontend": _frontend_pid(), "path": environ["PATH_INFO"]}
+        {
+            "worker": os.getpid(),
+            "frontend": _frontend_pid(),
+            "path": environ["PATH_INFO"],
+            "port": environ["SERVER_PORT"],
+            "notify": "NOTIFY_SOCKET" in os.environ,  # systemd's socket is the arbiter's alone
+        }
     ).encode()
     start_response("200 OK", [("Content-Type", "application/json")])
     return [body]

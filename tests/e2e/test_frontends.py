@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import shutil
 import signal
 import threading
 import time
@@ -20,8 +21,9 @@ from pathlib import Path
 import psutil
 import pytest
 
-from tests.conftest import ServerProcess
+from tests.conftest import ServerProcess, free_port
 from tests.e2e.test_cli import assert_one_line_error, run_cli, wsgipool_cmd
+from tests.e2e.test_systemd import NotifySocket, activate
 from tests.polling import wait_for
 
 SERVING = "frontends serving"
@@ -294,3 +296,46 @@ def test_an_app_that_does_not_import_is_one_line_and_exit_2(tmp_path):
     assert_one_line_error(err, "no_such_module_wsgipool")
     assert left == []
     assert not list(Path(tmp_path).glob("*.pid"))
+
+
+@pytest.mark.skipif(
+    shutil.which("systemd-socket-activate") is None,
+    reason="systemd-socket-activate is not installed (apt-get install systemd)",
+)
+def test_systemd_sockets_and_notifications_come_from_the_arbiter(run_server, short_tmp):
+    notify = NotifySocket(str(short_tmp / "notify"))
+    port = free_port()
+    try:
+        server = run_server(
+            "frontendapp:app",
+            "--workers",
+            "2",
+            "--frontends",
+            "2",
+            bind=False,
+            wait=False,
+            env={"NOTIFY_SOCKET": notify.address, "WATCHDOG_USEC": "400000"},
+            launcher=activate(f"127.0.0.1:{port}", "NOTIFY_SOCKET", "WATCHDOG_USEC"),
+        )
+        assert wait_for(lambda: "Listening on" in server.log, 10), server.log
+        answer = _get(port)  # systemd-socket-activate execs the server on this connection
+        assert answer["port"] == str(port) and answer["notify"] is False
+        ready = notify.wait_for("READY=1")
+        assert "STATUS=2 frontends serving" in ready
+        assert SERVING in server.log  # READY=1 came once every frontend served
+        frontends = set(_children(server.pid))
+        assert _frontends_answering(port, frontends) == frontends
+        assert notify.wait_for("WATCHDOG=1", timeout=10) == "WATCHDOG=1"
+
+        server.signal(signal.SIGHUP)
+        assert notify.wait_for("RELOADING=1").startswith("RELOADING=1")
+        assert notify.wait_for("READY=1").startswith("READY=1")
+        assert "every frontend has reloaded" in server.log
+        # Both frontends have a template of the new generation by then.
+        assert server.log.count("generation 2") >= 2
+
+        server.signal(signal.SIGTERM)
+        assert notify.wait_for("STOPPING=1") == "STOPPING=1"
+        assert server.wait(30) == 0
+    finally:
+        notify.close()
