@@ -106,6 +106,12 @@ class Arbiter:
         self._pid_file: str | None = None
         self._boot_error: BaseException | None = None
         self._next_ping: float | None = None  # systemd's watchdog, for the arbiter's own loop
+        # --metrics-bind: the public socket, the frontends' private ones, the merging process.
+        self._metrics_sock: socket.socket | None = None
+        self._metrics_path: str | None = None
+        self._metrics_dir: str | None = None
+        self._metrics_pid = 0
+        self._metrics_restart_at: float | None = None
 
     # -- the whole life --------------------------------------------------------------
 
@@ -113,8 +119,7 @@ class Arbiter:
         from wsgipool.server import _configure_logging, _raise_open_files_limit
 
         server = self.server
-        app = server.application if isinstance(server.application, str) else ""
-        set_title("arbiter", app)
+        set_title("arbiter", self._app_name())
         _configure_logging(server.log_setup)
         _raise_open_files_limit()
         self.notifier = systemd.Notifier.from_environ()  # removed: frontends never see it
@@ -126,10 +131,14 @@ class Arbiter:
         try:
             for address, sock in server.bound_listeners(activated):
                 self.listeners.append((address, sock))
+            if server.config.metrics_bind is not None:
+                self._bind_metrics(server.config.metrics_bind)
             self._install_signals()
             _share_before_fork()
             for frontend in self.frontends:
                 self._start(frontend)
+            if self._metrics_sock is not None:
+                self._start_metrics()
             self._loop()
         finally:
             self._close()
@@ -164,6 +173,9 @@ class Arbiter:
                 if frontend.restart_at is not None and now >= frontend.restart_at:
                     frontend.restart_at = None
                     self._start(frontend)
+            if self._metrics_restart_at is not None and now >= self._metrics_restart_at:
+                self._metrics_restart_at = None
+                self._start_metrics()
 
     def _ping_interval(self) -> float:
         usec = self.notifier.watchdog_usec
@@ -176,6 +188,8 @@ class Arbiter:
             times = [self._stop_deadline]
         if self._next_ping is not None:
             times.append(self._next_ping)
+        if self._metrics_restart_at is not None and self._stopping is None:
+            times.append(self._metrics_restart_at)
         if not times:
             return None
         return max(0.0, min(times) - now)
@@ -197,9 +211,7 @@ class Arbiter:
                 self._wake_r.close()
                 self._wake_w.close()
                 ours.close()
-                for other in self.frontends:
-                    if other.link is not None:
-                        other.link.close()
+                self._close_in_child()
                 theirs.setblocking(False)  # sd_notify never blocks the loop
                 run_frontend(
                     self.server,
@@ -208,6 +220,7 @@ class Arbiter:
                     self.listeners,
                     theirs,
                     arbiter_pid,
+                    self._private_metrics(frontend.index),
                 )
             except BaseException:
                 traceback.print_exc()
@@ -227,6 +240,92 @@ class Arbiter:
             pid,
             f"{frontend.workers} worker(s)" if frontend.workers else "threads",
         )
+
+    def _close_in_child(self) -> None:
+        """In a child just forked: the arbiter's own descriptors are not the child's."""
+        for other in self.frontends:
+            if other.link is not None:
+                other.link.close()
+        if self._metrics_sock is not None:
+            self._metrics_sock.close()
+
+    # -- --metrics-bind ---------------------------------------------------------------------
+
+    def _bind_metrics(self, text: str) -> None:
+        import tempfile
+
+        from wsgipool.metrics import merged
+
+        self._metrics_sock, self._metrics_path = merged.bind(
+            text, self.server.config.unix_socket_perms
+        )
+        self._metrics_dir = tempfile.mkdtemp(prefix="wsgipool-metrics-")  # mode 0700
+
+    def _private_metrics(self, index: int) -> str | None:
+        """The unix socket where frontend `index` serves its own metrics."""
+        if self._metrics_dir is None:
+            return None
+        return f"unix:{self._metrics_dir}/frontend-{index}.sock"
+
+    def _start_metrics(self) -> None:
+        """Fork the process that serves --metrics-bind from the frontends' listeners."""
+        from wsgipool.metrics import merged
+
+        sock = self._metrics_sock
+        assert sock is not None and self._metrics_dir is not None
+        sources = [
+            (f.index, f"{self._metrics_dir}/frontend-{f.index}.sock") for f in self.frontends
+        ]
+        arbiter_pid = os.getpid()
+        pid = os.fork()
+        if pid == 0:
+            code = 0
+            try:
+                signal.set_wakeup_fd(-1)
+                for sig in HANDLED:
+                    signal.signal(sig, signal.SIG_DFL)
+                self._selector.close()
+                self._wake_r.close()
+                self._wake_w.close()
+                for other in self.frontends:
+                    if other.link is not None:
+                        other.link.close()
+                for _address, listener in self.listeners:
+                    listener.close()
+                from wsgipool.frontend import die_with
+
+                die_with(arbiter_pid)
+                set_title("metrics", self._app_name())
+                merged.serve(sock, sources)
+            except BaseException:
+                traceback.print_exc()
+                code = 70
+            finally:
+                os._exit(code)
+        self._metrics_pid = pid
+        logger.debug("arbiter: started the metrics process (pid %d)", pid)
+
+    def _stop_metrics(self) -> None:
+        pid, self._metrics_pid = self._metrics_pid, 0
+        if not pid:
+            return
+        _kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + 5.0
+        while time.monotonic() < deadline:
+            try:
+                done, _status = os.waitpid(pid, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if done:
+                return
+            time.sleep(0.02)
+        _kill(pid, signal.SIGKILL)
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(pid, 0)
+
+    def _app_name(self) -> str:
+        app = self.server.application
+        return app if isinstance(app, str) else ""
 
     def _read_link(self, frontend: Frontend) -> None:
         link = frontend.link
@@ -301,6 +400,17 @@ class Arbiter:
                 return
             if pid == 0:
                 return
+            if pid == self._metrics_pid:
+                self._metrics_pid = 0
+                if self._stopping is None:
+                    logger.error(
+                        "arbiter: the metrics process (pid %d) %s unexpectedly; "
+                        "starting it again in 1s",
+                        pid,
+                        _exit_text(status),
+                    )
+                    self._metrics_restart_at = time.monotonic() + 1.0
+                continue
             for frontend in self.frontends:
                 if frontend.pid == pid:
                     self._on_exit(frontend, status)
@@ -443,6 +553,17 @@ class Arbiter:
     def _close(self) -> None:
         if any(f.pid for f in self.frontends):  # an exception in the loop: leave nothing behind
             self._kill_all()
+        self._stop_metrics()  # last: /readyz says 503 until the frontends are gone
+        if self._metrics_sock is not None:
+            self._metrics_sock.close()
+            self._metrics_sock = None
+        if self._metrics_path is not None:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self._metrics_path)
+        if self._metrics_dir is not None:
+            import shutil
+
+            shutil.rmtree(self._metrics_dir, ignore_errors=True)
         for frontend in self.frontends:
             if frontend.link is not None:
                 frontend.link.close()

@@ -655,7 +655,7 @@ class Config(_Validated):
         "Frontend processes (event loops). Above 1, the process started becomes an arbiter "
         "that binds the sockets once and starts N frontends sharing them, each with its own "
         "share of --workers (at least one each) and its own supervisor; it restarts a "
-        "frontend that dies. Not with --metrics-bind or --reload. See docs/architecture.md.",
+        "frontend that dies. Not with --reload. See docs/architecture.md.",
         metavar="N",
     )
     static: tuple[tuple[str, str], ...] = option(
@@ -1019,9 +1019,8 @@ def _check_frontends(config: Config, pool: PoolConfig) -> None:
             f"{describe('frontends')}: {count} frontends need at least {count} workers, one "
             f"each (--workers is {pool.workers}); or --workers 0 for threads in each frontend"
         )
-    for name in ("metrics_bind", "reload"):
-        if getattr(config, name) not in (None, False):
-            raise ConfigError(
-                f"{describe('frontends')}: {count} frontends do not work with {flag_name(name)} "
-                "(yet); use --frontends 1"
-            )
+    if config.reload:
+        raise ConfigError(
+            f"{describe('frontends')}: {count} frontends do not work with --reload "
+            "(a development option); use --frontends 1"
+        )

@@ -29,7 +29,7 @@ from wsgipool.loader import AppImportError, load_app
 if TYPE_CHECKING:
     from wsgipool.server import Server
 
-__all__ = ["ArbiterLink", "run_frontend"]
+__all__ = ["ArbiterLink", "die_with", "run_frontend"]
 
 logger = logging.getLogger("wsgipool.server")
 
@@ -59,14 +59,20 @@ def run_frontend(
     listeners: list[tuple[BindAddress, socket.socket]],
     link: socket.socket,
     arbiter_pid: int,
+    metrics_bind: str | None = None,
 ) -> NoReturn:
-    """In the forked child: become frontend `index` with `workers` workers, serve, exit."""
-    _die_with(arbiter_pid)
+    """In the forked child: become frontend `index` with `workers` workers, serve, exit.
+
+    `metrics_bind` is this frontend's private metrics listener (unix:PATH) when the
+    server has --metrics-bind: the arbiter's metrics process merges them all.
+    """
+    die_with(arbiter_pid)
     notifier = ArbiterLink(link)
     code = 0
     try:
         server.role = f"frontend {index}"
-        server.config = dataclasses.replace(server.config, pid=None)  # the arbiter's file
+        # The pid file is the arbiter's; the metrics address is the arbiter's metrics process's.
+        server.config = dataclasses.replace(server.config, pid=None, metrics_bind=metrics_bind)
         server.pool = dataclasses.replace(server.pool, workers=workers)
         server.listeners = listeners
         server.link = notifier
@@ -84,7 +90,7 @@ def run_frontend(
     _leave(code)
 
 
-def _die_with(arbiter_pid: int) -> None:
+def die_with(arbiter_pid: int) -> None:
     """SIGTERM (a graceful stop) to this process if the arbiter dies first."""
     try:
         libc = ctypes.CDLL(None, use_errno=True)

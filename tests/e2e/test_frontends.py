@@ -12,14 +12,18 @@ from __future__ import annotations
 
 import http.client
 import json
+import re
 import shutil
 import signal
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
 
 import psutil
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import ServerProcess, free_port
 from tests.e2e.test_cli import assert_one_line_error, run_cli, wsgipool_cmd
@@ -261,12 +265,9 @@ def test_sigttin_adds_a_worker_to_one_frontend(run_server):
     [
         (["--frontends", "0"], ["--frontends", "must be 1 or more"]),
         (["--workers", "1", "--frontends", "2"], ["--frontends", "at least 2 workers"]),
-        (
-            ["--workers", "2", "--frontends", "2", "--metrics-bind", "127.0.0.1:1"],
-            ["--frontends", "--metrics-bind"],
-        ),
+        (["--workers", "2", "--frontends", "2", "--reload"], ["--frontends", "--reload"]),
     ],
-    ids=["zero", "fewer-workers", "metrics"],
+    ids=["zero", "fewer-workers", "reload"],
 )
 def test_bad_frontend_counts_are_one_line_and_exit_2(tmp_path, args, needles):
     code, _out, err, left = run_cli(
@@ -339,3 +340,92 @@ def test_systemd_sockets_and_notifications_come_from_the_arbiter(run_server, sho
         assert server.wait(30) == 0
     finally:
         notify.close()
+
+
+def _metrics_get(port: int, path: str) -> tuple[int, bytes]:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    try:
+        conn.request("GET", path)
+        response = conn.getresponse()
+        return response.status, response.read()
+    finally:
+        conn.close()
+
+
+def test_metrics_bind_merges_the_frontends(run_server, tmp_path):
+    metrics = free_port()
+    server = _start(
+        run_server, "--workers", "3", "--frontends", "2", "--metrics-bind", f"127.0.0.1:{metrics}"
+    )
+    frontends = set(_children(server.pid)) - {
+        pid for pid in _children(server.pid) if "metrics" in " ".join(psutil.Process(pid).cmdline())
+    }
+    assert len(frontends) == 2
+    sent = 0
+    seen: set[int] = set()
+    while seen != frontends and sent < 400:
+        seen.add(_get(server.port)["frontend"])
+        sent += 1
+    assert seen == frontends
+
+    assert _metrics_get(metrics, "/healthz")[0] == 200
+    assert _metrics_get(metrics, "/readyz") == (200, b"ready\n")
+    status, body = _metrics_get(metrics, "/stats")
+    assert status == 200
+    stats = json.loads(body)
+    assert sorted(w["frontend"] for w in stats["workers"]) == [1, 1, 2]
+    assert sorted(w["slot"] for w in stats["workers"]) == [1, 2, 3]
+    assert stats["workers_target"] == 3 and stats["ready"] is True
+    assert [f["up"] for f in stats["frontends"]] == [True, True]
+    assert sum(r["count"] for r in stats["requests"]) == sent
+
+    status, body = _metrics_get(metrics, "/metrics")
+    assert status == 200
+    families = {f.name: f for f in text_string_to_metric_families(body.decode())}
+    up = {s.labels["frontend"]: s.value for s in families["wsgipool_frontend_up"].samples}
+    assert up == {"1": 1.0, "2": 1.0}
+    by_frontend: dict[str, float] = {}
+    for sample in families["wsgipool_http_requests"].samples:
+        if sample.name.endswith("_total"):
+            key = sample.labels["frontend"]
+            by_frontend[key] = by_frontend.get(key, 0) + sample.value
+    assert set(by_frontend) == {"1", "2"} and all(by_frontend.values())
+    assert sum(by_frontend.values()) == sent
+    assert _metrics_get(metrics, "/")[0] == 200  # the status page, from the merged /stats
+
+    # `wsgipool status` reads the merged /stats as it reads one frontend's.
+    table = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "wsgipool",
+            "status",
+            "--once",
+            "--metrics-bind",
+            f"127.0.0.1:{metrics}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=True,
+    ).stdout
+    assert "workers 3/3 ready" in table
+
+    # The merging process is started again if it dies; the private sockets go at the end.
+    merger = [pid for pid in _children(server.pid) if pid not in frontends]
+    assert len(merger) == 1
+    psutil.Process(merger[0]).kill()
+    assert wait_for(lambda: "metrics process" in server.log, 15), server.log
+    assert wait_for(lambda: _try_status(metrics, "/readyz") == 200, 15)
+    private = re.findall(r"metrics on unix:(\S+)/frontend-1\.sock", server.log)
+    assert private, server.log
+    server.signal(signal.SIGTERM)
+    assert server.wait(30) == 0
+    assert not Path(private[0]).exists()
+
+
+def _try_status(port: int, path: str) -> int:
+    try:
+        return _metrics_get(port, path)[0]
+    except OSError:
+        return 0
