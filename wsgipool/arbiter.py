@@ -206,7 +206,12 @@ class Arbiter:
             try:
                 signal.set_wakeup_fd(-1)
                 for sig in HANDLED:
-                    signal.signal(sig, signal.SIG_DFL)
+                    # Until its event loop answers them: a reload, a log reopening or a
+                    # scaling signal for a frontend still starting means nothing yet, and
+                    # must neither end it (SIGHUP, SIGUSR1) nor stop it (SIGTTIN, SIGTTOU).
+                    quiet = sig not in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT)
+                    ignore = quiet and sig is not signal.SIGCHLD
+                    signal.signal(sig, signal.SIG_IGN if ignore else signal.SIG_DFL)
                 self._selector.close()
                 self._wake_r.close()
                 self._wake_w.close()

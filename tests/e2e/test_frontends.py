@@ -429,3 +429,23 @@ def _try_status(port: int, path: str) -> int:
         return _metrics_get(port, path)[0]
     except OSError:
         return 0
+
+
+def test_operator_signals_during_a_frontend_restart_neither_end_nor_stop_it(run_server):
+    """SIGHUP, SIGUSR1, SIGTTIN and SIGTTOU may reach a frontend before its loop answers them."""
+    server = _start(run_server, "--workers", "2", "--frontends", "2")
+    victim = _children(server.pid)[1]
+    psutil.Process(victim).kill()
+    assert wait_for(lambda: "was killed by SIGKILL" in server.log, 15), server.log
+    # The new frontend 2 is starting now (its template checks that the app imports).
+    for sig in (signal.SIGHUP, signal.SIGUSR1, signal.SIGTTIN, signal.SIGTTOU):
+        server.signal(sig)
+    serving = re.compile(r"arbiter: frontend 2 \(pid (\d+)\) serving")
+    found = wait_for(lambda: serving.search(server.log), 30)
+    assert found, server.log
+    now = _children(server.pid)
+    assert int(found.group(1)) in now and victim not in now and len(now) == 2
+    for pid in now:
+        assert psutil.Process(pid).status() != psutil.STATUS_STOPPED
+    assert server.log.count("unexpectedly") == 1, server.log  # the kill, nothing after it
+    assert _frontends_answering(server.port, set(now)) == set(now)
