@@ -32,7 +32,7 @@ import signal
 import socket
 import time
 import traceback
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from wsgipool import systemd
@@ -84,7 +84,6 @@ class Frontend:
     failures: int = 0  # deaths in a row that came soon after a start: the backoff
     restart_at: float | None = None
     error: str | None = None
-    errors: list[str] = field(default_factory=list)
 
 
 class Arbiter:
@@ -199,9 +198,21 @@ class Arbiter:
     def _start(self, frontend: Frontend) -> None:
         from wsgipool.frontend import run_frontend
 
-        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         arbiter_pid = os.getpid()
-        pid = os.fork()
+        try:
+            ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+            try:
+                pid = os.fork()
+            except OSError:
+                ours.close()
+                theirs.close()
+                raise
+        except OSError as exc:  # out of processes or descriptors: try again soon
+            logger.error(
+                "arbiter: cannot start frontend %d: %s; trying again in 1s", frontend.index, exc
+            )
+            frontend.restart_at = time.monotonic() + 1.0
+            return
         if pid == 0:
             try:
                 signal.set_wakeup_fd(-1)
@@ -282,7 +293,12 @@ class Arbiter:
             (f.index, f"{self._metrics_dir}/frontend-{f.index}.sock") for f in self.frontends
         ]
         arbiter_pid = os.getpid()
-        pid = os.fork()
+        try:
+            pid = os.fork()
+        except OSError as exc:
+            logger.error("arbiter: cannot start the metrics process: %s; trying again in 1s", exc)
+            self._metrics_restart_at = time.monotonic() + 1.0
+            return
         if pid == 0:
             code = 0
             try:
