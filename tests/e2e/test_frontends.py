@@ -417,6 +417,14 @@ def test_metrics_bind_merges_the_frontends(run_server, tmp_path):
     psutil.Process(merger[0]).kill()
     assert wait_for(lambda: "metrics process" in server.log, 15), server.log
     assert wait_for(lambda: _try_status(metrics, "/readyz") == 200, 15)
+    # A restarted frontend binds its private socket again (the dead one's file is stale).
+    psutil.Process(sorted(frontends)[0]).kill()
+
+    def both_up_again() -> bool:
+        doc = json.loads(_metrics_get(metrics, "/stats")[1])
+        return [f["up"] for f in doc["frontends"]] == [True, True] and len(doc["workers"]) == 3
+
+    assert wait_for(both_up_again, 30), server.log
     private = re.findall(r"metrics on unix:(\S+)/frontend-1\.sock", server.log)
     assert private, server.log
     server.signal(signal.SIGTERM)
@@ -449,3 +457,18 @@ def test_operator_signals_during_a_frontend_restart_neither_end_nor_stop_it(run_
         assert psutil.Process(pid).status() != psutil.STATUS_STOPPED
     assert server.log.count("unexpectedly") == 1, server.log  # the kill, nothing after it
     assert _frontends_answering(server.port, set(now)) == set(now)
+
+
+def test_a_frontend_that_dies_soon_after_its_restart_is_restarted_after_a_backoff(run_server):
+    server = _start(run_server, "--workers", "2", "--frontends", "2")
+    first = _children(server.pid)[1]
+    psutil.Process(first).kill()
+    again = re.compile(r"arbiter: frontend 2 \(pid (\d+)\) serving")
+    found = wait_for(lambda: again.search(server.log), 30)
+    assert found, server.log
+    psutil.Process(int(found.group(1))).kill()  # at once: it has not served for 10 s
+    assert wait_for(lambda: "starting it again in 0.5s" in server.log, 15), server.log
+    assert wait_for(lambda: len(again.findall(server.log)) == 2, 30), server.log
+    assert _frontends_answering(server.port, set(_children(server.pid))) == set(
+        _children(server.pid)
+    )
