@@ -523,6 +523,12 @@ class Arbiter:
             logger.info("arbiter: %s; stopping %d frontends", sig.name, len(self.frontends))
         for frontend in self.frontends:
             frontend.restart_at = None
+        # No frontend starts again: the arbiter's copies of the listeners go now, so that
+        # once the frontends have closed theirs (the first step of their drain), new
+        # connections are refused rather than left waiting in a backlog nobody reads.
+        for _address, sock in self.listeners:
+            sock.close()
+        self.listeners.clear()
         budget = self.server.pool.graceful_timeout + STOP_MARGIN
         if starting:
             budget += START_LIMIT

@@ -18,7 +18,6 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 
 import psutil
@@ -26,7 +25,12 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import ServerProcess, free_port
-from tests.e2e.test_cli import assert_one_line_error, run_cli, wsgipool_cmd
+from tests.e2e.test_cli import (
+    _refuses_connections,
+    assert_one_line_error,
+    run_cli,
+    wsgipool_cmd,
+)
 from tests.e2e.test_systemd import NotifySocket, activate
 from tests.polling import wait_for
 
@@ -200,7 +204,9 @@ def test_sigterm_drains_a_request_in_flight_then_exits_0_leaving_no_process(run_
     assert len(everything) >= 6  # two frontends, two templates, two workers
 
     server.signal(signal.SIGTERM)
-    time.sleep(0.5)  # the drain has begun: the request must still be waiting, not cut
+    # The listening socket closes at once in every process (none holds it open)...
+    assert wait_for(lambda: _refuses_connections(server.port), 10), server.log
+    # ...while the request in flight is still waiting, not cut.
     assert thread.is_alive() and not result
     release.write_text("go")
     thread.join(30)
