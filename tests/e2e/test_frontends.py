@@ -25,6 +25,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import ServerProcess, free_port
+from tests.e2e import rawhttp
 from tests.e2e.test_cli import (
     _refuses_connections,
     assert_one_line_error,
@@ -478,3 +479,37 @@ def test_a_frontend_that_dies_soon_after_its_restart_is_restarted_after_a_backof
     assert _frontends_answering(server.port, set(_children(server.pid))) == set(
         _children(server.pid)
     )
+
+
+def test_a_unix_socket_is_shared_by_the_frontends_and_removed_by_the_arbiter(run_server, short_tmp):
+    path = str(short_tmp / "app.sock")
+    server = run_server(
+        "frontendapp:app",
+        "--workers",
+        "2",
+        "--frontends",
+        "2",
+        "--bind",
+        f"unix:{path}",
+        bind=False,
+        wait=False,
+    )
+    assert wait_for(lambda: SERVING in server.log or server.proc.poll() is not None, 60)
+    assert server.proc.poll() is None, server.log
+    frontends = set(_children(server.pid))
+    seen: set[int] = set()
+    for _ in range(400):
+        sock = rawhttp.connect(path)
+        try:
+            sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            reply = rawhttp.read_until_eof(sock)
+        finally:
+            sock.close()
+        assert reply.startswith(b"HTTP/1.1 200 "), reply
+        seen.add(json.loads(reply.partition(b"\r\n\r\n")[2])["frontend"])
+        if seen == frontends:
+            break
+    assert seen == frontends
+    server.signal(signal.SIGTERM)
+    assert server.wait(30) == 0
+    assert not Path(path).exists()
