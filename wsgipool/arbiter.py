@@ -19,6 +19,10 @@ tell systemd (READY, RELOADING, STOPPING) or why it could not start (ERROR).
   once every frontend has reloaded, STOPPING=1 on a stop.
 - A frontend that fails while the server starts (the app does not import)
   stops the others; its one-line error is the arbiter's, exit status 2.
+- With ``--metrics-bind`` the arbiter binds that address too, gives each
+  frontend a private unix socket for its own metrics, and forks one more
+  child, ``wsgipool: metrics`` (`wsgipool.metrics.merged`), that serves the
+  address from the frontends' answers; it is started again if it dies.
 """
 
 from __future__ import annotations
