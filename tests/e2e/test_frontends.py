@@ -513,3 +513,21 @@ def test_a_unix_socket_is_shared_by_the_frontends_and_removed_by_the_arbiter(run
     server.signal(signal.SIGTERM)
     assert server.wait(30) == 0
     assert not Path(path).exists()
+
+
+def test_tls_is_served_by_both_frontends(run_server, tmp_path):
+    from tests.certs import make_pki
+
+    pki = make_pki(tmp_path / "pki")
+    tls = ["--certfile", str(pki.cert), "--keyfile", str(pki.key)]
+    server = _start(run_server, "--workers", "2", "--frontends", "2", *tls)
+    frontends = set(_children(server.pid))
+    context = pki.client_context()
+    seen: set[int] = set()
+    for _ in range(400):
+        conn = http.client.HTTPSConnection("127.0.0.1", server.port, context=context, timeout=30)
+        seen.add(_get(server.port, conn=conn)["frontend"])
+        conn.close()
+        if seen == frontends:
+            break
+    assert seen == frontends
