@@ -1,11 +1,14 @@
 """Issue 13, "Must have" 5: ``--frontends N``, an arbiter and N frontend processes.
 
-Real servers, real signals: both frontends answer on the one listening socket;
-SIGHUP under load loses nothing and replaces every worker; SIGTERM drains a
-request in flight and leaves no process; a SIGKILLed frontend is logged and
-started again while the other serves on, and its workers go with it; a killed
-arbiter takes the frontends with it; the pid file holds the arbiter's PID; bad
-counts are one line and exit 2.
+Real servers, real signals: both frontends answer on the one listening socket
+(TCP, unix, TLS, systemd-activated); SIGHUP under load loses nothing and
+replaces every worker; SIGTERM refuses new connections, drains a request in
+flight and leaves no process; a SIGKILLed frontend is logged and started again
+(after a backoff when it dies again at once) while the other serves on, and
+its workers go with it; signals that reach a frontend still starting neither
+end nor stop it; a killed arbiter takes the frontends with it; the pid file
+holds the arbiter's PID; systemd hears from the arbiter alone; --metrics-bind
+merges the frontends' metrics; bad counts are one line and exit 2.
 """
 
 from __future__ import annotations
