@@ -88,6 +88,11 @@ def _wsgipool_metrics(s: Settings, app: str, port: int, extra: list[str]) -> tup
     return _wsgipool(s, app, port, [*extra, "--metrics-bind", f"{HOST}:{free_port()}"])
 
 
+def _wsgipool_frontends(s: Settings, app: str, port: int, extra: list[str]) -> tuple[Argv, Env]:
+    """wsgipool with two frontends (issue 13): an arbiter, two event loops, W workers split."""
+    return _wsgipool(s, app, port, [*extra, "--frontends", "2"])
+
+
 def _wsgipool_threads(s: Settings, app: str, port: int, extra: list[str]) -> tuple[Argv, Env]:
     argv = [PY, "-m", "wsgipool", "serve", app, "--workers", "0"]
     argv += ["--threads", str(s.workers * s.threads), "--bind", f"{HOST}:{port}", *extra]
@@ -246,6 +251,16 @@ SERVERS: dict[str, Server] = {
             reference="wsgipool with /metrics on, for the cost of observing (--set metrics)",
         ),
         Server(
+            "wsgipool-2fe",
+            "wsgipool --frontends 2",
+            ("wsgipool",),
+            ("wsgipool",),
+            _wsgipool_frontends,
+            lambda s: f"2 frontends; {_pool_shape(s)} in all",
+            _pool,
+            reference="wsgipool with two frontend processes, for their cost (--set frontends)",
+        ),
+        Server(
             "wsgipool-threads",
             "wsgipool --workers 0",
             ("wsgipool",),
@@ -386,9 +401,13 @@ SETS: dict[str, tuple[list[str], list[str]]] = {
     ),
     # issue 12: wsgipool with and without its metrics listener (and per-request RSS).
     "metrics": (["wsgipool", "wsgipool-metrics"], ["hello", "django"]),
+    # issue 13: one frontend against two (an arbiter and two event loops sharing the sockets).
+    "frontends": (["wsgipool", "wsgipool-2fe"], ["hello", "django"]),
 }
 
 # The sets' own servers are measured with --set NAME (or by name), not by default.
 DEFAULT_SERVERS = [
-    name for name in SERVERS if name not in SETS["asgi"][0] and name != "wsgipool-metrics"
+    name
+    for name in SERVERS
+    if name not in SETS["asgi"][0] and name not in ("wsgipool-metrics", "wsgipool-2fe")
 ]

@@ -649,6 +649,15 @@ class Config(_Validated):
         default_text="inherited",
     )
     backlog: int = option(1024, _parse_int, "Listen backlog of each socket.", metavar="N")
+    frontends: int = option(
+        1,
+        _parse_int,
+        "Frontend processes (event loops). Above 1, the process started becomes an arbiter "
+        "that binds the sockets once and starts N frontends sharing them, each with its own "
+        "share of --workers (at least one each) and its own supervisor; it restarts a "
+        "frontend that dies. Not with --reload. See docs/architecture.md.",
+        metavar="N",
+    )
     static: tuple[tuple[str, str], ...] = option(
         (),
         _parse_static,
@@ -878,6 +887,8 @@ class Config(_Validated):
             raise ConfigError(f"{describe('port')}: out of range: {self.port}")
         if self.backlog < 1:
             raise ConfigError(f"{describe('backlog')}: must be 1 or more")
+        if self.frontends < 1:
+            raise ConfigError(f"{describe('frontends')}: must be 1 or more")
         for name in ("limit_request_line", "limit_request_fields", "limit_request_field_size"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{describe(name)}: must be 1 or more")
@@ -992,7 +1003,24 @@ def cross_check(config: Config, pool: PoolConfig) -> None:
                 raise ConfigError(
                     f"{describe(name)}: needs worker processes; use --workers 1 or more"
                 )
+    if config.frontends > 1:
+        _check_frontends(config, pool)
     try:
         resolve_ids(pool.user, pool.group)
     except ValueError as exc:
         raise ConfigError(f"{describe('user')}: {exc}") from None
+
+
+def _check_frontends(config: Config, pool: PoolConfig) -> None:
+    """What more than one frontend cannot do (yet): one line each, before anything starts."""
+    count = config.frontends
+    if pool.workers != 0 and pool.workers < count:
+        raise ConfigError(
+            f"{describe('frontends')}: {count} frontends need at least {count} workers, one "
+            f"each (--workers is {pool.workers}); or --workers 0 for threads in each frontend"
+        )
+    if config.reload:
+        raise ConfigError(
+            f"{describe('frontends')}: {count} frontends do not work with --reload "
+            "(a development option); use --frontends 1"
+        )

@@ -143,6 +143,11 @@ class Server:
         self.sockets: list[socket.socket] = []
         self._unix_paths: list[str] = []
         self._stop: asyncio.Future[str] | None = None
+        # With --frontends N > 1 (wsgipool.arbiter): this process's title, the listeners the
+        # arbiter bound, and the channel that tells the arbiter what systemd would be told.
+        self.role = "main"
+        self.listeners: list[tuple[BindAddress, socket.socket]] | None = None
+        self.link: systemd.Notifier | None = None
         # --metrics-bind / --health-path (wsgipool.metrics), imported only when asked for.
         self.observability: Observability | None = None
         if config.metrics_bind is not None or config.health_path is not None:
@@ -150,7 +155,7 @@ class Server:
 
             self.observability = Observability(self)
         self.log_setup = _log_setup(config)  # reads --log-config: a bad file fails here
-        if pool.workers == 0 and isinstance(application, str):
+        if pool.workers == 0 and isinstance(application, str) and config.frontends == 1:
             # Import before any event loop runs, as other WSGI servers do: an app that
             # touches Django's ORM at import must not find itself inside a loop.
             self.application = load_app(application)
@@ -164,7 +169,12 @@ class Server:
 
     def run(self) -> None:
         """Run until stopped; the exit status is the caller's (0 after a clean stop)."""
-        set_title("main", self.application if isinstance(self.application, str) else "")
+        if self.config.frontends > 1 and self.listeners is None:
+            from wsgipool.arbiter import Arbiter
+
+            Arbiter(self).run()  # binds, then runs this server in each frontend process
+            return
+        set_title(self.role, self.application if isinstance(self.application, str) else "")
         _configure_logging(self.log_setup)
         _raise_open_files_limit()
         runner = _event_loop_runner()
@@ -187,7 +197,7 @@ class Server:
         loop = asyncio.get_running_loop()
         self._stop = loop.create_future()
         # Taken (and removed from the environment) before the app's processes start.
-        self.notifier = systemd.Notifier.from_environ()
+        self.notifier = self.link or systemd.Notifier.from_environ()
         activated = systemd.listen_fds()
         if self.config.umask is not None:
             os.umask(self.config.umask)  # before the template starts: the workers inherit it
@@ -206,14 +216,13 @@ class Server:
                 await self.executor.start()  # imports the app: fails before any socket exists
             self.runner = self._make_runner(handler)
             await self.runner.setup()
-            for address in self._addresses(activated):
-                for sock in self._bind_all(address):
-                    self.sockets.append(sock)
-                    site = web.SockSite(self.runner, sock, ssl_context=self.ssl_context)
-                    await site.start()
-                    logger.info(
-                        "listening on %s", _describe(address, sock, self.ssl_context is not None)
-                    )
+            for address, sock in self.bound_listeners(activated):
+                self.sockets.append(sock)
+                site = web.SockSite(self.runner, sock, ssl_context=self.ssl_context)
+                await site.start()
+                logger.info(
+                    "listening on %s", _describe(address, sock, self.ssl_context is not None)
+                )
             if observability is not None:
                 await observability.start()
         except BaseException:
@@ -253,6 +262,15 @@ class Server:
             while not any(w.state is WorkerState.READY for w in executor.workers):
                 await asyncio.sleep(0.05)
         self.notifier.ready(status)
+
+    def bound_listeners(self, activated: list[int]) -> Iterator[tuple[BindAddress, socket.socket]]:
+        """Each listening socket with its address: bound here, or by the arbiter before the fork."""
+        if self.listeners is not None:
+            yield from self.listeners
+            return
+        for address in self._addresses(activated):
+            for sock in self._bind_all(address):
+                yield address, sock
 
     def _addresses(self, activated: list[int]) -> tuple[BindAddress, ...]:
         """systemd's sockets when it passed any (they replace --bind), else the configured ones."""
