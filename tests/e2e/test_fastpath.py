@@ -177,3 +177,18 @@ def test_responses_the_lane_does_not_write_are_the_handlers(run_server):
             assert len(response.read()) == size
     finally:
         conn.close()
+
+
+@pytest.mark.parametrize("executor_args", [ONE_THREAD, ("--workers", "0", "--threads", "2")])
+def test_a_list_iterator_response_leaves_whole(run_server, executor_args):
+    """An iterable whose iterator is a list's says when its last chunk comes: that chunk
+    leaves with the end, so the response is whole (Content-Length, not chunked); an
+    iterator that cannot tell is streamed chunk by chunk, as before."""
+    server = run_server("streamapp:app", *executor_args)
+    status, headers, body = server.request("GET", "/listed")
+    assert (status, body) == (200, b"listed-body")
+    assert headers.get("content-length") == "11"
+    assert "transfer-encoding" not in headers
+    status, headers, body = server.request("GET", "/generated")
+    assert (status, body) == (200, b"generated-body")
+    assert headers.get("transfer-encoding") == "chunked"
