@@ -81,26 +81,36 @@ class _GuardedRequestHandler(RequestHandler):
             if newline >= 0:
                 self._line_length = self._head_bytes + newline
         waiter = self._waiter
-        if self.lane is not None and waiter is not None and self._current_request is None:
-            # aiohttp's task waits for a request: the lane may take it instead (or one
-            # is on the lane, and what arrives waits behind it). The task is woken
-            # only for what the lane leaves.
-            self._waiter = None
-            try:
-                super().data_received(data)
-            finally:
-                self._waiter = waiter
-            if self._messages and self.fast is None and not waiter.done():
-                takes = (
-                    len(self._messages) == 1
-                    and not self._upgraded
-                    and self._payload_parser is None
-                    and fastpath.try_start(self, self.lane)
-                )
-                if not takes:
-                    waiter.set_result(None)
-        else:
+        lane = self.lane
+        if lane is None or waiter is None or self._current_request is not None:
             super().data_received(data)
+            self._count_head(data, before)
+            return
+        # aiohttp's task waits for a request: the lane may take it instead (or one is
+        # on the lane, and what arrives waits behind it). The task is woken only for
+        # what the lane leaves.
+        self._waiter = None
+        try:
+            super().data_received(data)
+        finally:
+            self._waiter = waiter
+        self._count_head(data, before)
+        if waiter.done():
+            return
+        if self._force_close or self._close:
+            waiter.cancel()  # what close() did to the waiter it could not see
+        elif self._messages and self.fast is None:
+            takes = (
+                len(self._messages) == 1
+                and not self._upgraded
+                and self._payload_parser is None
+                and fastpath.try_start(self, lane)
+            )
+            if not takes:
+                waiter.set_result(None)
+
+    def _count_head(self, data: bytes, before: int) -> None:
+        """The head deadline's and the 414/431 rule's bookkeeping after `data` was parsed."""
         if self._request_count == before:
             self._head_bytes += len(data)
         elif self._messages and isinstance(self._messages[-1][0], RawRequestMessage):

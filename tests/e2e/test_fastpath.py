@@ -192,3 +192,27 @@ def test_a_list_iterator_response_leaves_whole(run_server, executor_args):
     status, headers, body = server.request("GET", "/generated")
     assert (status, body) == (200, b"generated-body")
     assert headers.get("transfer-encoding") == "chunked"
+
+
+@pytest.mark.parametrize(
+    ("path", "headers", "status"),
+    [(f"/{'a' * 400}", "", 414), ("/whoami", f"X-Big: {'b' * 400}\r\n", 431)],
+)
+def test_oversized_heads_after_a_lane_request_get_their_status(
+    run_server, path: str, headers: str, status: int
+):
+    """The 414/431 rule measures each head's request line, the one after a lane request too."""
+    server = run_server(
+        "streamapp:app",
+        *ONE_THREAD,
+        "--limit-request-line",
+        "200",
+        "--limit-request-field-size",
+        "200",
+    )
+    with rawhttp.connect(("127.0.0.1", server.port)) as sock:
+        sock.sendall(_get("/whoami"))
+        assert _Reader(sock).response().status == 200
+        sock.sendall(_get(path, headers=headers))
+        response = rawhttp.parse_one(rawhttp.read_until_eof(sock))
+    assert response.status == status
