@@ -104,6 +104,7 @@ def ratios(
             by_round.setdefault(c.get("round"), {})[c["server"]] = c
     rps: list[float] = []
     tree: list[float] = []
+    main: list[float] = []
     for cells in by_round.values():
         a, b = cells.get(mine), cells.get(peer)
         if a is None or b is None:
@@ -113,7 +114,14 @@ def ratios(
         ta, tb = _cpu(a, "tree_us_per_request"), _cpu(b, "tree_us_per_request")
         if ta is not None and tb:
             tree.append(ta / tb)
-    return {"rps": spread(rps), "tree_cpu": spread(tree)}
+        if peer.startswith("wsgipool"):  # another wsgipool (--baseline): its frontend too
+            ma, mb = _cpu(a, "main_us_per_request"), _cpu(b, "main_us_per_request")
+            if ma is not None and mb:
+                main.append(ma / mb)
+    out = {"rps": spread(rps), "tree_cpu": spread(tree)}
+    if main:
+        out["main_cpu"] = spread(main)
+    return out
 
 
 def fold(results: dict[str, Any]) -> None:

@@ -219,6 +219,11 @@ def rps_ratio_text(results: dict[str, Any], workload: str, peer: str) -> str:
     return _ratio(ratio(results["cells"], workload, peer))
 
 
+def _is_wsgipool(name: str) -> bool:
+    """wsgipool or another build of it (--baseline): the main process is its frontend."""
+    return name == "wsgipool" or name == "wsgipool-base"
+
+
 def _cpu_of(cell: dict[str, Any] | None, key: str) -> float | None:
     if cell is None:
         return None
@@ -352,7 +357,7 @@ def workload_tables(results: dict[str, Any]) -> list[str]:
                 rows.append([label, cell.get("shape", ""), problem] + [""] * 9)
                 continue
             r = cell["result"]
-            main = _cpu_of(cell, "main_us_per_request") if name == "wsgipool" else None
+            main = _cpu_of(cell, "main_us_per_request") if _is_wsgipool(name) else None
             rows.append(
                 [
                     label,
@@ -402,7 +407,7 @@ def summary_table(results: dict[str, Any]) -> list[str]:
         for name in shown:
             cell = ok.get((workload, name))
             text = us_text(_cpu_of(cell, "tree_us_per_request"))
-            if name == "wsgipool" and cell is not None:
+            if _is_wsgipool(name) and cell is not None:
                 text += f" (main {us_text(_cpu_of(cell, 'main_us_per_request'))})"
             row.append(text if cell else "")
         rows.append(row)
@@ -427,7 +432,10 @@ def ratio_table(results: dict[str, Any]) -> list[str]:
             if entry is None:
                 row.append("")
                 continue
-            row.append(f"{_spread_text(entry['rps'])}; CPU {_spread_text(entry['tree_cpu'])}")
+            text = f"{_spread_text(entry['rps'])}; CPU {_spread_text(entry['tree_cpu'])}"
+            if entry.get("main_cpu"):  # another wsgipool: the main processes compared too
+                text += f"; main {_spread_text(entry['main_cpu'])}"
+            row.append(text)
         rows.append(row)
     n = results["settings"]["repeat"]
     lines = [

@@ -41,7 +41,15 @@ from bench import wrk as wrk_mod
 from bench.apps import workloads as workload_apps
 from bench.checks import BENCH_WORKLOADS, WORKLOADS, Workload, check, one_request
 from bench.procs import Sampler, ServerProcess, free_port, wait_for_workers
-from bench.servers import DEFAULT_SERVERS, SERVERS, SETS, Server, Settings
+from bench.servers import (
+    DEFAULT_SERVERS,
+    SERVERS,
+    SETS,
+    Server,
+    Settings,
+    baseline_server,
+    check_baseline,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 BENCH = ROOT / "bench"
@@ -139,6 +147,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--startup-timeout", type=float, default=60, help="seconds for a server to answer"
     )
+    p.add_argument(
+        "--baseline",
+        type=Path,
+        metavar="DIR",
+        help="another wsgipool checkout with its own DIR/.venv: adds the server "
+        "wsgipool-base, run like wsgipool from DIR (measure a change against it)",
+    )
     p.add_argument("--out", type=Path, default=RESULTS, help="where results are written")
     p.add_argument("--no-save", action="store_true", help="print the report, write no files")
     p.add_argument(
@@ -215,7 +230,7 @@ def _start(
     for attempt in range(2):
         port = free_port()
         argv, env_extra = server.build(ctx.settings, wl.app, port, extra)
-        proc = ServerProcess(argv, log_path=log, env=ctx.env(env_extra), cwd=ROOT)
+        proc = ServerProcess(argv, log_path=log, env=ctx.env(env_extra), cwd=server.cwd or ROOT)
         try:
             wait_ready(proc, port, wl, ctx.args.startup_timeout)
             return proc, port, argv
@@ -535,6 +550,11 @@ def main(argv: list[str] | None = None) -> int:
         set_servers, set_workloads = SETS[args.set]
         args.servers, args.workloads = ",".join(set_servers), ",".join(set_workloads)
         args.scenarios = "none"
+    if args.baseline is not None:
+        problem = check_baseline(args.baseline.resolve())
+        if problem:
+            parser.error(f"--baseline: {problem}")
+        SERVERS["wsgipool-base"] = baseline_server(args.baseline.resolve())
     try:
         server_names = _names(args.servers, DEFAULT_SERVERS, "server", also=list(SERVERS))
         workload_names = _names(args.workloads, BENCH_WORKLOADS, "workload")

@@ -13,10 +13,12 @@ from __future__ import annotations
 
 import importlib.metadata
 import importlib.util
+import os
 import re
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 PY = sys.executable
 HOST = "127.0.0.1"
@@ -51,6 +53,7 @@ class Server:
     kill: list[str] | None = None  # extra arguments for the kill scenario
     kill_note: str = ""
     notes: list[str] = field(default_factory=list)
+    cwd: Path | None = None  # where it runs (None: the repository root)
 
     def available(self) -> str | None:
         """None if its Python modules import here, else a line saying what is missing."""
@@ -86,6 +89,44 @@ def _wsgipool_metrics(s: Settings, app: str, port: int, extra: list[str]) -> tup
     from bench.procs import free_port
 
     return _wsgipool(s, app, port, [*extra, "--metrics-bind", f"{HOST}:{free_port()}"])
+
+
+def baseline_server(directory: Path) -> Server:
+    """`wsgipool-base`: another checkout of wsgipool (DIR, with its own DIR/.venv), run
+    with the same flags as `wsgipool`, to measure a change against it in one run."""
+    python = directory / ".venv" / "bin" / "python"
+    # Before --preload was an option the app was always imported once and forked.
+    has_preload = "preload" in (directory / "wsgipool" / "config.py").read_text()
+
+    def build(s: Settings, app: str, port: int, extra: list[str]) -> tuple[Argv, Env]:
+        argv, env = _wsgipool(s, app, port, extra)
+        if not has_preload:
+            argv.remove("--preload")
+        # -P and the working directory DIR: this checkout is never on sys.path, so
+        # `wsgipool` and the bench apps come from DIR, in the server and in the
+        # processes it spawns (which start with the working directory on their path).
+        return [str(python), "-P", *argv[1:]], {**env, "PYTHONPATH": str(directory)}
+
+    return Server(
+        "wsgipool-base",
+        f"wsgipool ({directory.name})",
+        ("wsgipool",),
+        ("wsgipool",),
+        build,
+        _pool_shape,
+        _pool,
+        reference=f"wsgipool from {directory}, the baseline of --baseline",
+        cwd=directory,
+    )
+
+
+def check_baseline(directory: Path) -> str | None:
+    """None if DIR looks like a wsgipool checkout with its own venv, else why not."""
+    if not (directory / "wsgipool" / "__init__.py").is_file():
+        return f"{directory} is not a wsgipool checkout (no wsgipool/__init__.py)"
+    if not os.access(directory / ".venv" / "bin" / "python", os.X_OK):
+        return f"{directory} has no .venv/bin/python (python3 -m venv .venv && pip install -e .)"
+    return None
 
 
 def _wsgipool_frontends(s: Settings, app: str, port: int, extra: list[str]) -> tuple[Argv, Env]:

@@ -103,22 +103,35 @@ class Dispatcher(Generic[W]):
         worker = self.try_acquire()
         if worker is not None:
             return worker
+        future = self.enqueue(asyncio.get_running_loop())
+        try:
+            return await future
+        except asyncio.CancelledError:
+            self.withdraw(future)
+            raise
+
+    def enqueue(self, loop: asyncio.AbstractEventLoop) -> asyncio.Future[W]:
+        """A place at the end of the queue, without waiting: the future gets a worker
+        with a slot taken, or QueueTimeout; QueueFull now if the queue is full."""
         if self._live >= self.queue_size:
             raise QueueFull(f"{self._live} requests already waiting for a worker")
-        loop = asyncio.get_running_loop()
         future: asyncio.Future[W] = loop.create_future()
         self._waiters.append((loop.time() + self.queue_timeout, future))
         self._live += 1
         if self._sweep is None:
             self._sweep = loop.call_at(self._waiters[0][0], self._expire_due)
-        try:
-            return await future
-        except asyncio.CancelledError:
-            if future.cancelled():  # still queued: it is skipped when reached
-                self._live -= 1
-            elif future.exception() is None:
-                self.release(future.result())  # got a slot just as we were cancelled
-            raise
+        return future
+
+    def withdraw(self, future: asyncio.Future[W]) -> None:
+        """The waiter of `future` (from `enqueue`) gives up its place, or its slot.
+
+        The future may be cancelled already (a task awaiting it was cancelled).
+        """
+        future.cancel()
+        if future.cancelled():  # still queued: it is skipped when reached
+            self._live -= 1
+        elif future.exception() is None:
+            self.release(future.result())  # got a slot just as it gave up
 
     def release(self, worker: W) -> None:
         """Give a slot back without a request having been sent (a cancelled waiter)."""

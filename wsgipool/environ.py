@@ -68,13 +68,31 @@ def collect(request: web.BaseRequest, content_length: int) -> Collected:
     return Collected(fields, request.raw_headers, request.keep_alive)
 
 
+def collect_message(message: Any, connection: tuple[bytes, ...]) -> Collected:
+    """The facts of a request without a body, from aiohttp's parsed message (fastpath.py):
+    what `collect` gives for the request aiohttp would make of it."""
+    version = message.version
+    fields = [
+        message.method.encode("latin-1"),
+        message.path.encode("utf-8", "surrogateescape"),
+        _VERSIONS.get(version) or f"{version[0]}.{version[1]}".encode("ascii"),
+        *connection,
+        b"",  # no router: no prefix
+        b"0" if "Content-Length" in message.headers else b"",
+    ]
+    return Collected(fields, message.raw_headers, not message.should_close)
+
+
 def _connection(request: web.BaseRequest) -> tuple[bytes, bytes, bytes, bytes, bytes]:
     """(scheme, server name, server port, remote address, remote port) of the connection."""
-    protocol: Any = request.protocol
+    return connection_of(request.protocol, request.transport)  # type: ignore[return-value]
+
+
+def connection_of(protocol: Any, transport: Any) -> tuple[bytes, ...]:
+    """The encoded addresses of a connection, kept on its protocol where it has room."""
     cached = getattr(protocol, "wsgi_connection", None)
     if cached is not None:
         return cached  # type: ignore[no-any-return]
-    transport = request.transport
     if transport is None:
         return _NO_CONNECTION
     server_name, server_port = _parse_sockname(transport.get_extra_info("sockname"))
@@ -88,7 +106,7 @@ def _connection(request: web.BaseRequest) -> tuple[bytes, bytes, bytes, bytes, b
         protocol.wsgi_connection = connection  # our request handler keeps it (limits.py)
     except AttributeError:
         pass  # aiohttp's own request handler (embedded use) has no room for it
-    return connection  # type: ignore[return-value]
+    return connection
 
 
 def _route_prefix(request: web.BaseRequest) -> bytes:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import os
 from collections import deque
+from collections.abc import Callable
 from typing import Any, Final, Protocol
 
 __all__ = [
@@ -66,6 +67,7 @@ class Backend(Protocol):
 class Exchange:
     __slots__ = (
         "_events",
+        "_listener",
         "_waiter",
         "backend",
         "closed",
@@ -88,6 +90,8 @@ class Exchange:
         self.rid = rid
         self._events: deque[Event] = deque()
         self._waiter: asyncio.Future[None] | None = None
+        # Told of each event as it arrives, instead of a waiter (fastpath.py).
+        self._listener: Callable[[Exchange], None] | None = None
         #: The executor has said END or ERROR: nothing more will come.
         self.finished = False
         #: The handler is done with it (response sent, or client gone).
@@ -120,6 +124,10 @@ class Exchange:
             self.finished = True
         self.last_progress = self.loop.time()
         self._events.append((kind, value))
+        listener = self._listener
+        if listener is not None:
+            listener(self)
+            return
         waiter = self._waiter
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
@@ -133,7 +141,16 @@ class Exchange:
     @property
     def waiting(self) -> bool:
         """The handler is waiting for the app (not busy writing to the client)."""
-        return self._waiter is not None
+        return self._waiter is not None or self._listener is not None
+
+    def listen(self, listener: Callable[[Exchange], None] | None) -> None:
+        """Have `listener(exchange)` called as each event arrives (None: stop); it
+        runs on the loop, inside the executor's feed, and takes events with `take`."""
+        self._listener = listener
+
+    def take(self) -> Event:
+        """The next event, which must be here (see `peek`)."""
+        return self._events.popleft()
 
     async def next(self) -> Event:
         if not self._events:

@@ -249,6 +249,43 @@ class ProcessExecutor:
         waited = loop.time() - queued_at
         return self._send(worker, collected, body, raw_ok, waited, keep_body, retry)
 
+    def enqueue(self, loop: asyncio.AbstractEventLoop) -> asyncio.Future[WorkerHandle] | None:
+        """A place in the queue for a worker thread without awaiting it (fastpath.py), to
+        be sent with `submit_granted` once the future is done; None if the queue is full
+        or the pool is not running (then `submit` decides: 503, or start)."""
+        dispatcher = self._dispatcher
+        if self._supervisor is None or dispatcher.waiting >= dispatcher.queue_size:
+            return None
+        return dispatcher.enqueue(loop)
+
+    def submit_granted(
+        self,
+        granted: asyncio.Future[WorkerHandle],
+        collected: Collected,
+        body: Body,
+        raw_ok: bool,
+        queued_at: float,
+        *,
+        keep_body: bool = False,
+    ) -> ev.Exchange | None:
+        """Send the request to the worker `granted` (from `enqueue`) gave it; None if that
+        worker stopped meanwhile (queue again); Unavailable if the wait timed out."""
+        exc = granted.exception()
+        if exc is not None:
+            self.rejected["queue-timeout"] += 1
+            raise ev.Unavailable(str(exc))
+        worker = granted.result()
+        if worker.stop_requested or not worker.alive:
+            if worker.alive:
+                self._dispatcher.release(worker)
+            return None
+        waited = worker.loop.time() - queued_at
+        return self._send(worker, collected, body, raw_ok, waited, keep_body, False)
+
+    def withdraw(self, granted: asyncio.Future[WorkerHandle]) -> None:
+        """A request from `enqueue` no longer wants its place (its client left)."""
+        self._dispatcher.withdraw(granted)
+
     def _send(
         self,
         worker: WorkerHandle,

@@ -22,12 +22,13 @@ from aiohttp import web
 from wsgipool import exchange as ev
 from wsgipool.backends import place
 from wsgipool.body import EMPTY as EMPTY_BODY
-from wsgipool.body import BodyTooLarge, read_body
+from wsgipool.body import Body, BodyTooLarge, read_body
 from wsgipool.cgi import EnvironOptions
 from wsgipool.config import parse_duration
 from wsgipool.deadlines import BodyTimeout, Sending, SendWatch
 from wsgipool.environ import collect
 from wsgipool.exchange import Unavailable
+from wsgipool.fastpath import adopt
 from wsgipool.logs.access import note_worker
 from wsgipool.logs.escape import escape
 from wsgipool.ratelog import RateLimitedLog
@@ -106,6 +107,11 @@ class WSGIHandler:
     def executor(self) -> Executor | ProcessExecutor | None:
         return self._executor
 
+    @property
+    def retry_methods(self) -> frozenset[str] | None:
+        """Methods whose requests run again if their worker dies (None: never)."""
+        return self._retry_methods
+
     def limit_queue(self, threads: int, queue_size: int, queue_timeout: float) -> None:
         """Thread mode: run at most `threads` requests at once (the executor's threads);
         at most `queue_size` wait, each at most `queue_timeout` seconds, others get 503.
@@ -117,6 +123,11 @@ class WSGIHandler:
         self._backend.bound(threads, queue_size, queue_timeout)
 
     async def handle_request(self, request: web.BaseRequest) -> web.StreamResponse:
+        handed = adopt(request.protocol, request._message)
+        if handed is not None:  # the fast lane's, handed back: submitted, or refused
+            if handed.exchange is None:
+                return self._unavailable(request, handed.unavailable)
+            return await self._respond(request, handed.exchange, EMPTY_BODY, handed.retrying)
         refusal = refuse(request)  # no worker or app may see these
         if refusal is not None:
             return refusal
@@ -165,10 +176,21 @@ class WSGIHandler:
                     exchange = await backend.submit(collected, body, extras, raw_ok)
         except Unavailable as exc:
             body.close()
-            self._unavailable_log.record(
-                f"{escape(request.method)} {escape(request.path)}: 503, {exc}"
-            )
-            return error_response(503, retry_after=1)
+            return self._unavailable(request, str(exc))
+        return await self._respond(request, exchange, body, retrying)
+
+    def _unavailable(self, request: web.BaseRequest, reason: str) -> web.StreamResponse:
+        self._unavailable_log.record(
+            f"{escape(request.method)} {escape(request.path)}: 503, {reason}"
+        )
+        return error_response(503, retry_after=1)
+
+    async def _respond(
+        self, request: web.BaseRequest, exchange: ev.Exchange, body: Body, retrying: bool
+    ) -> web.StreamResponse:
+        """The response to a request handed to `exchange`; `body` kept if `retrying`."""
+        backend = self._backend
+        raw_ok = type(request) is web.BaseRequest
         watch = self._watch
         if watch is not None:
             watch.add(exchange, request)

@@ -28,6 +28,8 @@ from aiohttp.http_exceptions import (
 from aiohttp.http_parser import RawRequestMessage
 from aiohttp.web_protocol import RequestHandler
 
+from wsgipool import fastpath
+from wsgipool.fastpath import FastLane
 from wsgipool.logs.escape import escape
 from wsgipool.response import error_response
 from wsgipool.upgrade import UpgradeSafeParser
@@ -44,10 +46,23 @@ _TIMEOUT_RESPONSE = (
 
 
 class _GuardedRequestHandler(RequestHandler):
-    __slots__ = ("_head_bytes", "_head_mark", "_line_length", "wsgi_connection")
+    __slots__ = (
+        "_head_bytes",
+        "_head_mark",
+        "_line_length",
+        "fast",
+        "fast_adopted",
+        "lane",
+        "wsgi_connection",
+    )
 
-    def __init__(self, manager: web.Server, **kwargs: Any) -> None:
+    def __init__(self, manager: web.Server, lane: FastLane | None = None, **kwargs: Any) -> None:
         super().__init__(manager, **kwargs)
+        # The fast lane (fastpath.py), if the server has one: the request on it, and
+        # one it handed back to aiohttp in flight, for WSGIHandler to adopt.
+        self.lane = lane
+        self.fast: fastpath.OnLane | None = None
+        self.fast_adopted: fastpath.HandedBack | None = None
         # Requests pipelined behind an Upgrade that is not granted are not lost.
         # (Duck-typed: it is the parser for everything but how data is fed to it.)
         self._parser = cast(Any, UpgradeSafeParser(self._parser, self.close))
@@ -65,7 +80,37 @@ class _GuardedRequestHandler(RequestHandler):
             newline = data.find(b"\n")
             if newline >= 0:
                 self._line_length = self._head_bytes + newline
-        super().data_received(data)
+        waiter = self._waiter
+        lane = self.lane
+        if lane is None or waiter is None or self._current_request is not None:
+            super().data_received(data)
+            self._count_head(data, before)
+            return
+        # aiohttp's task waits for a request: the lane may take it instead (or one is
+        # on the lane, and what arrives waits behind it). The task is woken only for
+        # what the lane leaves.
+        self._waiter = None
+        try:
+            super().data_received(data)
+        finally:
+            self._waiter = waiter
+        self._count_head(data, before)
+        if waiter.done():
+            return
+        if self._force_close or self._close:
+            waiter.cancel()  # what close() did to the waiter it could not see
+        elif self._messages and self.fast is None:
+            takes = (
+                len(self._messages) == 1
+                and not self._upgraded
+                and self._payload_parser is None
+                and fastpath.try_start(self, lane)
+            )
+            if not takes:
+                waiter.set_result(None)
+
+    def _count_head(self, data: bytes, before: int) -> None:
+        """The head deadline's and the 414/431 rule's bookkeeping after `data` was parsed."""
         if self._request_count == before:
             self._head_bytes += len(data)
         elif self._messages and isinstance(self._messages[-1][0], RawRequestMessage):
@@ -75,9 +120,36 @@ class _GuardedRequestHandler(RequestHandler):
             self._head_bytes = 0
             self._line_length = None if data.endswith(b"\n") else -1
 
+    def fast_event(self, exchange: Any) -> None:
+        """The first event of the request on the fast lane (an exchange's listener)."""
+        fastpath.on_event(self, exchange)
+
+    def fast_granted(self, granted: asyncio.Future[Any]) -> None:
+        """The queue's answer for the request on the fast lane."""
+        assert self.lane is not None
+        fastpath.on_granted(self, self.lane, granted)
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        super().connection_lost(exc)
+        if self.lane is not None:
+            fastpath.lost(self, self.lane)
+
+    def _process_keepalive(self) -> None:
+        if self.fast is not None:  # a request in progress on the lane: not idle
+            self._keepalive_handle = self._loop.call_at(
+                self._loop.time() + self._keepalive_timeout, self._process_keepalive
+            )
+            return
+        super()._process_keepalive()
+
     def head_overdue(self, now: float, timeout: float) -> bool:
         """Called by the sweep: close the connection if a head has been pending too long."""
-        if self._current_request is not None or self._messages or self.transport is None:
+        if (
+            self._current_request is not None
+            or self._messages
+            or self.fast is not None
+            or self.transport is None
+        ):
             self._head_mark = None
             return False
         if self._request_count and not self._head_bytes:
@@ -144,15 +216,18 @@ class _GuardedRequestHandler(RequestHandler):
 class GuardedServer(web.Server):
     """aiohttp's low-level server with the head deadline and precise 4xx statuses."""
 
-    def __init__(self, *args: Any, header_timeout: float, **kwargs: Any) -> None:
+    def __init__(
+        self, *args: Any, header_timeout: float, lane: FastLane | None = None, **kwargs: Any
+    ) -> None:
         super().__init__(*args, **kwargs)
         self._header_timeout = header_timeout
+        self._lane = lane  # fastpath.py: without it every request takes aiohttp's path
         self._sweep: asyncio.TimerHandle | None = None
 
     def __call__(self) -> RequestHandler:
         if self._sweep is None:
             self._schedule()
-        return _GuardedRequestHandler(self, loop=self._loop, **self._kwargs)
+        return _GuardedRequestHandler(self, lane=self._lane, loop=self._loop, **self._kwargs)
 
     def _schedule(self) -> None:
         interval = min(1.0, max(0.05, self._header_timeout / 4))

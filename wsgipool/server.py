@@ -38,6 +38,7 @@ from wsgipool.config import (
 )
 from wsgipool.cpus import available_cpus
 from wsgipool.executor import ProcessExecutor
+from wsgipool.fastpath import FastLane
 from wsgipool.handler import WSGIHandler
 from wsgipool.hooks import call_hook, load_hook
 from wsgipool.limits import GuardedAppRunner, GuardedServer
@@ -380,9 +381,12 @@ class Server:
         request_handler = handler.handle_request
         if self.observability is not None:
             request_handler = self.observability.wrap(request_handler)
+        # The fast lane (fastpath.py) skips the handler wrapper and the access log.
+        plain = self.observability is None and not self.log_setup.access_enabled
         server = GuardedServer(
             request_handler,
             header_timeout=config.header_timeout,
+            lane=FastLane.of(handler) if plain else None,
             handler_cancellation=True,
             **protocol_options,
         )

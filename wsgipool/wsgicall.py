@@ -15,6 +15,7 @@ import os
 import stat
 import threading
 from collections.abc import Callable, Iterable, Iterator
+from operator import length_hint
 from types import TracebackType
 from typing import IO, Any
 
@@ -250,18 +251,25 @@ def _send_result(call: _Call, result: Iterable[bytes]) -> None:
                 call._send_headers()
                 out.body(bytes(chunk), index != last)
     else:
-        for chunk in result:
+        iterator = iter(result)
+        # Iterating a list or tuple (Django's HttpResponse does) tells what is left
+        # without asking for more: its last chunk can leave with the end.
+        known = type(iterator) in _SEQUENCE_ITERATORS
+        for chunk in iterator:
             if out.cancelled:
                 return
             _check_chunk(chunk)
             if chunk:
                 call._send_headers()
-                out.body(bytes(chunk), True)
+                out.body(bytes(chunk), not known or length_hint(iterator) > 0)
             elif out.cancelled:
                 return
     if call.status is None:
         raise AssertionError("the application returned without calling start_response()")
     call._send_headers()
+
+
+_SEQUENCE_ITERATORS: tuple[type, ...] = (type(iter([])), type(iter(())))
 
 
 def _check_chunk(chunk: object) -> None:

@@ -11,6 +11,8 @@ Paths (query parameters name the files, all inside the test's tmp_path):
   with ``until=G`` instead of seconds it waits (at most 30 s) for file G to exist.
 - ``/file?path=P&seek=N&length=L``: file P from offset N through wsgi.file_wrapper,
   with Content-Length L when given; ``/filelike``: a BytesIO through it.
+- ``/listed``: an object whose iterator is a list's (as Django's HttpResponse);
+  ``/generated``: the same chunks from an iterator that cannot tell what is left.
 - ``/whoami``: the process and thread that served the request.
 """
 
@@ -58,6 +60,16 @@ def _big(size: int):
         yield chunk[:left]
 
 
+class _Listed:
+    """A response object that iterates a list (as Django's HttpResponse does)."""
+
+    def __init__(self, chunks: list[bytes]) -> None:
+        self.chunks = chunks
+
+    def __iter__(self):
+        return iter(self.chunks)
+
+
 def app(environ, start_response):
     environ["wsgi.input"].read()
     path = environ["PATH_INFO"]
@@ -98,6 +110,12 @@ def app(environ, start_response):
         data = bytes(range(256)) * int(query.get("repeat", "1"))
         start_response("200 OK", [("Content-Type", "application/octet-stream")])
         return environ["wsgi.file_wrapper"](io.BytesIO(data), 1000)
+    if path == "/listed":
+        start_response("200 OK", TEXT)
+        return _Listed([b"listed-body"])
+    if path == "/generated":
+        start_response("200 OK", TEXT)
+        return iter([b"generated-body"].__iter__().__next__, None)
     if path == "/whoami":
         body = f"{os.getpid()} {threading.current_thread().name}".encode()
         start_response("200 OK", [*TEXT, ("Content-Length", str(len(body)))])

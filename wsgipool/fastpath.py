@@ -1,0 +1,296 @@
+"""The common request without aiohttp's per-request machinery: a lane beside it.
+
+Most requests a WSGI server sees are a GET or HEAD without a body, on an idle
+keep-alive connection, answered with a small whole response (a RAW frame: the
+worker serialised its head).  For those, aiohttp's request path (a task per
+request, request, writer and response objects, the handler's coroutines and
+their futures) is most of what the main process spends.  `serve()` without
+static routes, without an access log and without metrics gives its connections
+(limits.py's request handler) a `FastLane`; then such a request is:
+
+1. parsed by aiohttp's own parser, as every request (data_received);
+2. checked here (`eligible`): GET or HEAD, HTTP/1.1 or 1.0, no body, no
+   Expect, no Upgrade, no Transfer-Encoding, and the connection idle (nothing
+   else in progress or queued on it);
+3. handed to a worker only if a worker thread is free right now
+   (`ProcessExecutor.submit_now`), with the same facts `WSGIHandler` sends;
+4. answered from the exchange's listener when its first event arrives: a RAW
+   response of at most `MAX_BYTES`, to a client that has nothing unsent
+   waiting, is written to the transport as is.
+
+Anything else leaves the lane, and nothing is lost or done twice: before step 3
+the message is simply left to aiohttp (the connection's task is woken as
+usual); after it (any other first event: a streamed or large response, an
+error, a worker that died, a timeout, TAKEOVER) the message is put back at the
+head of the connection's queue with its exchange, and `WSGIHandler` adopts the
+exchange instead of submitting again (`adopt`), so retries, 502/504, streaming
+and the send deadline are the handler's as always.  Requests pipelined behind
+a fast one wait in the connection's queue until it is answered and are then
+served by aiohttp in order.  The connection stays aiohttp's: keep-alive
+timeout, head deadline, graceful shutdown (a fast request counts as a request
+in progress) and client disconnects (the exchange is closed, the worker told
+to stop) behave as on the aiohttp path.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import TYPE_CHECKING, Any, Final
+
+from aiohttp.http import HttpVersion10, HttpVersion11
+from aiohttp.http_parser import RawRequestMessage
+from aiohttp.streams import EMPTY_PAYLOAD
+
+from wsgipool import exchange as ev
+from wsgipool.body import EMPTY as EMPTY_BODY
+from wsgipool.environ import Collected, collect_message, connection_of
+
+if TYPE_CHECKING:
+    from wsgipool.executor import ProcessExecutor
+    from wsgipool.handler import WSGIHandler
+
+__all__ = ["MAX_BYTES", "FastLane"]
+
+#: The largest whole response written from the lane: well under the transport's
+#: high-water mark, so the write never pauses and no send deadline is needed.
+MAX_BYTES: Final = 16 * 1024
+
+_METHODS: Final = frozenset(("GET", "HEAD"))
+_VERSIONS: Final = (HttpVersion11, HttpVersion10)
+_RAW: Final = ev.RAW
+_CLOSE_LINE: Final = b"Connection: close\r\n"
+_KEEP_LINE: Final = b"Connection: keep-alive\r\n"
+
+
+class FastLane:
+    """What a server's connections need to serve requests on the lane."""
+
+    __slots__ = ("executor", "retry_methods")
+
+    def __init__(self, executor: ProcessExecutor, retry_methods: frozenset[str] | None) -> None:
+        self.executor = executor
+        self.retry_methods = retry_methods
+
+    @classmethod
+    def of(cls, handler: WSGIHandler) -> FastLane | None:
+        """The lane for `handler`'s requests, or None if they run in threads of this process."""
+        from wsgipool.executor import ProcessExecutor
+
+        executor = handler.executor
+        if not isinstance(executor, ProcessExecutor):
+            return None
+        return cls(executor, handler.retry_methods)
+
+
+def eligible(message: Any, payload: Any) -> bool:
+    """A request the lane may take: see the module's docstring."""
+    if payload is not EMPTY_PAYLOAD or type(message) is not RawRequestMessage:
+        return False
+    if message.method not in _METHODS or message.upgrade:
+        return False
+    version = message.version
+    if version not in _VERSIONS:
+        return False
+    headers = message.headers
+    return "Expect" not in headers and "Transfer-Encoding" not in headers
+
+
+class OnLane:
+    """A request on the lane: queued for a worker thread, then in flight."""
+
+    __slots__ = ("collected", "exchange", "granted", "message", "queued_at", "retrying")
+
+    def __init__(self, message: Any, collected: Collected, retrying: bool) -> None:
+        self.message = message
+        self.collected = collected
+        self.retrying = retrying
+        self.exchange: ev.Exchange | None = None
+        self.granted: asyncio.Future[Any] | None = None  # its place in the queue
+        self.queued_at = 0.0
+
+
+class HandedBack:
+    """A lane's request left to `WSGIHandler`: its exchange, or why it has none (503)."""
+
+    __slots__ = ("exchange", "message", "retrying", "unavailable")
+
+    def __init__(
+        self, message: Any, exchange: ev.Exchange | None, retrying: bool, unavailable: str = ""
+    ) -> None:
+        self.message = message
+        self.exchange = exchange
+        self.retrying = retrying
+        self.unavailable = unavailable
+
+
+def try_start(protocol: Any, lane: FastLane) -> bool:
+    """Take the first queued message of `protocol` onto the lane; False: leave it to aiohttp."""
+    message, payload = protocol._messages[0]
+    if not eligible(message, payload):
+        return False
+    transport = protocol.transport
+    if transport is None or transport.is_closing():
+        return False
+    method = message.method
+    retry_methods = lane.retry_methods
+    retrying = retry_methods is not None and method in retry_methods
+    collected = collect_message(message, connection_of(protocol, transport))
+    executor = lane.executor
+    exchange = executor.submit_now(collected, EMPTY_BODY, None, True, keep_body=retrying)
+    request = OnLane(message, collected, retrying)
+    if exchange is None:  # no free worker thread: wait in the queue, as the handler would
+        loop = protocol._loop
+        granted = executor.enqueue(loop)
+        if granted is None:  # queue full (503) or no pool: the handler's business
+            return False
+        request.granted = granted
+        request.queued_at = loop.time()
+        granted.add_done_callback(protocol.fast_granted)
+    else:
+        request.exchange = exchange
+        exchange.listen(protocol.fast_event)
+    protocol._messages.popleft()
+    protocol.fast = request
+    protocol._request_in_progress = True  # a graceful shutdown waits for it
+    manager = protocol._manager
+    if manager is not None:
+        manager.requests_count += 1
+    return True
+
+
+def on_granted(protocol: Any, lane: FastLane, granted: asyncio.Future[Any]) -> None:
+    """The queue gave the lane's request a worker thread (or gave up on it: 503)."""
+    request = protocol.fast
+    if request is None or request.granted is not granted or granted.cancelled():
+        return  # withdrawn (the client left)
+    request.granted = None
+    executor = lane.executor
+    try:
+        exchange = executor.submit_granted(
+            granted,
+            request.collected,
+            EMPTY_BODY,
+            True,
+            request.queued_at,
+            keep_body=request.retrying,
+        )
+    except ev.Unavailable as exc:
+        _hand_back(protocol, HandedBack(request.message, None, request.retrying, str(exc)))
+        return
+    if exchange is None:  # that worker is stopping: queue again
+        again = executor.enqueue(protocol._loop)
+        if again is None:
+            full = "the queue for a worker thread is full"
+            _hand_back(protocol, HandedBack(request.message, None, request.retrying, full))
+            return
+        request.granted = again
+        again.add_done_callback(protocol.fast_granted)
+        return
+    request.exchange = exchange
+    exchange.listen(protocol.fast_event)
+
+
+def on_event(protocol: Any, exchange: ev.Exchange) -> None:
+    """The first event of the lane's request arrived: answer, or hand it to aiohttp."""
+    request = protocol.fast
+    if request is None or request.exchange is not exchange:
+        return
+    exchange.listen(None)
+    event = exchange.peek()
+    assert event is not None  # one was just fed
+    kind, value = event
+    transport = protocol.transport
+    if (
+        kind == _RAW
+        and transport is not None
+        and len(value[2]) <= MAX_BYTES
+        and not transport.is_closing()
+        and not transport.get_write_buffer_size()
+    ):
+        exchange.take()
+        message = request.message
+        keep_alive = not message.should_close
+        _code, head_size, data = value
+        # aiohttp's rule for the Connection header, which the worker leaves to us.
+        if message.version == HttpVersion11:
+            line = b"" if keep_alive else _CLOSE_LINE
+        else:
+            line = _KEEP_LINE if keep_alive else b""
+        if line:
+            cut = head_size - 2  # before the blank line that ends the head
+            data = b"".join((data[:cut], line, data[cut:]))
+        transport.write(data)
+        exchange.close()
+        _finished(protocol, keep_alive)
+        return
+    # Anything else is the handler's, which adopts this exchange (WSGIHandler).
+    _hand_back(protocol, HandedBack(request.message, exchange, request.retrying))
+
+
+def _hand_back(protocol: Any, handed: HandedBack) -> None:
+    """aiohttp's task serves the request next, with what the lane did so far."""
+    protocol.fast = None
+    protocol.fast_adopted = handed
+    protocol._messages.appendleft((handed.message, EMPTY_PAYLOAD))
+    _wake(protocol)
+
+
+def _finished(protocol: Any, keep_alive: bool) -> None:
+    """The lane's response is written: the connection is idle again, or closes."""
+    protocol.fast = None
+    protocol._parser.message_consumed()
+    protocol._request_in_progress = False
+    waiter = protocol._handler_waiter
+    if waiter is not None and not waiter.done():
+        waiter.set_result(None)
+    if not keep_alive or protocol._force_close or protocol._close:
+        protocol.force_close()
+        return
+    timeout = protocol._keepalive_timeout
+    if timeout > 0:
+        loop = protocol._loop
+        close_time = loop.time() + timeout
+        protocol._next_keepalive_close_time = close_time
+        if protocol._keepalive_handle is None:
+            protocol._keepalive_handle = loop.call_at(close_time, protocol._process_keepalive)
+    if protocol._messages:  # pipelined behind it: aiohttp's turn
+        _wake(protocol)
+
+
+def _wake(protocol: Any) -> None:
+    waiter = protocol._waiter
+    if waiter is not None and not waiter.done():
+        waiter.set_result(None)
+
+
+def lost(protocol: Any, lane: FastLane) -> None:
+    """The connection is gone with a request on the lane (or handed back and not yet
+    adopted, which now never will be): stop its app, or leave the queue."""
+    handed = protocol.fast_adopted
+    if handed is not None:
+        protocol.fast_adopted = None
+        if handed.exchange is not None:
+            handed.exchange.close()
+    request = protocol.fast
+    if request is None:
+        return
+    protocol.fast = None
+    if request.granted is not None:
+        lane.executor.withdraw(request.granted)
+    exchange = request.exchange
+    if exchange is not None:
+        exchange.listen(None)
+        exchange.close()
+    protocol._request_in_progress = False
+    waiter = protocol._handler_waiter
+    if waiter is not None and not waiter.done():
+        waiter.set_result(None)
+
+
+def adopt(protocol: Any, message: Any) -> HandedBack | None:
+    """What the lane did for `message`, if it handed it back to aiohttp."""
+    handed = getattr(protocol, "fast_adopted", None)  # aiohttp's own handler has none
+    if handed is None or handed.message is not message:
+        return None
+    protocol.fast_adopted = None
+    return handed  # type: ignore[no-any-return]
