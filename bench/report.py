@@ -40,6 +40,8 @@ DISTRIBUTIONS = (
 )
 
 MIB = 1024 * 1024
+#: Servers whose main process's CPU per request is shown beside the tree's.
+MAIN_SHOWN = frozenset({"wsgipool", "wsgipool-metrics"})
 
 # -- the machine --------------------------------------------------------------------
 
@@ -350,7 +352,7 @@ def workload_tables(results: dict[str, Any]) -> list[str]:
                 rows.append([label, cell.get("shape", ""), problem] + [""] * 9)
                 continue
             r = cell["result"]
-            main = _cpu_of(cell, "main_us_per_request") if name == "wsgipool" else None
+            main = _cpu_of(cell, "main_us_per_request") if name in MAIN_SHOWN else None
             rows.append(
                 [
                     label,
@@ -400,7 +402,7 @@ def summary_table(results: dict[str, Any]) -> list[str]:
         for name in shown:
             cell = ok.get((workload, name))
             text = us_text(_cpu_of(cell, "tree_us_per_request"))
-            if name == "wsgipool" and cell is not None:
+            if name in MAIN_SHOWN and cell is not None:
                 text += f" (main {us_text(_cpu_of(cell, 'main_us_per_request'))})"
             row.append(text if cell else "")
         rows.append(row)
