@@ -83,6 +83,11 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="only samples of threads holding the GIL (CPU spent in Python, no waiting)",
     )
+    p.add_argument(
+        "--metrics",
+        action="store_true",
+        help="serve with --metrics-bind (the wsgipool-metrics server of --set metrics)",
+    )
     p.add_argument("--top", type=int, default=25, help="functions listed per process")
     p.add_argument("--out", type=Path, default=RESULTS)
     return p
@@ -196,7 +201,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     now = dt.datetime.now()
     host = re.sub(r"[^A-Za-z0-9._-]+", "-", socket.gethostname()) or "host"
-    stem = f"profile-{now:%Y-%m-%d}-{host}-{args.workload}"
+    tag = "-metrics" if args.metrics else ""
+    stem = f"profile-{now:%Y-%m-%d}-{host}-{args.workload}{tag}"
     args.out.mkdir(parents=True, exist_ok=True)
     ext = EXTENSIONS[args.format]
     outputs = {role: args.out / f"{stem}-{role}.{ext}" for role in ("main", "worker")}
@@ -207,7 +213,8 @@ def main(argv: list[str] | None = None) -> int:
     wl = WORKLOADS[args.workload]
     settings = Settings(workers=args.workers, threads=args.threads)
     port = free_port()
-    argv_server, extra_env = SERVERS["wsgipool"].build(settings, wl.app, port, [])
+    server_name = "wsgipool-metrics" if args.metrics else "wsgipool"
+    argv_server, extra_env = SERVERS[server_name].build(settings, wl.app, port, [])
     env = server_env(workdir, 64)
     env.update(extra_env)
     server = ServerProcess(argv_server, log_path=workdir / "server.log", env=env, cwd=ROOT)

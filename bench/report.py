@@ -40,6 +40,8 @@ DISTRIBUTIONS = (
 )
 
 MIB = 1024 * 1024
+#: Servers whose main process's CPU per request is shown beside the tree's.
+MAIN_SHOWN = frozenset({"wsgipool", "wsgipool-base", "wsgipool-metrics"})
 
 # -- the machine --------------------------------------------------------------------
 
@@ -220,8 +222,8 @@ def rps_ratio_text(results: dict[str, Any], workload: str, peer: str) -> str:
 
 
 def _is_wsgipool(name: str) -> bool:
-    """wsgipool or another build of it (--baseline): the main process is its frontend."""
-    return name == "wsgipool" or name == "wsgipool-base"
+    """A wsgipool build (itself, --baseline, metrics on): its main process is the frontend."""
+    return name in MAIN_SHOWN
 
 
 def _cpu_of(cell: dict[str, Any] | None, key: str) -> float | None:

@@ -28,6 +28,7 @@ __all__ = [
     "GrowthEntry",
     "GrowthTable",
     "normalise_path",
+    "route_of",
 ]
 
 #: The label of everything not kept by name (a real path always starts with "/").
@@ -83,6 +84,26 @@ def normalise_path(target: bytes | str) -> str:
     return _normalise(path)
 
 
+#: Request targets whose route `route_of` remembers (cleared when full: bounded memory).
+_TARGETS_KEPT = 4096
+_routes: dict[bytes, str] = {}
+
+
+def route_of(target: bytes) -> str:
+    """`normalise_path` of a raw request target, remembered: one dict lookup per request.
+
+    For the main process's event loop (one thread), which notes every measured
+    request: most requests repeat a target seen before.
+    """
+    route = _routes.get(target)
+    if route is None:
+        route = normalise_path(target)
+        if len(_routes) >= _TARGETS_KEPT:
+            _routes.clear()
+        _routes[target] = route
+    return route
+
+
 class GrowthEntry:
     """One path's figures: KiB grown and requests, since it entered the table."""
 
@@ -115,11 +136,14 @@ class GrowthTable:
         return len(self._entries)
 
     def add(self, path: str, rss_change_kib: int) -> None:
-        grown = rss_change_kib if rss_change_kib > 0 else 0
-        self.total_kib += grown
         self.total_requests += 1
         entries = self._entries
         entry = entries.get(path)
+        if rss_change_kib <= 0 and entry is not None:  # most requests: a path kept, no growth
+            entry.requests += 1
+            return
+        grown = rss_change_kib if rss_change_kib > 0 else 0
+        self.total_kib += grown
         if entry is None:
             floor = 0
             if len(entries) >= self.capacity:

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Protocol
 
 from wsgipool import exchange as ev
 from wsgipool import protocol as p
-from wsgipool.growth import GrowthTable, normalise_path
+from wsgipool.growth import GrowthTable, route_of
 from wsgipool.supervisor.channel import AsyncChannel
 from wsgipool.supervisor.guard import NEW, PROGRESS, RequestGuard
 
@@ -314,7 +314,7 @@ class WorkerHandle:
             raise p.ProtocolError(f"{name} for request {rid}, which this worker does not have")
 
     def _note_growth(self, target: bytes, kib: int) -> None:
-        path = normalise_path(target)
+        path = route_of(target)
         self.growth.add(path, kib)
         if self.pool_growth is not None:
             self.pool_growth.add(path, kib)

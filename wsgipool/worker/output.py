@@ -20,6 +20,7 @@ from wsgipool import protocol as p
 from wsgipool.worker.channel import BlockingChannel
 from wsgipool.worker.direct import ClientGone, DirectWriter, SendTimedOut
 from wsgipool.worker.head import serialise
+from wsgipool.worker.rss import RssMeter
 from wsgipool.wsgicall import ResponseOutput
 
 __all__ = ["FrameOutput", "RawHead"]
@@ -53,7 +54,7 @@ class FrameOutput(ResponseOutput):
         "_held_size",
         "_raw",
         "_rid",
-        "_rss_probe",
+        "_rss_meter",
         "_rss_start",
         "_start",
         "_waiter",
@@ -67,7 +68,7 @@ class FrameOutput(ResponseOutput):
         before_end: Callable[[], bytes],
         raw: RawHead | None = None,
         waiter: Waiter | None = None,
-        rss_probe: Callable[[], int] | None = None,
+        rss_meter: RssMeter | None = None,
     ) -> None:
         super().__init__(credit)
         self._channel = channel
@@ -76,7 +77,7 @@ class FrameOutput(ResponseOutput):
         self._held: list[bytes] = []  # body chunks not sent yet
         self._held_size = 0
         self._before_end = before_end
-        self._rss_probe = rss_probe  # set when the access log wants %(M)s
+        self._rss_meter = rss_meter  # set when %(M)s or the leak finder wants the change
         self._rss_start: int | None = None
         self._raw = raw  # the main process takes RAW heads and direct writes
         self._waiter = waiter
@@ -164,18 +165,22 @@ class FrameOutput(ResponseOutput):
 
     def mark_rss(self) -> None:
         """The app starts now: the RSS change reported with the end counts from here."""
-        if self._rss_probe is not None:
-            self._rss_start = self._rss_probe()
+        if self._rss_meter is not None:
+            self._rss_start = self._rss_meter.start()
 
     def _rss_trailer(self) -> bytes:
         start = self._rss_start
-        if start is None or self._rss_probe is None:
+        if start is None or self._rss_meter is None:
             return p.encode_rss(None)
-        return p.encode_rss((self._rss_probe() - start) // 1024)
+        self._rss_start = None
+        return p.encode_rss(self._rss_meter.end(start))
 
     def fail(self, message: str) -> None:
         # Headers not sent yet were never seen: drop them, so the answer is a clean 500.
         self._start = None
+        if self._rss_start is not None and self._rss_meter is not None:
+            self._rss_start = None
+            self._rss_meter.abandon()  # ERROR has no RSS trailer
         self._held.clear()
         if self._direct is not None:  # the head is out: the client must see a cut response
             self._direct.close()

@@ -37,6 +37,7 @@ from wsgipool.hooks import WorkerInfo, call_hook
 from wsgipool.logs.setup import LogSetup
 from wsgipool.worker.channel import BlockingChannel, ChannelClosed
 from wsgipool.worker.output import FrameOutput, RawHead
+from wsgipool.worker.rss import RssMeter, RssProbe
 from wsgipool.wsgicall import complete_environ, not_found, run_wsgi
 
 __all__ = ["WorkerSettings", "run_worker"]
@@ -86,25 +87,6 @@ class _Job:
         self.output = output
         self.retry = retry
         self.thread = 0
-
-
-class _RssProbe:
-    """Resident memory of this process from /proc, cheap enough to read per request."""
-
-    def __init__(self) -> None:
-        self._page = os.sysconf("SC_PAGE_SIZE")
-        try:
-            self._fd = os.open("/proc/self/statm", os.O_RDONLY)
-        except OSError:
-            self._fd = -1
-
-    def read(self) -> int:
-        if self._fd < 0:
-            import resource
-
-            return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-        fields = os.pread(self._fd, 128, 0).split()
-        return int(fields[1]) * self._page
 
 
 #: A worker's exit status when its post_fork hook raised.
@@ -163,11 +145,12 @@ class Worker:
         self.queue: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
         self.stopping = False
         self._reported_rss = False
-        self._rss = _RssProbe() if settings.max_rss or settings.max_rss_hard else None
-        # Per-request RSS changes (two reads of /proc/self/statm) only for an access log
-        # that shows them, or for the leak finder (--metrics-bind, --max-rss).
+        self._rss = RssProbe() if settings.max_rss or settings.max_rss_hard else None
+        # Per-request RSS changes (a read of /proc/self/statm per request, wsgipool.worker.rss)
+        # only for an access log that shows them, or for the leak finder (--metrics-bind,
+        # --max-rss).
         wanted = settings.logs.wants_rss_change or settings.request_rss
-        self._request_rss = _RssProbe().read if wanted else None
+        self._rss_meter = RssMeter(RssProbe()) if wanted else None
         self._served = itertools.count(1)
         self._decoder = p.FrameDecoder(p.TO_WORKER)
         self._lock = threading.Lock()
@@ -189,6 +172,8 @@ class Worker:
         threading.Thread(
             target=self._guarded(self._reader_loop), name="wsgipool-reader", daemon=True
         ).start()
+        if self._rss_meter is not None:
+            self._rss_meter.prime()  # the first request's start: its threads are up
         self.channel.send([p.frame(p.HELLO, 0, p.encode_hello(self.pid, self.settings.threads))])
         self._guarded(self._watchdog)()
         self.exit(0)
@@ -405,7 +390,7 @@ class Worker:
                 RawHead(facts.version, facts.method == "HEAD") if flags & p.FLAG_RAW_HEAD else None
             )
             output = FrameOutput(
-                self.channel, rid, credit, self._end_report, raw, self.wait_for, self._request_rss
+                self.channel, rid, credit, self._end_report, raw, self.wait_for, self._rss_meter
             )
             job = _Job(rid, facts, body, body_fd, output, bool(flags & p.FLAG_RETRY))
             with self._lock:
