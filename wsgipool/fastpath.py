@@ -5,8 +5,8 @@ keep-alive connection, answered with a small whole response (a RAW frame: the
 worker serialised its head).  For those, aiohttp's request path (a task per
 request, request, writer and response objects, the handler's coroutines and
 their futures) is most of what the main process spends.  `serve()` without
-static routes, without an access log and without metrics gives its connections
-(limits.py's request handler) a `FastLane`; then such a request is:
+static routes and without an access log gives its connections (limits.py's
+request handler) a `FastLane`; then such a request is:
 
 1. parsed by aiohttp's own parser, as every request (data_received);
 2. checked here (`eligible`): GET or HEAD, HTTP/1.1 or 1.0, no body, no
@@ -30,11 +30,18 @@ served by aiohttp in order.  The connection stays aiohttp's: keep-alive
 timeout, head deadline, graceful shutdown (a fast request counts as a request
 in progress) and client disconnects (the exchange is closed, the worker told
 to stop) behave as on the aiohttp path.
+
+With ``--metrics-bind`` the lane counts its requests in the same `RequestStats`
+as the handler's wrapper (metrics/requests.py): in flight while on the lane,
+then answered (by status class) or aborted; a request handed back is counted by
+the wrapper, from the moment the lane took it (`HandedBack.started`).  Requests
+for ``--health-path`` never take the lane: the main process answers them.
 """
 
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import TYPE_CHECKING, Any, Final
 
 from aiohttp.http import HttpVersion10, HttpVersion11
@@ -48,6 +55,7 @@ from wsgipool.environ import Collected, collect_message, connection_of
 if TYPE_CHECKING:
     from wsgipool.executor import ProcessExecutor
     from wsgipool.handler import WSGIHandler
+    from wsgipool.metrics.requests import RequestStats
 
 __all__ = ["MAX_BYTES", "FastLane"]
 
@@ -60,26 +68,38 @@ _VERSIONS: Final = (HttpVersion11, HttpVersion10)
 _RAW: Final = ev.RAW
 _CLOSE_LINE: Final = b"Connection: close\r\n"
 _KEEP_LINE: Final = b"Connection: keep-alive\r\n"
+_CLASSES: Final = ("1xx", "1xx", "2xx", "3xx", "4xx", "5xx")
+_clock = time.perf_counter
 
 
 class FastLane:
     """What a server's connections need to serve requests on the lane."""
 
-    __slots__ = ("executor", "retry_methods")
+    __slots__ = ("executor", "health", "retry_methods", "stats")
 
-    def __init__(self, executor: ProcessExecutor, retry_methods: frozenset[str] | None) -> None:
+    def __init__(
+        self,
+        executor: ProcessExecutor,
+        retry_methods: frozenset[str] | None,
+        stats: RequestStats | None = None,
+        health: str | None = None,
+    ) -> None:
         self.executor = executor
         self.retry_methods = retry_methods
+        self.stats = stats  # --metrics-bind's request counters
+        self.health = health  # --health-path: its requests stay the main process's
 
     @classmethod
-    def of(cls, handler: WSGIHandler) -> FastLane | None:
+    def of(
+        cls, handler: WSGIHandler, stats: RequestStats | None = None, health: str | None = None
+    ) -> FastLane | None:
         """The lane for `handler`'s requests, or None if they run in threads of this process."""
         from wsgipool.executor import ProcessExecutor
 
         executor = handler.executor
         if not isinstance(executor, ProcessExecutor):
             return None
-        return cls(executor, handler.retry_methods)
+        return cls(executor, handler.retry_methods, stats, health)
 
 
 def eligible(message: Any, payload: Any) -> bool:
@@ -98,7 +118,15 @@ def eligible(message: Any, payload: Any) -> bool:
 class OnLane:
     """A request on the lane: queued for a worker thread, then in flight."""
 
-    __slots__ = ("collected", "exchange", "granted", "message", "queued_at", "retrying")
+    __slots__ = (
+        "collected",
+        "exchange",
+        "granted",
+        "message",
+        "queued_at",
+        "retrying",
+        "started",
+    )
 
     def __init__(self, message: Any, collected: Collected, retrying: bool) -> None:
         self.message = message
@@ -107,20 +135,27 @@ class OnLane:
         self.exchange: ev.Exchange | None = None
         self.granted: asyncio.Future[Any] | None = None  # its place in the queue
         self.queued_at = 0.0
+        self.started = 0.0  # perf_counter() when the lane took it (with metrics)
 
 
 class HandedBack:
     """A lane's request left to `WSGIHandler`: its exchange, or why it has none (503)."""
 
-    __slots__ = ("exchange", "message", "retrying", "unavailable")
+    __slots__ = ("exchange", "message", "retrying", "started", "unavailable")
 
     def __init__(
-        self, message: Any, exchange: ev.Exchange | None, retrying: bool, unavailable: str = ""
+        self,
+        message: Any,
+        exchange: ev.Exchange | None,
+        retrying: bool,
+        unavailable: str = "",
+        started: float = 0.0,
     ) -> None:
         self.message = message
         self.exchange = exchange
         self.retrying = retrying
         self.unavailable = unavailable
+        self.started = started  # when the lane took it: the metrics' duration starts there
 
 
 def try_start(protocol: Any, lane: FastLane) -> bool:
@@ -128,6 +163,9 @@ def try_start(protocol: Any, lane: FastLane) -> bool:
     message, payload = protocol._messages[0]
     if not eligible(message, payload):
         return False
+    health = lane.health
+    if health is not None and message.path.startswith(health):
+        return False  # --health-path: answered by the main process, on aiohttp's path
     transport = protocol.transport
     if transport is None or transport.is_closing():
         return False
@@ -149,6 +187,10 @@ def try_start(protocol: Any, lane: FastLane) -> bool:
     else:
         request.exchange = exchange
         exchange.listen(protocol.fast_event)
+    stats = lane.stats
+    if stats is not None:
+        stats.in_flight += 1
+        request.started = _clock()
     protocol._messages.popleft()
     protocol.fast = request
     protocol._request_in_progress = True  # a graceful shutdown waits for it
@@ -175,13 +217,13 @@ def on_granted(protocol: Any, lane: FastLane, granted: asyncio.Future[Any]) -> N
             keep_body=request.retrying,
         )
     except ev.Unavailable as exc:
-        _hand_back(protocol, HandedBack(request.message, None, request.retrying, str(exc)))
+        _hand_back(protocol, lane, request, None, str(exc))
         return
     if exchange is None:  # that worker is stopping: queue again
         again = executor.enqueue(protocol._loop)
         if again is None:
             full = "the queue for a worker thread is full"
-            _hand_back(protocol, HandedBack(request.message, None, request.retrying, full))
+            _hand_back(protocol, lane, request, None, full)
             return
         request.granted = again
         again.add_done_callback(protocol.fast_granted)
@@ -190,7 +232,7 @@ def on_granted(protocol: Any, lane: FastLane, granted: asyncio.Future[Any]) -> N
     exchange.listen(protocol.fast_event)
 
 
-def on_event(protocol: Any, exchange: ev.Exchange) -> None:
+def on_event(protocol: Any, lane: FastLane, exchange: ev.Exchange) -> None:
     """The first event of the lane's request arrived: answer, or hand it to aiohttp."""
     request = protocol.fast
     if request is None or request.exchange is not exchange:
@@ -221,14 +263,32 @@ def on_event(protocol: Any, exchange: ev.Exchange) -> None:
             data = b"".join((data[:cut], line, data[cut:]))
         transport.write(data)
         exchange.close()
+        stats = lane.stats
+        if stats is not None:
+            stats.in_flight -= 1
+            status = _code // 100
+            stats.record(
+                message.method,
+                _CLASSES[status] if 0 < status < 6 else "5xx",
+                _clock() - request.started,
+            )
         _finished(protocol, keep_alive)
         return
     # Anything else is the handler's, which adopts this exchange (WSGIHandler).
-    _hand_back(protocol, HandedBack(request.message, exchange, request.retrying))
+    _hand_back(protocol, lane, request, exchange)
 
 
-def _hand_back(protocol: Any, handed: HandedBack) -> None:
+def _hand_back(
+    protocol: Any,
+    lane: FastLane,
+    request: OnLane,
+    exchange: ev.Exchange | None,
+    unavailable: str = "",
+) -> None:
     """aiohttp's task serves the request next, with what the lane did so far."""
+    if lane.stats is not None:
+        lane.stats.in_flight -= 1  # the handler's wrapper counts it from here on
+    handed = HandedBack(request.message, exchange, request.retrying, unavailable, request.started)
     protocol.fast = None
     protocol.fast_adopted = handed
     protocol._messages.appendleft((handed.message, EMPTY_PAYLOAD))
@@ -266,15 +326,21 @@ def _wake(protocol: Any) -> None:
 def lost(protocol: Any, lane: FastLane) -> None:
     """The connection is gone with a request on the lane (or handed back and not yet
     adopted, which now never will be): stop its app, or leave the queue."""
+    stats = lane.stats
     handed = protocol.fast_adopted
     if handed is not None:
         protocol.fast_adopted = None
         if handed.exchange is not None:
             handed.exchange.close()
+        if stats is not None:  # the wrapper will never see it
+            stats.record(handed.message.method, "aborted", _clock() - handed.started)
     request = protocol.fast
     if request is None:
         return
     protocol.fast = None
+    if stats is not None:
+        stats.in_flight -= 1
+        stats.record(request.message.method, "aborted", _clock() - request.started)
     if request.granted is not None:
         lane.executor.withdraw(request.granted)
     exchange = request.exchange

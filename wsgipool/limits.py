@@ -122,7 +122,8 @@ class _GuardedRequestHandler(RequestHandler):
 
     def fast_event(self, exchange: Any) -> None:
         """The first event of the request on the fast lane (an exchange's listener)."""
-        fastpath.on_event(self, exchange)
+        assert self.lane is not None
+        fastpath.on_event(self, self.lane, exchange)
 
     def fast_granted(self, granted: asyncio.Future[Any]) -> None:
         """The queue's answer for the request on the fast lane."""

@@ -116,6 +116,11 @@ def app(environ, start_response):
     if path == "/generated":
         start_response("200 OK", TEXT)
         return iter([b"generated-body"].__iter__().__next__, None)
+    if path == "/late-big":  # a whole response too large for the fast lane, after a wait
+        time.sleep(float(query.get("seconds", "0.6")))
+        body = b"x" * int(query.get("size", "40000"))
+        start_response("200 OK", [*TEXT, ("Content-Length", str(len(body)))])
+        return [body]
     if path == "/whoami":
         body = f"{os.getpid()} {threading.current_thread().name}".encode()
         start_response("200 OK", [*TEXT, ("Content-Length", str(len(body)))])

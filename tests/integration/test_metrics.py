@@ -398,3 +398,40 @@ def test_status_command_redraws_until_interrupted(run_server, tmp_path):
         for pipe in (proc.stdout, proc.stderr):
             if pipe is not None:
                 pipe.close()
+
+
+def test_fast_lane_requests_are_counted(run_server, tmp_path):
+    """With metrics on, serve()'s fast lane (fastpath.py) stays on and counts its requests."""
+    server, mport = metrics_server(
+        run_server, "streamapp:app", "--workers", "1", "--threads", "2", "--health-path", "/-/h"
+    )
+    conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
+    try:
+        for _ in range(5):  # one keep-alive connection, small answers: the lane's
+            conn.request("GET", "/whoami")
+            assert conn.getresponse().read()
+        conn.request("GET", "/-/h/ready")  # the main process's, never the app's
+        response = conn.getresponse()
+        assert (response.status, response.read()) == (200, b"ready\n")
+        # Too large for the lane: handed back to the handler after the app's 0.6 s,
+        # which must count in its duration.
+        conn.request("GET", "/late-big?seconds=0.6&size=40000")
+        response = conn.getresponse()
+        assert (response.status, len(response.read())) == (200, 40000)
+    finally:
+        conn.close()
+    # A client that leaves while its request runs on the lane: aborted, not in flight.
+    started = tmp_path / "started"
+    sock = socket.create_connection(("127.0.0.1", server.port))
+    sock.sendall(f"GET /slow?seconds=2&started={started} HTTP/1.1\r\nHost: t\r\n\r\n".encode())
+    assert wait_for(started.exists, 30)
+    sock.close()
+    requests = "wsgipool_http_requests_total"
+    assert wait_for(lambda: value(scrape(mport), requests, method="GET", status="aborted"), 30)
+    m = scrape(mport)
+    assert value(m, requests, method="GET", status="2xx") == 6
+    assert value(m, requests, method="GET", status="aborted") == 1
+    assert value(m, "wsgipool_http_request_duration_seconds_count") == 7
+    # Under 0.5 s: the 5 small answers and the aborted one; /late-big took 0.6 s.
+    assert value(m, "wsgipool_http_request_duration_seconds_bucket", le="0.5") == 6
+    assert value(m, "wsgipool_http_requests_in_flight") == 0

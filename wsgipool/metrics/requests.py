@@ -112,6 +112,11 @@ class RequestStats:
 
         async def counted(request: web.BaseRequest) -> web.StreamResponse:
             started = clock()
+            # A request the fast lane took and handed back (fastpath.py): its time
+            # counts from when the lane took it.
+            handed = getattr(request.protocol, "fast_adopted", None)
+            if handed is not None and handed.started and handed.message is request.message:
+                started = handed.started
             self.in_flight += 1
             status_class = "5xx"  # an exception: aiohttp answers 500
             try:
