@@ -289,6 +289,21 @@ def _bytes_after_an_upgrade_request_are_answered(addr) -> None:
         assert first.status == 200 and json.loads(first.body)["query"] == "x=1", raw
         second = rawhttp.parse_one(first.rest)
         assert second.status == 200 and json.loads(second.body)["query"] == "x=2", raw
+    # The upgrade request arrives in the packet that ends a large body: the body's
+    # packets are not searched for the word, the bytes after the body are.
+    body = b"x" * 200_000
+    head = b"POST /echo?x=0 HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n" % len(body)
+    upgrade = b"GET /echo?x=1 HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: h2c\r\n\r\n"
+    with rawhttp.connect(addr, 10) as sock:
+        sock.sendall(head + body[:-10])
+        time.sleep(0.3)  # most likely its own packet(s); the test holds either way
+        sock.sendall(body[-10:] + upgrade + follow)
+        raw = rawhttp.read_until_eof(sock, 10)
+    answers = [rawhttp.parse_one(raw)]
+    while len(answers) < 3:
+        answers.append(rawhttp.parse_one(answers[-1].rest))
+    queries = [json.loads(a.body)["query"] for a in answers]
+    assert [a.status for a in answers] == [200, 200, 200] and queries == ["x=0", "x=1", "x=2"]
 
 
 def test_static_serves_no_dotfiles_unless_allowed(run_server, executor_args, tmp_path):
