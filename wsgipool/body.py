@@ -78,8 +78,11 @@ async def read_body(
     """
     if not request.body_exists:
         return EMPTY
-    readany = request.content.readany
-    if stall is None:
+    content = request.content
+    readany = content.readany
+    if stall is None or content.is_eof():
+        # Without a limit, or with the whole body already here (most bodies of up to a
+        # few hundred KiB): nothing to wait for, so no deadline to arm per request.
         return await read_stream(readany, memory_limit, max_size)
     deadline = BodyDeadline(stall)
     try:
