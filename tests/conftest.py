@@ -42,6 +42,17 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def http_get(port: int, path: str, method: str = "GET", timeout: float = 30.0) -> tuple[int, bytes]:
+    """One request to 127.0.0.1:`port` on a fresh connection: (status, body)."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    try:
+        conn.request(method, path)
+        response = conn.getresponse()
+        return response.status, response.read()
+    finally:
+        conn.close()
+
+
 def request_once(
     conn: http.client.HTTPConnection,
     method: str,

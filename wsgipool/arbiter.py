@@ -39,7 +39,7 @@ import traceback
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from wsgipool import systemd
+from wsgipool import children, systemd
 from wsgipool.config import BindAddress, ConfigError
 from wsgipool.loader import AppImportError
 from wsgipool.logs import setup as logsetup
@@ -418,13 +418,7 @@ class Arbiter:
         self.notifier.ready(f"{len(self.frontends)} frontends serving, {mode}")
 
     def _reap(self) -> None:
-        while True:
-            try:
-                pid, status = os.waitpid(-1, os.WNOHANG)
-            except ChildProcessError:
-                return
-            if pid == 0:
-                return
+        for pid, status in children.reap():
             if pid == self._metrics_pid:
                 self._metrics_pid = 0
                 if self._stopping is None:

@@ -27,7 +27,7 @@ import psutil
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.conftest import ServerProcess, free_port
+from tests.conftest import ServerProcess, free_port, http_get
 from tests.e2e import rawhttp
 from tests.e2e.test_cli import (
     _refuses_connections,
@@ -352,16 +352,6 @@ def test_systemd_sockets_and_notifications_come_from_the_arbiter(run_server, sho
         notify.close()
 
 
-def _metrics_get(port: int, path: str) -> tuple[int, bytes]:
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
-    try:
-        conn.request("GET", path)
-        response = conn.getresponse()
-        return response.status, response.read()
-    finally:
-        conn.close()
-
-
 def test_metrics_bind_merges_the_frontends(run_server, tmp_path):
     metrics = free_port()
     server = _start(
@@ -378,9 +368,9 @@ def test_metrics_bind_merges_the_frontends(run_server, tmp_path):
         sent += 1
     assert seen == frontends
 
-    assert _metrics_get(metrics, "/healthz")[0] == 200
-    assert _metrics_get(metrics, "/readyz") == (200, b"ready\n")
-    status, body = _metrics_get(metrics, "/stats")
+    assert http_get(metrics, "/healthz")[0] == 200
+    assert http_get(metrics, "/readyz") == (200, b"ready\n")
+    status, body = http_get(metrics, "/stats")
     assert status == 200
     stats = json.loads(body)
     assert sorted(w["frontend"] for w in stats["workers"]) == [1, 1, 2]
@@ -389,7 +379,7 @@ def test_metrics_bind_merges_the_frontends(run_server, tmp_path):
     assert [f["up"] for f in stats["frontends"]] == [True, True]
     assert sum(r["count"] for r in stats["requests"]) == sent
 
-    status, body = _metrics_get(metrics, "/metrics")
+    status, body = http_get(metrics, "/metrics")
     assert status == 200
     families = {f.name: f for f in text_string_to_metric_families(body.decode())}
     up = {s.labels["frontend"]: s.value for s in families["wsgipool_frontend_up"].samples}
@@ -401,7 +391,7 @@ def test_metrics_bind_merges_the_frontends(run_server, tmp_path):
             by_frontend[key] = by_frontend.get(key, 0) + sample.value
     assert set(by_frontend) == {"1", "2"} and all(by_frontend.values())
     assert sum(by_frontend.values()) == sent
-    assert _metrics_get(metrics, "/")[0] == 200  # the status page, from the merged /stats
+    assert http_get(metrics, "/")[0] == 200  # the status page, from the merged /stats
 
     # `wsgipool status` reads the merged /stats as it reads one frontend's.
     table = subprocess.run(
@@ -431,7 +421,7 @@ def test_metrics_bind_merges_the_frontends(run_server, tmp_path):
     psutil.Process(sorted(frontends)[0]).kill()
 
     def both_up_again() -> bool:
-        doc = json.loads(_metrics_get(metrics, "/stats")[1])
+        doc = json.loads(http_get(metrics, "/stats")[1])
         return [f["up"] for f in doc["frontends"]] == [True, True] and len(doc["workers"]) == 3
 
     assert wait_for(both_up_again, 30), server.log
@@ -444,7 +434,7 @@ def test_metrics_bind_merges_the_frontends(run_server, tmp_path):
 
 def _try_status(port: int, path: str) -> int:
     try:
-        return _metrics_get(port, path)[0]
+        return http_get(port, path)[0]
     except OSError:
         return 0
 

@@ -11,7 +11,6 @@ path that grew the worker most.
 
 from __future__ import annotations
 
-import http.client
 import json
 import re
 from typing import Any
@@ -20,18 +19,9 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import free_port
+from tests.conftest import http_get as get
 from tests.e2e.test_status_page import CHROMIUM, headless
 from tests.polling import wait_for
-
-
-def get(port: int, path: str) -> tuple[int, bytes]:
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
-    try:
-        conn.request("GET", path)
-        response = conn.getresponse()
-        return response.status, response.read()
-    finally:
-        conn.close()
 
 
 def stats(port: int) -> dict[str, Any]:

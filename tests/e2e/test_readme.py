@@ -10,7 +10,6 @@ it, so that the commands themselves stay as written.
 from __future__ import annotations
 
 import contextlib
-import http.client
 import os
 import re
 import signal
@@ -22,6 +21,7 @@ import psutil
 import pytest
 
 from tests.conftest import ROOT, free_port
+from tests.conftest import http_get as get
 from tests.polling import wait_for
 
 README = (ROOT / "README.md").read_text()
@@ -83,16 +83,6 @@ def run_script(script: str, cwd: Path, port: int):
                 os.kill(pid, signal.SIGKILL)
         with contextlib.suppress(subprocess.TimeoutExpired):
             proc.wait(5)
-
-
-def get(port: int, path: str) -> tuple[int, bytes]:
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
-    try:
-        conn.request("GET", path)
-        response = conn.getresponse()
-        return response.status, response.read()
-    finally:
-        conn.close()
 
 
 def test_django_quick_start_word_for_word(tmp_path):

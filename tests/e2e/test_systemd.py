@@ -9,7 +9,6 @@ test binds, standing in for systemd's NOTIFY_SOCKET.
 from __future__ import annotations
 
 import configparser
-import http.client
 import json
 import os
 import shlex
@@ -23,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import ROOT, ServerProcess, free_port
+from tests.conftest import ROOT, ServerProcess, free_port, http_get
 from tests.polling import wait_for
 from wsgipool.cli import build_parser
 from wsgipool.config import Config, PoolConfig, split_options
@@ -68,13 +67,7 @@ def notify(short_tmp: Path) -> Iterator[NotifySocket]:
 
 
 def get(port: int, path: str = "/env") -> tuple[int, bytes]:
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
-    try:
-        conn.request("GET", path)
-        response = conn.getresponse()
-        return response.status, response.read()
-    finally:
-        conn.close()
+    return http_get(port, path)
 
 
 def test_ready_reloading_watchdog_and_stopping(

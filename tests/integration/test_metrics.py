@@ -25,20 +25,11 @@ from prometheus_client.parser import text_string_to_metric_families
 
 import wsgipool
 from tests.conftest import APPS, ROOT, free_port
+from tests.conftest import http_get as get
 from tests.e2e.test_cli import assert_one_line_error, run_cli, wsgipool_cmd
 from tests.polling import wait_for
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
-
-
-def get(port: int, path: str, method: str = "GET", timeout: float = 30.0) -> tuple[int, bytes]:
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
-    try:
-        conn.request(method, path)
-        response = conn.getresponse()
-        return response.status, response.read()
-    finally:
-        conn.close()
 
 
 def scrape(port: int) -> Samples:

@@ -210,33 +210,9 @@ def render_families(parts: list[tuple[int, str | None]]) -> bytes:
 
 def bind(text: str, perms: int) -> tuple[socket.socket, str | None]:
     """The public metrics socket (and its unix path), bound by the arbiter; ConfigError if not."""
-    from wsgipool.config import ConfigError, describe, parse_bind
+    from wsgipool.metrics.service import bind_listener
 
-    try:
-        import prometheus_client  # noqa: F401
-    except ImportError:
-        raise ConfigError(
-            f"{describe('metrics_bind')}: needs prometheus_client; "
-            "install it with: pip install 'wsgipool[metrics]'"
-        ) from None
-    from wsgipool.metrics.service import _bind_unix
-
-    address = parse_bind(text)
-    if address.kind == "unix":
-        return _bind_unix(address.path, perms), address.path
-    host = address.host or "0.0.0.0"
-    try:
-        info = socket.getaddrinfo(host, address.port, type=socket.SOCK_STREAM)[0]
-        sock = socket.create_server((str(info[4][0]), int(info[4][1])), family=info[0])
-    except socket.gaierror as exc:
-        raise ConfigError(
-            f"{describe('metrics_bind')}: cannot resolve {host!r}: {exc.strerror}"
-        ) from None
-    except OSError as exc:
-        raise ConfigError(
-            f"{describe('metrics_bind')}: cannot listen on {text}: {exc.strerror}"
-        ) from None
-    return sock, None
+    return bind_listener(text, perms)
 
 
 def serve(sock: socket.socket, sources: list[tuple[int, str]]) -> None:

@@ -69,30 +69,7 @@ class Observability:
         text = self.server.config.metrics_bind
         if text is None:
             return
-        try:
-            import prometheus_client  # noqa: F401
-        except ImportError:
-            raise ConfigError(
-                f"{describe('metrics_bind')}: needs prometheus_client; "
-                "install it with: pip install 'wsgipool[metrics]'"
-            ) from None
-        address = parse_bind(text)
-        if address.kind == "unix":
-            self._sock = _bind_unix(address.path, self.server.config.unix_socket_perms)
-            self._unix_path = address.path
-            return
-        host = address.host or "0.0.0.0"
-        try:
-            info = socket.getaddrinfo(host, address.port, type=socket.SOCK_STREAM)[0]
-            sock = socket.create_server((str(info[4][0]), int(info[4][1])), family=info[0])
-        except socket.gaierror as exc:
-            raise ConfigError(
-                f"{describe('metrics_bind')}: cannot resolve {host!r}: {exc.strerror}"
-            ) from None
-        except OSError as exc:
-            raise ConfigError(
-                f"{describe('metrics_bind')}: cannot listen on {text}: {exc.strerror}"
-            ) from None
+        sock, self._unix_path = bind_listener(text, self.server.config.unix_socket_perms)
         sock.setblocking(False)
         self._sock = sock
 
@@ -261,6 +238,36 @@ class Observability:
             total = self.stats.total if self.stats is not None else 0
             self.history.record(rss, total)
             await asyncio.sleep(SAMPLE_INTERVAL)
+
+
+def bind_listener(text: str, perms: int) -> tuple[socket.socket, str | None]:
+    """The metrics socket for ``--metrics-bind`` (and its unix path); ConfigError if not.
+
+    Also the arbiter's, for the address it serves for every frontend (merged.py).
+    """
+    try:
+        import prometheus_client  # noqa: F401
+    except ImportError:
+        raise ConfigError(
+            f"{describe('metrics_bind')}: needs prometheus_client; "
+            "install it with: pip install 'wsgipool[metrics]'"
+        ) from None
+    address = parse_bind(text)
+    if address.kind == "unix":
+        return _bind_unix(address.path, perms), address.path
+    host = address.host or "0.0.0.0"
+    try:
+        info = socket.getaddrinfo(host, address.port, type=socket.SOCK_STREAM)[0]
+        sock = socket.create_server((str(info[4][0]), int(info[4][1])), family=info[0])
+    except socket.gaierror as exc:
+        raise ConfigError(
+            f"{describe('metrics_bind')}: cannot resolve {host!r}: {exc.strerror}"
+        ) from None
+    except OSError as exc:
+        raise ConfigError(
+            f"{describe('metrics_bind')}: cannot listen on {text}: {exc.strerror}"
+        ) from None
+    return sock, None
 
 
 def _bind_unix(path: str, perms: int) -> socket.socket:

@@ -19,6 +19,7 @@ import time
 from collections import Counter, deque
 from typing import Any, NamedTuple, Protocol
 
+from wsgipool import children
 from wsgipool import protocol as p
 from wsgipool.cgi import EnvironOptions
 from wsgipool.config import PoolConfig
@@ -767,6 +768,4 @@ def _reap_adopted(pid: int) -> tuple[int, int] | None:
         return None  # not ours: the template reaps it (the normal case)
     if reaped == 0:
         return None  # ours but still exiting: the overdue timer tries again
-    if os.WIFSIGNALED(status):
-        return (p.EXIT_SIGNAL, os.WTERMSIG(status))
-    return (p.EXIT_CODE, os.waitstatus_to_exitcode(status))
+    return children.exit_status(status)

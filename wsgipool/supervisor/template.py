@@ -22,6 +22,7 @@ import traceback
 from collections.abc import Callable
 from typing import Any, NamedTuple, NoReturn
 
+from wsgipool import children
 from wsgipool import protocol as p
 from wsgipool.hooks import WorkerInfo, load_hook
 from wsgipool.loader import AppImportError, load_app
@@ -254,18 +255,9 @@ class Template:
             pass
 
     def _reap(self) -> None:
-        while True:
-            try:
-                pid, status = os.waitpid(-1, os.WNOHANG)
-            except ChildProcessError:
-                return
-            if pid == 0:
-                return
+        for pid, status in children.reap():
             self.children.discard(pid)
-            if os.WIFSIGNALED(status):
-                payload = p.encode_exited(pid, p.EXIT_SIGNAL, os.WTERMSIG(status))
-            else:
-                payload = p.encode_exited(pid, p.EXIT_CODE, os.waitstatus_to_exitcode(status))
+            payload = p.encode_exited(pid, *children.exit_status(status))
             try:
                 self.channel.send([p.frame(p.EXITED, 0, payload)])
             except OSError:
