@@ -25,7 +25,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, MutableMapping
 from concurrent.futures import Executor, ThreadPoolExecutor
 from typing import IO, TYPE_CHECKING, Any
@@ -38,7 +37,7 @@ from wsgipool.body import Body, BodyTooLarge, read_stream
 from wsgipool.cgi import EnvironOptions
 from wsgipool.environ import Collected
 from wsgipool.ratelog import RateLimitedLog
-from wsgipool.relay import GONE, Head, relay
+from wsgipool.relay import GONE, Head, file_pieces, relay
 from wsgipool.retry import first_event
 from wsgipool.threaded import ThreadBackend
 
@@ -54,7 +53,6 @@ Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 
-_FILE_CHUNK = 256 * 1024
 #: Seconds between looks at the requests in flight (see `_DisconnectWatch`).
 _WATCH_INTERVAL = 0.5
 _REASONS = {
@@ -511,13 +509,8 @@ class _Sink:
 
     async def send_file(self, fd: int, offset: int, count: int) -> int:
         """The descriptor's bytes as body messages, read off the loop one chunk at a time."""
-        loop = asyncio.get_running_loop()
         sent = 0
-        while sent < count:
-            size = min(_FILE_CHUNK, count - sent)
-            chunk = await loop.run_in_executor(None, os.pread, fd, size, offset + sent)
-            if not chunk:
-                break
+        async for chunk in file_pieces(fd, offset, count):
             await self.send({"type": "http.response.body", "body": chunk, "more_body": True})
             sent += len(chunk)
         return sent

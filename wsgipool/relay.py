@@ -26,8 +26,10 @@ imports aiohttp or knows ASGI.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
+from collections.abc import AsyncIterator
 from typing import Protocol
 
 from wsgipool import exchange as ev
@@ -271,3 +273,23 @@ async def _stream(exchange: ev.Exchange, sink: Sink, head: Head) -> None:
         await sink.cut(_short(length, written))
         return
     await sink.finish()
+
+
+#: How much of a file a sink without sendfile(2) reads and writes at a time.
+FILE_PIECE = 256 * 1024
+
+
+async def file_pieces(
+    fd: int, offset: int, count: int, piece: int = FILE_PIECE
+) -> AsyncIterator[bytes]:
+    """Up to `count` bytes of `fd` from `offset`, `piece` bytes at a time, each read in
+    a thread (off the loop): for a sink that cannot sendfile(2) (TLS, ASGI)."""
+    loop = asyncio.get_running_loop()
+    done = 0
+    while done < count:
+        size = min(piece, count - done)
+        data = await loop.run_in_executor(None, os.pread, fd, size, offset + done)
+        if not data:
+            return
+        done += len(data)
+        yield data

@@ -24,7 +24,7 @@ from aiohttp.http import HttpVersion, HttpVersion10, HttpVersion11
 from wsgipool import exchange as ev
 from wsgipool.deadlines import Sending
 from wsgipool.logs.escape import escape
-from wsgipool.relay import ClientGone, Head, relay
+from wsgipool.relay import ClientGone, Head, file_pieces, relay
 from wsgipool.wsgicall import SERVER_HEADER
 
 __all__ = ["error_response", "write_response"]
@@ -46,7 +46,6 @@ _REASONS = {
     504: "Gateway Timeout",
     505: "HTTP Version Not Supported",
 }
-_FALLBACK_CHUNK = 256 * 1024
 #: How long a cancelled handler still waits for a direct write's DONE (for the access log).
 _DONE_GRACE = 2.0
 
@@ -532,13 +531,8 @@ def _set_result(waiter: asyncio.Future[None]) -> None:
 async def _send_file_fallback(
     response: web.StreamResponse, fd: int, offset: int, count: int
 ) -> int:
-    loop = asyncio.get_running_loop()
     sent = 0
-    while sent < count:
-        size = min(_FALLBACK_CHUNK, count - sent)
-        chunk = await loop.run_in_executor(None, os.pread, fd, size, offset + sent)
-        if not chunk:
-            break
+    async for chunk in file_pieces(fd, offset, count):
         await response.write(chunk)
         sent += len(chunk)
     return sent
