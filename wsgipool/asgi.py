@@ -31,7 +31,7 @@ from typing import IO, TYPE_CHECKING, Any
 from urllib.parse import quote, unquote_to_bytes
 
 from wsgipool import exchange as ev
-from wsgipool.backends import place
+from wsgipool.backends import check_keywords, place
 from wsgipool.body import EMPTY as EMPTY_BODY
 from wsgipool.body import Body, BodyTooLarge, read_stream
 from wsgipool.cgi import EnvironOptions
@@ -103,14 +103,7 @@ class WSGIMiddleware:
         forwarded_allow_ips: Iterable[str] = ("127.0.0.1", "::1"),
         stderr: IO[str] | None = None,
     ) -> None:
-        for name, value in (
-            ("inbuf_overflow", inbuf_overflow),
-            ("max_request_body_size", max_request_body_size),
-        ):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-                raise ValueError(f"{name} must be an int >= 0, got {value!r}")
-        if url_scheme is not None and url_scheme not in ("http", "https"):
-            raise ValueError(f"url_scheme must be 'http' or 'https', got {url_scheme!r}")
+        check_keywords(inbuf_overflow, max_request_body_size, url_scheme)
         if workers is not None:
             if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
                 raise ValueError(f"workers must be an int >= 1, got {workers!r}")

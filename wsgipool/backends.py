@@ -21,7 +21,7 @@ from wsgipool.threaded import ThreadBackend
 if TYPE_CHECKING:
     from wsgipool.executor import ProcessExecutor
 
-__all__ = ["INLINE_BODY_LIMIT", "Placement", "place"]
+__all__ = ["INLINE_BODY_LIMIT", "Placement", "check_keywords", "place"]
 
 #: Bodies up to this size travel inside the request frame to a worker; larger
 #: ones are spooled to a file whose descriptor the worker reads.
@@ -63,3 +63,17 @@ def place(
         raise TypeError(f"application must be callable, got {type(app).__name__}")
     backend = ThreadBackend(app, executor, options, stderr=stderr, window=ev.RESPONSE_WINDOW)
     return Placement(backend, inbuf_overflow, in_process=True)
+
+
+def check_keywords(
+    inbuf_overflow: object, max_request_body_size: object, url_scheme: object
+) -> None:
+    """The keywords every frontend (WSGIHandler, WSGIMiddleware) takes alike; ValueError."""
+    for name, value in (
+        ("inbuf_overflow", inbuf_overflow),
+        ("max_request_body_size", max_request_body_size),
+    ):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise ValueError(f"{name} must be an int >= 0, got {value!r}")
+    if url_scheme is not None and url_scheme not in ("http", "https"):
+        raise ValueError(f"url_scheme must be 'http' or 'https', got {url_scheme!r}")

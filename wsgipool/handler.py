@@ -20,7 +20,7 @@ from typing import IO, TYPE_CHECKING, Any
 from aiohttp import web
 
 from wsgipool import exchange as ev
-from wsgipool.backends import place
+from wsgipool.backends import check_keywords, place
 from wsgipool.body import EMPTY as EMPTY_BODY
 from wsgipool.body import Body, BodyTooLarge, read_body
 from wsgipool.cgi import EnvironOptions
@@ -79,16 +79,9 @@ class WSGIHandler:
         send_timeout: float | None = 60.0,
         body_timeout: float | None = 60.0,
     ) -> None:
-        for name, value in (
-            ("inbuf_overflow", inbuf_overflow),
-            ("max_request_body_size", max_request_body_size),
-        ):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-                raise ValueError(f"{name} must be an int >= 0, got {value!r}")
+        check_keywords(inbuf_overflow, max_request_body_size, url_scheme)
         send_timeout = _deadline("send_timeout", send_timeout)
         self._body_timeout = _deadline("body_timeout", body_timeout)
-        if url_scheme is not None and url_scheme not in ("http", "https"):
-            raise ValueError(f"url_scheme must be 'http' or 'https', got {url_scheme!r}")
         if hasattr(inspect, "markcoroutinefunction"):  # Python 3.12+: what aiohttp checks there
             inspect.markcoroutinefunction(self)
         self._max_body = max_request_body_size
