@@ -616,6 +616,10 @@ def test_sigterm_finishes_in_flight_requests_exits_0_and_leaves_no_process(
                 socket.create_connection(("127.0.0.1", server.port), timeout=1).close()
             except ConnectionRefusedError:
                 return True
+            except TimeoutError:
+                # Neither refused nor accepted in time: on a loaded machine this test
+                # process may not run within the second it gives connect(); ask again.
+                return False
             return False
 
         assert wait_for(refused, 2.5, interval=0.02)
