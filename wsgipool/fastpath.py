@@ -68,7 +68,6 @@ _VERSIONS: Final = (HttpVersion11, HttpVersion10)
 _RAW: Final = ev.RAW
 _CLOSE_LINE: Final = b"Connection: close\r\n"
 _KEEP_LINE: Final = b"Connection: keep-alive\r\n"
-_CLASSES: Final = ("1xx", "1xx", "2xx", "3xx", "4xx", "5xx")
 _clock = time.perf_counter
 
 
@@ -266,12 +265,7 @@ def on_event(protocol: Any, lane: FastLane, exchange: ev.Exchange) -> None:
         stats = lane.stats
         if stats is not None:
             stats.in_flight -= 1
-            status = _code // 100
-            stats.record(
-                message.method,
-                _CLASSES[status] if 0 < status < 6 else "5xx",
-                _clock() - request.started,
-            )
+            stats.answered(message.method, _code, _clock() - request.started)
         _finished(protocol, keep_alive)
         return
     # Anything else is the handler's, which adopts this exchange (WSGIHandler).

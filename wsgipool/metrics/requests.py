@@ -87,6 +87,10 @@ class RequestStats:
     def total(self) -> int:
         return sum(self.by_method_class.values())
 
+    def answered(self, method: str, status: int, seconds: float) -> None:
+        """A request answered with `status` (the fast lane's; the wrapper inlines this)."""
+        self.record(method, _CLASSES[status // 100] if 100 <= status < 600 else "5xx", seconds)
+
     def record(self, method: str, status_class: str, seconds: float) -> None:
         key = (method if method in _METHODS else "other", status_class)
         counts = self.by_method_class
