@@ -22,12 +22,19 @@ cancels.
 
 The main process alone is the server process's utime + stime (not its
 children's): for wsgipool, the aiohttp frontend with its threads.
+
+The event loops are the processes two levels above the deepest leaves (the
+workers): wsgipool's frontend is the parent of the template that forks the
+workers, so with one frontend that is the root itself and with ``--frontends N``
+the N children of the arbiter.  Their own times, each apart, say whether one
+frontend is the ceiling (bench/scaling.py).  Servers without a template
+(gunicorn, Granian) have none.
 """
 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 TICK = float(os.sysconf("SC_CLK_TCK")) if hasattr(os, "sysconf") else 100.0
@@ -40,9 +47,16 @@ class Times:
     tree: float
     main: float
     processes: int
+    loops: dict[int, float] = field(default_factory=dict)  # event-loop PID: own seconds
 
     def __sub__(self, earlier: Times) -> Times:
-        return Times(self.tree - earlier.tree, self.main - earlier.main, self.processes)
+        # A loop that was not there at the first reading (restarted) is left out.
+        loops = {
+            pid: spent - earlier.loops[pid]
+            for pid, spent in self.loops.items()
+            if pid in earlier.loops
+        }
+        return Times(self.tree - earlier.tree, self.main - earlier.main, self.processes, loops)
 
 
 def _stat(pid: int) -> tuple[int, list[str]] | None:
@@ -88,14 +102,22 @@ def read(root: int) -> Times | None:
     for pid, (ppid, _) in stats.items():
         children.setdefault(ppid, []).append(pid)
     total = count = 0
-    todo = [root]
+    depth: dict[int, int] = {}
+    todo = [(root, 0)]
     while todo:
-        pid = todo.pop()
+        pid, level = todo.pop()
         fields = stats[pid][1]
         total += _own(fields) + _reaped(fields)
         count += 1
-        todo.extend(children.get(pid, ()))
-    return Times(tree=total / TICK, main=_own(stats[root][1]) / TICK, processes=count)
+        depth[pid] = level
+        todo.extend((child, level + 1) for child in children.get(pid, ()))
+    loop_level = max(depth.values()) - 2
+    loops = {
+        pid: _own(stats[pid][1]) / TICK
+        for pid, level in depth.items()
+        if level == loop_level and children.get(pid)
+    }
+    return Times(total / TICK, _own(stats[root][1]) / TICK, count, loops)
 
 
 def per_request(spent: Times, requests: int) -> dict[str, float | int | None]:
@@ -110,5 +132,6 @@ def per_request(spent: Times, requests: int) -> dict[str, float | int | None]:
         "requests": requests,
         "tree_us_per_request": us(spent.tree),
         "main_us_per_request": us(spent.main),
+        "loops_s": sorted((round(s, 3) for s in spent.loops.values()), reverse=True),
         "tick_s": round(1 / TICK, 4),
     }
