@@ -330,3 +330,27 @@ def test_interleaved_run_end_to_end(tmp_path):
     assert ratio["min"] > 0
     (md,) = tmp_path.glob("*.md")
     assert "CPU µs/req (tree)" in md.read_text()
+
+
+@pytest.mark.skipif(shutil.which("wrk") is None, reason="wrk is not installed")
+def test_scaling_run_finds_each_frontends_loop(tmp_path):
+    """bench.scaling with one and two frontends: the loops it times are the frontends."""
+    from bench import scaling
+
+    out = tmp_path / "scaling.json"
+    argv = ["--workers", "2", "--frontends", "1,2", "--workloads", "hello", "--duration", "1"]
+    argv += ["--warmup", "0", "--connections", "4", "--wrk-threads", "1", "--out", str(out)]
+    assert scaling.main(argv) == 0
+    results = json.loads(out.read_text())
+    one, two = results["cells"]
+    for cell in (one, two):
+        assert cell["status"] == "ok", cell.get("reason")
+    # One frontend: the server process itself; two: the arbiter's two children.
+    assert len(one["cpu"]["loops_s"]) == 1 and one["cpu"]["loops_s"][0] > 0
+    assert one["cpu"]["loops_s"][0] == pytest.approx(one["cpu"]["main_s"])
+    # (With 4 connections one frontend may accept them all: only the busier must have run.)
+    assert len(two["cpu"]["loops_s"]) == 2 and two["cpu"]["main_s"] < max(two["cpu"]["loops_s"])
+    rows = results["rows"]
+    assert [(r["frontends"], r["workers"]) for r in rows] == [(1, 2), (2, 2)]
+    assert all(r["rps"] > 0 and 0 < r["busiest_loop"] <= 1.5 for r in rows)
+    assert "| hello | wsgipool 2 frontends | 2 |" in out.with_suffix(".md").read_text()
