@@ -23,81 +23,16 @@ import psutil
 import pytest
 
 import wsgipool
+from tests.cli import (
+    assert_one_line_error,
+    not_zombie,
+    refuses_connections,
+    run_cli,
+    wsgipool_cmd,
+)
 from tests.conftest import free_port, server_env
 
 VENV_BIN = Path(sys.executable).parent
-
-
-def run_cli(
-    argv: list[str], cwd: Path, timeout: float = 30.0, env: dict[str, str] | None = None
-) -> tuple[int, str, str, list[int]]:
-    """Run a command that should exit by itself; (code, stdout, stderr, PIDs left alive).
-
-    Every process it started is remembered while it runs and killed at the end,
-    so a server that does not exit cannot outlive the test.
-    """
-    proc = subprocess.Popen(
-        argv,
-        cwd=cwd,
-        env=server_env(env),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        stdin=subprocess.DEVNULL,
-        start_new_session=True,
-    )
-    known: set[int] = set()
-    out: list[bytes] = []
-
-    def collect() -> None:
-        out.extend(proc.communicate())
-
-    reader = threading.Thread(target=collect, daemon=True)
-    reader.start()
-    deadline = time.monotonic() + timeout
-    try:
-        while reader.is_alive() and time.monotonic() < deadline:
-            with contextlib.suppress(psutil.Error):
-                known.update(p.pid for p in psutil.Process(proc.pid).children(recursive=True))
-            reader.join(0.02)
-        assert not reader.is_alive(), f"{argv} did not exit within {timeout}s"
-        # Whatever it started must be gone too (bounded wait for the last exits).
-        alive: list[int] = []
-        for _ in range(100):
-            alive = [pid for pid in known if psutil.pid_exists(pid) and _not_zombie(pid)]
-            if not alive:
-                break
-            time.sleep(0.05)
-        return proc.returncode, out[0].decode(), out[1].decode(), alive
-    finally:
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(proc.pid, signal.SIGKILL)
-        for pid in known:
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.kill(pid, signal.SIGKILL)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            proc.wait(5)
-
-
-def _not_zombie(pid: int) -> bool:
-    try:
-        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return False
-
-
-def wsgipool_cmd(*args: str) -> list[str]:
-    return [sys.executable, "-m", "wsgipool", *args]
-
-
-def assert_one_line_error(stderr: str, *needles: str) -> str:
-    lines = [line for line in stderr.splitlines() if line.strip()]
-    assert len(lines) == 1, stderr
-    line = lines[0]
-    assert line.startswith("wsgipool: error: "), stderr
-    assert "Traceback" not in stderr
-    for needle in needles:
-        assert needle in line, (needle, line)
-    return line
 
 
 # -- graceful stop ----------------------------------------------------------------------------
@@ -121,16 +56,6 @@ def _get_in_thread(port: int, path: str, result: dict) -> threading.Thread:
     return thread
 
 
-def _refuses_connections(port: int) -> bool:
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=1):
-            return False
-    except ConnectionRefusedError:
-        return True
-    except OSError:
-        return False
-
-
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
 def test_signal_lets_the_request_in_flight_finish_and_exits_0(
     run_server, executor_args, tmp_path, sig
@@ -148,9 +73,9 @@ def test_signal_lets_the_request_in_flight_finish_and_exits_0(
     server.signal(sig)
     # The server stops accepting while the request is still running...
     deadline = time.monotonic() + 10
-    while not _refuses_connections(server.port) and time.monotonic() < deadline:
+    while not refuses_connections(server.port) and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert _refuses_connections(server.port), "still accepting connections after the signal"
+    assert refuses_connections(server.port), "still accepting connections after the signal"
     assert thread.is_alive() and not result
     # ...and the request in flight finishes normally.
     release.write_text("go")
@@ -169,10 +94,10 @@ def test_sigterm_on_an_idle_server_exits_0_and_leaves_no_process(run_server, exe
     assert server.wait(20) == 0
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
-        if not any(psutil.pid_exists(c.pid) and _not_zombie(c.pid) for c in children):
+        if not any(psutil.pid_exists(c.pid) and not_zombie(c.pid) for c in children):
             break
         time.sleep(0.05)
-    assert not [c.pid for c in children if psutil.pid_exists(c.pid) and _not_zombie(c.pid)]
+    assert not [c.pid for c in children if psutil.pid_exists(c.pid) and not_zombie(c.pid)]
 
 
 # -- bad APP --------------------------------------------------------------------------------
@@ -201,7 +126,7 @@ def test_bad_app_exits_2_with_one_line(tmp_path, executor_args, app, needle):
     assert_one_line_error(stderr, needle)
     assert "Traceback" not in stdout
     assert alive == [], "processes left behind after a failed start"
-    assert _refuses_connections(port)
+    assert refuses_connections(port)
 
 
 # -- bad option values ------------------------------------------------------------------------

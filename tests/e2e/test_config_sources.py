@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.cli import assert_one_line_error, run_cli, wsgipool_cmd
 from tests.conftest import free_port
-from tests.e2e.test_cli import assert_one_line_error, run_cli, wsgipool_cmd
 from wsgipool.cpus import available_cpus
 
 

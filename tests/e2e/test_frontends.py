@@ -27,16 +27,11 @@ import psutil
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from tests.cli import assert_one_line_error, refuses_connections, run_cli, wsgipool_cmd
 from tests.conftest import ServerProcess, free_port, http_get
 from tests.e2e import rawhttp
-from tests.e2e.test_cli import (
-    _refuses_connections,
-    assert_one_line_error,
-    run_cli,
-    wsgipool_cmd,
-)
-from tests.e2e.test_systemd import NotifySocket, activate
 from tests.polling import wait_for
+from tests.systemd import NotifySocket, activate
 
 SERVING = "frontends serving"
 
@@ -209,7 +204,7 @@ def test_sigterm_drains_a_request_in_flight_then_exits_0_leaving_no_process(run_
 
     server.signal(signal.SIGTERM)
     # The listening socket closes at once in every process (none holds it open)...
-    assert wait_for(lambda: _refuses_connections(server.port), 10), server.log
+    assert wait_for(lambda: refuses_connections(server.port), 10), server.log
     # ...while the request in flight is still waiting, not cut.
     assert thread.is_alive() and not result
     release.write_text("go")

@@ -22,8 +22,8 @@ from pathlib import Path
 import psutil
 import pytest
 
+from tests.cli import assert_one_line_error, run_cli, wsgipool_cmd
 from tests.conftest import free_port, server_env
-from tests.e2e.test_cli import assert_one_line_error, run_cli, wsgipool_cmd
 from tests.polling import wait_for
 
 WHOAMI = """\

@@ -28,8 +28,8 @@ import pytest
 
 from tests.apps.directapp import pattern
 from tests.certs import Pki, make_pki
+from tests.cli import assert_one_line_error, run_cli, wsgipool_cmd
 from tests.conftest import ServerProcess, free_port, request_once, server_env
-from tests.e2e.test_cli import assert_one_line_error, run_cli, wsgipool_cmd
 from tests.polling import wait_for
 
 PROCESSES = ["--workers", "2", "--threads", "2"]

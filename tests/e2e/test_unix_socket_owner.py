@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.cli import assert_one_line_error, run_cli, wsgipool_cmd
 from tests.conftest import ServerProcess
-from tests.e2e.test_cli import assert_one_line_error, run_cli, wsgipool_cmd
 
 
 def _other_group() -> str:

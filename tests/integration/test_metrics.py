@@ -24,9 +24,9 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 import wsgipool
+from tests.cli import assert_one_line_error, run_cli, wsgipool_cmd
 from tests.conftest import APPS, ROOT, free_port
 from tests.conftest import http_get as get
-from tests.e2e.test_cli import assert_one_line_error, run_cli, wsgipool_cmd
 from tests.polling import wait_for
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]

@@ -26,6 +26,7 @@ from typing import Any
 import psutil
 import pytest
 
+from tests.cli import not_zombie
 from tests.polling import wait_for
 
 MIB = 1024 * 1024
@@ -864,15 +865,8 @@ def test_template_killed_workers_keep_serving_and_it_is_restarted(run_server):
     [ready] = wait_for(lambda: log_lines(server, r"worker (\d+) ready in .*generation 2"), 15)
     # The old workers lost their parent (they are still supervised through their
     # sockets): one of them died, the other serves beside the new one.
-    survivors = [pid for pid in workers if psutil.pid_exists(pid) and _not_zombie(pid)]
+    survivors = [pid for pid in workers if psutil.pid_exists(pid) and not_zombie(pid)]
     assert len(survivors) == 1
     assert psutil.pid_exists(int(ready.group(1)))
     assert fetch(server.port, "/pid").status == 200
     assert "template process" in server.log and "exited unexpectedly" in server.log
-
-
-def _not_zombie(pid: int) -> bool:
-    try:
-        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return False
