@@ -5,8 +5,8 @@ keep-alive connection, answered with a small whole response (a RAW frame: the
 worker serialised its head).  For those, aiohttp's request path (a task per
 request, request, writer and response objects, the handler's coroutines and
 their futures) is most of what the main process spends.  `serve()` without
-static routes and without an access log gives its connections (limits.py's
-request handler) a `FastLane`; then such a request is:
+static routes gives its connections (limits.py's request handler) a
+`FastLane`; then such a request is:
 
 1. parsed by aiohttp's own parser, as every request (data_received);
 2. checked here (`eligible`): GET or HEAD, HTTP/1.1 or 1.0, no body, no
@@ -31,6 +31,11 @@ timeout, head deadline, graceful shutdown (a fast request counts as a request
 in progress) and client disconnects (the exchange is closed, the worker told
 to stop) behave as on the aiohttp path.
 
+With the access log on, the lane writes the access line of each request it
+answers through the connection's `AccessLogger` (`AccessLogger.write`), from
+stand-ins for aiohttp's request and response that carry what the atoms read:
+the line is the one the handler's path writes.
+
 With ``--metrics-bind`` the lane counts its requests in the same `RequestStats`
 as the handler's wrapper (metrics/requests.py): in flight while on the lane,
 then answered (by status class) or aborted; a request handed back is counted by
@@ -51,6 +56,8 @@ from aiohttp.streams import EMPTY_PAYLOAD
 from wsgipool import exchange as ev
 from wsgipool.body import EMPTY as EMPTY_BODY
 from wsgipool.environ import Collected, collect_message, connection_of
+from wsgipool.logs.access import AccessLogger
+from wsgipool.logs.atoms import RequestRecord
 
 if TYPE_CHECKING:
     from wsgipool.executor import ProcessExecutor
@@ -134,7 +141,7 @@ class OnLane:
         self.exchange: ev.Exchange | None = None
         self.granted: asyncio.Future[Any] | None = None  # its place in the queue
         self.queued_at = 0.0
-        self.started = 0.0  # perf_counter() when the lane took it (with metrics)
+        self.started = 0.0  # perf_counter() when the lane took it (metrics, access log)
 
 
 class HandedBack:
@@ -190,6 +197,8 @@ def try_start(protocol: Any, lane: FastLane) -> bool:
     if stats is not None:
         stats.in_flight += 1
         request.started = _clock()
+    elif protocol.access_logger is not None:
+        request.started = _clock()
     protocol._messages.popleft()
     protocol.fast = request
     protocol._request_in_progress = True  # a graceful shutdown waits for it
@@ -241,12 +250,14 @@ def on_event(protocol: Any, lane: FastLane, exchange: ev.Exchange) -> None:
     assert event is not None  # one was just fed
     kind, value = event
     transport = protocol.transport
+    access = protocol.access_logger
     if (
         kind == _RAW
         and transport is not None
         and len(value[2]) <= MAX_BYTES
         and not transport.is_closing()
         and not transport.get_write_buffer_size()
+        and (access is None or type(access) is AccessLogger)
     ):
         exchange.take()
         message = request.message
@@ -261,6 +272,8 @@ def on_event(protocol: Any, lane: FastLane, exchange: ev.Exchange) -> None:
             cut = head_size - 2  # before the blank line that ends the head
             data = b"".join((data[:cut], line, data[cut:]))
         transport.write(data)
+        if access is not None:
+            _log_access(access, protocol, request, exchange, _code, head_size, value[2])
         exchange.close()
         stats = lane.stats
         if stats is not None:
@@ -270,6 +283,58 @@ def on_event(protocol: Any, lane: FastLane, exchange: ev.Exchange) -> None:
         return
     # Anything else is the handler's, which adopts this exchange (WSGIHandler).
     _hand_back(protocol, lane, request, exchange)
+
+
+class _LaneRequest:
+    """What the access log's atoms read of aiohttp's request, from the parsed message."""
+
+    __slots__ = ("headers", "method", "raw_path", "remote", "version")
+
+    def __init__(self, message: Any, peername: Any) -> None:
+        self.method = message.method
+        self.raw_path = message.path
+        self.version = message.version
+        self.headers = message.headers
+        # aiohttp's BaseRequest.remote, from the same peername.
+        if peername is None:
+            self.remote: str | None = None
+        elif isinstance(peername, (list, tuple)):
+            self.remote = str(peername[0])
+        else:
+            self.remote = str(peername)
+
+
+class _LaneResponse:
+    """What the access log's atoms read of a RAW response (response.py's `_RawResponse`)."""
+
+    __slots__ = ("body_sent", "raw_head", "status")
+
+    def __init__(self, status: int, body_sent: int, raw_head: Any) -> None:
+        self.status = status
+        self.body_sent = body_sent
+        self.raw_head = raw_head
+
+
+def _log_access(
+    access: AccessLogger,
+    protocol: Any,
+    request: OnLane,
+    exchange: ev.Exchange,
+    code: int,
+    head_size: int,
+    data: Any,
+) -> None:
+    """The access line of a request the lane answered, as the handler's path writes it."""
+    pid = getattr(exchange.owner, "pid", None)
+    change = getattr(exchange, "rss_change", None)
+    record = RequestRecord(
+        _LaneRequest(request.message, protocol.peername),  # type: ignore[arg-type]
+        _LaneResponse(code, len(data) - head_size, data[:head_size]),  # type: ignore[arg-type]
+        _clock() - request.started,
+        pid if isinstance(pid, int) else None,
+        change if isinstance(change, int) else None,
+    )
+    access.write(record)
 
 
 def _hand_back(

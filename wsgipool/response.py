@@ -129,12 +129,14 @@ class _RawResponse(web.StreamResponse):
 
     on_sent: Callable[[], None] | None = None
     body_sent: int
+    raw_head: memoryview
 
     def __init__(
         self, request: web.BaseRequest, code: int, head_size: int, data: memoryview
     ) -> None:
         super().__init__(status=code)
         self.body_sent = len(data) - head_size  # for the access log's %(b)s
+        self.raw_head = data[:head_size]  # and its %({Name}o)s: atoms.response_header
         keep_alive = request.keep_alive
         version = request.version
         # aiohttp's rule for the Connection header, which the worker leaves to us.

@@ -381,13 +381,11 @@ class Server:
         request_handler = handler.handle_request
         if self.observability is not None:
             request_handler = self.observability.wrap(request_handler)
-        # The fast lane (fastpath.py) counts its requests in the metrics itself, leaves
-        # --health-path to the wrapper, and writes no access log line.
-        lane = None
-        if not self.log_setup.access_enabled:
-            observability = self.observability
-            stats = observability.stats if observability is not None else None
-            lane = FastLane.of(handler, stats, config.health_path)
+        # The fast lane (fastpath.py) counts its requests in the metrics and writes
+        # their access lines itself, and leaves --health-path to the wrapper.
+        observability = self.observability
+        stats = observability.stats if observability is not None else None
+        lane = FastLane.of(handler, stats, config.health_path)
         server = GuardedServer(
             request_handler,
             header_timeout=config.header_timeout,

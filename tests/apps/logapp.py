@@ -37,7 +37,10 @@ def app(environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
     if path.startswith("/log"):
         log.warning("app warning from %d", os.getpid())
     body = f"hello {os.getpid()}\n".encode()
-    start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", str(len(body)))])
+    headers = [("Content-Type", "text/plain"), ("Content-Length", str(len(body)))]
+    if "out" in args:  # a header for the access log's %({X-Out}o)s on a small whole response
+        headers.append(("X-Out", args["out"]))
+    start_response("200 OK", headers)
     return [body]
 
 

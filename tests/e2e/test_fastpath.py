@@ -1,7 +1,7 @@
 """The fast lane (wsgipool/fastpath.py): GETs on idle keep-alive connections served
 without aiohttp's per-request objects, and everything around them unchanged.
 
-Each test drives `wsgipool serve` (which has the lane: no access log, no metrics)
+Each test drives `wsgipool serve` (which has the lane)
 over raw sockets, where the lane's own work shows: a request arriving behind one
 on the lane, clients that leave while their request waits for a worker thread
 or runs, the keep-alive timeout, a graceful stop, and the Connection header.

@@ -164,6 +164,41 @@ def test_access_log_atoms(run_server, workers: str) -> None:
     hello_fields = dict(re.findall(r'(\w+)=("[^"]*"|\S+)', hello_line[0]))
     assert hello_fields["b"] == str(len(hello))
     assert hello_fields["p"] == (pid if workers != "0" else "-")
+    # A small whole response on an idle keep-alive connection: with worker processes,
+    # the fast lane's (fastpath.py) line, from the head the worker serialised.
+    status, _, small = server.request(
+        "GET",
+        "/hello?out=whole",
+        headers={
+            "X-In": "lane",
+            "Referer": "r2",
+            "User-Agent": "t/2",
+            "Authorization": "Basic dXNlcjI6cHc=",
+        },
+    )
+    assert status == 200
+    small_line = wait_for(lambda: _lines(server.log, "q=out=whole"), 10)
+    small_fields = dict(re.findall(r'(\w+)=("[^"]*"|\S+)', small_line[0]))
+    expected = {
+        "h": "127.0.0.1",
+        "l": "-",
+        "u": "user2",
+        "r": '"GET /hello?out=whole HTTP/1.1"',
+        "s": "200",
+        "b": str(len(small)),
+        "B": str(len(small)),
+        "f": '"r2"',
+        "a": '"t/2"',
+        "m": "GET",
+        "U": "/hello",
+        "H": "HTTP/1.1",
+        "in": "lane",
+        "out": "whole",
+        "p": small.decode().split()[1] if workers != "0" else "-",
+    }
+    assert {k: small_fields[k] for k in expected} == expected, small_line
+    assert small_fields["M"] == "-" or small_fields["M"].lstrip("-").isdigit()
+    assert int(small_fields["D"]) >= 0 and small_fields["t"].startswith("[")
 
 
 def server_worker_pids(server) -> list[str]:

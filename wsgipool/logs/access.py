@@ -53,10 +53,15 @@ class AccessLogger(AbstractAccessLogger):
         return True  # on or off by configuration, never by --log-level
 
     def log(self, request: BaseRequest, response: StreamResponse, time: float) -> None:
-        try:
-            record = RequestRecord(
+        self.write(
+            RequestRecord(
                 request, response, time, request.get(_WORKER_PID), request.get(_RSS_CHANGE)
             )
+        )
+
+    def write(self, record: RequestRecord) -> None:
+        """Write one access line; also for the fast lane, which has no aiohttp request."""
+        try:
             line = render(self._parts, record)
             self.logger.info(line, extra={"access": record})
         except Exception:

@@ -153,10 +153,25 @@ def _header_getter(name: str) -> Getter:
 
 def _response_header_getter(name: str) -> Getter:
     def get(r: RequestRecord) -> str:
-        value = r.response.headers.get(name)
+        value = response_header(r.response, name)
         return "-" if value is None else escape(value)
 
     return get
+
+
+def response_header(response: StreamResponse, name: str) -> str | None:
+    """A response header's first value, also of a response whose head a worker
+    serialised (its `raw_head`: the RAW frames of small whole responses, which
+    aiohttp's header machinery never sees)."""
+    head = getattr(response, "raw_head", None)
+    if head is None:
+        return response.headers.get(name)
+    want = name.lower().encode("latin-1", "replace")
+    for line in bytes(head).split(b"\r\n")[1:]:  # after the status line
+        field, colon, value = line.partition(b":")
+        if colon and field.lower() == want:
+            return value.strip(b" \t").decode("latin-1")
+    return None
 
 
 def _worker_pid(r: RequestRecord) -> str:
