@@ -10,6 +10,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterable
 from pathlib import Path
 
 import psutil
@@ -58,13 +59,18 @@ def run_cli(
             time.sleep(0.05)
         return proc.returncode, out[0].decode(), out[1].decode(), alive
     finally:
+        kill_tree(proc, known)
+
+
+def kill_tree(proc: subprocess.Popen[bytes], known: Iterable[int]) -> None:
+    """SIGKILL `proc`'s process group and every PID it was seen to start; reap `proc`."""
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    for pid in known:
         with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(proc.pid, signal.SIGKILL)
-        for pid in known:
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.kill(pid, signal.SIGKILL)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            proc.wait(5)
+            os.kill(pid, signal.SIGKILL)
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        proc.wait(5)
 
 
 def not_zombie(pid: int) -> bool:

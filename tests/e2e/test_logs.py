@@ -6,6 +6,7 @@ log shipper would.
 
 from __future__ import annotations
 
+import base64
 import http.client
 import json
 import os
@@ -110,22 +111,11 @@ def test_access_log_atoms(run_server, workers: str) -> None:
         "--access-log-format",
         ALL_ATOMS,
     )
-    status, _, body = server.request(
-        "GET",
-        "/stream?n=3",
-        headers={
-            "X-In": "in-value",
-            "Referer": "http://ref/",
-            "User-Agent": "tester/1",
-            "Authorization": "Basic dXNlcjE6cHc=",  # user1:pw
-        },
-    )
+    status, _, body = _get_as_client(server, "/stream?n=3", "in-value", "http://ref/", "tester/1")
     assert status == 200 and len(body) == 3000
     status, _, hello = server.request("GET", "/hello")
     pid = hello.decode().split()[1]
-    line = wait_for(lambda: _lines(server.log, "U=/stream"), 10)
-    assert line, server.log
-    fields = dict(re.findall(r'(\w+)=("[^"]*"|\S+)', line[0]))
+    fields = _atoms(server, "U=/stream")
     assert fields["h"] == "127.0.0.1"
     assert fields["l"] == "-"
     assert fields["u"] == "user1"
@@ -160,25 +150,14 @@ def test_access_log_atoms(run_server, workers: str) -> None:
         conn.close()
     big_line = wait_for(lambda: _lines(server.log, "q=n=3&size=200000"), 10)
     assert " b=600000 " in big_line[0], big_line
-    hello_line = wait_for(lambda: _lines(server.log, "U=/hello"), 10)
-    hello_fields = dict(re.findall(r'(\w+)=("[^"]*"|\S+)', hello_line[0]))
+    hello_fields = _atoms(server, "U=/hello")
     assert hello_fields["b"] == str(len(hello))
     assert hello_fields["p"] == (pid if workers != "0" else "-")
     # A small whole response on an idle keep-alive connection: with worker processes,
     # the fast lane's (fastpath.py) line, from the head the worker serialised.
-    status, _, small = server.request(
-        "GET",
-        "/hello?out=whole",
-        headers={
-            "X-In": "lane",
-            "Referer": "r2",
-            "User-Agent": "t/2",
-            "Authorization": "Basic dXNlcjI6cHc=",
-        },
-    )
+    status, _, small = _get_as_client(server, "/hello?out=whole", "lane", "r2", "t/2", "user2")
     assert status == 200
-    small_line = wait_for(lambda: _lines(server.log, "q=out=whole"), 10)
-    small_fields = dict(re.findall(r'(\w+)=("[^"]*"|\S+)', small_line[0]))
+    small_fields = _atoms(server, "q=out=whole")
     expected = {
         "h": "127.0.0.1",
         "l": "-",
@@ -196,9 +175,25 @@ def test_access_log_atoms(run_server, workers: str) -> None:
         "out": "whole",
         "p": small.decode().split()[1] if workers != "0" else "-",
     }
-    assert {k: small_fields[k] for k in expected} == expected, small_line
+    assert {k: small_fields[k] for k in expected} == expected, small_fields
     assert small_fields["M"] == "-" or small_fields["M"].lstrip("-").isdigit()
     assert int(small_fields["D"]) >= 0 and small_fields["t"].startswith("[")
+
+
+def _get_as_client(server, target: str, x_in: str, referer: str, agent: str, user: str = "user1"):
+    """A GET with the request headers the atoms read (Basic credentials `user`:pw)."""
+    credentials = base64.b64encode(f"{user}:pw".encode()).decode()
+    headers = {"X-In": x_in, "Referer": referer, "User-Agent": agent}
+    return server.request(
+        "GET", target, headers={**headers, "Authorization": f"Basic {credentials}"}
+    )
+
+
+def _atoms(server, needle: str) -> dict[str, str]:
+    """name=value pairs of the first access line holding `needle` (ALL_ATOMS' layout)."""
+    lines = wait_for(lambda: _lines(server.log, needle), 10)
+    assert lines, server.log
+    return dict(re.findall(r'(\w+)=("[^"]*"|\S+)', lines[0]))
 
 
 def server_worker_pids(server) -> list[str]:

@@ -20,6 +20,7 @@ from pathlib import Path
 import psutil
 import pytest
 
+from tests.cli import kill_tree
 from tests.conftest import ROOT, free_port
 from tests.conftest import http_get as get
 from tests.polling import wait_for
@@ -76,13 +77,7 @@ def run_script(script: str, cwd: Path, port: int):
             os.killpg(proc.pid, signal.SIGTERM)
         with contextlib.suppress(subprocess.TimeoutExpired):
             proc.wait(20)
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(proc.pid, signal.SIGKILL)
-        for pid in known:
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.kill(pid, signal.SIGKILL)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            proc.wait(5)
+        kill_tree(proc, known)
 
 
 def test_django_quick_start_word_for_word(tmp_path):
