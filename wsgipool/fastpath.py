@@ -196,9 +196,8 @@ def try_start(protocol: Any, lane: FastLane) -> bool:
     stats = lane.stats
     if stats is not None:
         stats.in_flight += 1
-        request.started = _clock()
-    elif protocol.access_logger is not None:
-        request.started = _clock()
+    if stats is not None or protocol.access_logger is not None:
+        request.started = _clock()  # the metrics' and the access line's duration
     protocol._messages.popleft()
     protocol.fast = request
     protocol._request_in_progress = True  # a graceful shutdown waits for it
