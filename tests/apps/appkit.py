@@ -1,8 +1,10 @@
-"""What the test apps share: the query string as a dict, and an iterable whose
-close() leaves a mark in a file, the tests' proof that PEP 3333's close() ran."""
+"""What the test apps share: the query string as a dict, a mark file written whole,
+and an iterable whose close() leaves a mark in a file, the tests' proof that
+PEP 3333's close() ran."""
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Iterable
 from typing import Any
@@ -12,6 +14,17 @@ from urllib.parse import parse_qs
 def query(environ: dict[str, Any]) -> dict[str, str]:
     """The first value of each query parameter."""
     return {k: v[0] for k, v in parse_qs(environ.get("QUERY_STRING", "")).items()}
+
+
+def mark(path: str, text: str) -> None:
+    """Write `text` to `path` whole: a test that sees the file also sees its content
+    (written to a dot file beside it, then renamed; a plain write_text creates it
+    empty first)."""
+    head, name = os.path.split(path)
+    partial = os.path.join(head, f".{name}.partial")  # a dot file: not one of the marks
+    with open(partial, "w") as file:
+        file.write(text)
+    os.replace(partial, path)
 
 
 class Recorded:

@@ -37,6 +37,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs
 
+from tests.apps.appkit import mark
+
 StartResponse = Callable[..., Any]
 
 _MIB = 1024 * 1024
@@ -75,7 +77,7 @@ def _touch(name: str) -> None:
     directory = os.environ.get("FAULTAPP_MARK_DIR")
     if not directory or not name or "/" in name or name.startswith("."):
         return
-    Path(directory, name).write_text(str(os.getpid()))
+    mark(os.path.join(directory, name), str(os.getpid()))
 
 
 def spin(ms: int) -> tuple[float, float]:

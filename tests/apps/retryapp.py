@@ -21,9 +21,10 @@ import os
 import signal
 import time
 from collections.abc import Callable, Iterable
-from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs
+
+from tests.apps.appkit import mark
 
 _MIB = 1024 * 1024
 
@@ -31,7 +32,7 @@ _MIB = 1024 * 1024
 def _touch(name: str) -> None:
     directory = os.environ.get("RETRYAPP_MARK_DIR")
     if directory and name and "/" not in name and not name.startswith("."):
-        Path(directory, name).write_text(str(os.getpid()))
+        mark(os.path.join(directory, name), str(os.getpid()))
 
 
 def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:

@@ -22,9 +22,8 @@ import io
 import os
 import threading
 import time
-from pathlib import Path
 
-from tests.apps.appkit import Recorded
+from tests.apps.appkit import Recorded, mark
 from tests.apps.appkit import query as _query
 
 TEXT = [("Content-Type", "text/plain")]
@@ -87,7 +86,7 @@ def app(environ, start_response):
         start_response("200 OK", [("Content-Type", "application/octet-stream")])
         return _big(size)
     if path == "/slow":
-        Path(query["started"]).write_text(str(os.getpid()))
+        mark(query["started"], str(os.getpid()))
         if "until" in query:
             deadline = time.monotonic() + 30
             while not os.path.exists(query["until"]) and time.monotonic() < deadline:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import sys
@@ -79,7 +80,12 @@ def test_workers_orphaned_to_the_main_process_are_reaped(run_server):
         os.kill(pid, signal.SIGKILL)
 
     def zombies() -> list[int]:
-        return [c.pid for c in main.children() if c.status() == psutil.STATUS_ZOMBIE]
+        found = []
+        for child in main.children():
+            with contextlib.suppress(psutil.NoSuchProcess):  # reaped since the listing
+                if child.status() == psutil.STATUS_ZOMBIE:
+                    found.append(child.pid)
+        return found
 
     assert wait_for(lambda: not (set(zombies()) & set(workers)), 15), zombies()
     for pid in workers:  # the exit status came from the reap, not from the dead template
