@@ -135,6 +135,19 @@ class _GuardedRequestHandler(RequestHandler):
         if self.lane is not None:
             fastpath.lost(self, self.lane)
 
+    def close(self) -> None:
+        """A graceful stop's first step: no request after the one in progress.
+
+        aiohttp cancels the connection's task while it waits for a message, which
+        it takes to mean idle; with a request on the lane it is not: the lane may
+        yet hand that request to the task (a streamed answer, an error). So the
+        task is left waiting, and the lane closes the connection when it is done.
+        """
+        if self.fast is not None:
+            self._close = True
+            return
+        super().close()
+
     def _process_keepalive(self) -> None:
         if self.fast is not None:  # a request in progress on the lane: not idle
             self._keepalive_handle = self._loop.call_at(

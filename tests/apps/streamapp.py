@@ -8,7 +8,8 @@ Paths (query parameters name the files, all inside the test's tmp_path):
   close() appends to file C.
 - ``/big?size=N``: a generator of N bytes in 64 KiB chunks.
 - ``/slow?seconds=S&started=F``: creates F, sleeps S seconds, answers "slow-done";
-  with ``until=G`` instead of seconds it waits (at most 30 s) for file G to exist.
+  with ``until=G`` instead of seconds it waits (at most 30 s) for file G to exist;
+  with ``size=N`` it answers N bytes from a generator instead.
 - ``/file?path=P&seek=N&length=L``: file P from offset N through wsgi.file_wrapper,
   with Content-Length L when given; ``/filelike``: a BytesIO through it.
 - ``/listed``: an object whose iterator is a list's (as Django's HttpResponse);
@@ -93,6 +94,9 @@ def app(environ, start_response):
                 time.sleep(0.01)
         else:
             time.sleep(float(query.get("seconds", "1")))
+        if "size" in query:  # then a streamed answer, which the fast lane hands back
+            start_response("200 OK", TEXT)
+            return _big(int(query["size"]))
         body = b"slow-done"
         start_response("200 OK", [*TEXT, ("Content-Length", str(len(body)))])
         return [body]

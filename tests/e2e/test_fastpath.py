@@ -139,6 +139,22 @@ def test_graceful_stop_waits_for_a_lane_request(run_server, tmp_path: Path):
     assert server.wait(30) == 0
 
 
+def test_graceful_stop_answers_a_lane_request_it_hands_back(run_server, tmp_path: Path):
+    """A stop that begins while a request is on the lane, whose answer the lane then
+    hands to aiohttp's task (a streamed one): the task must still be there to write it."""
+    server = run_server("streamapp:app", *ONE_THREAD, "--graceful-timeout", "10")
+    started = tmp_path / "started"
+    with rawhttp.connect(("127.0.0.1", server.port)) as sock:
+        sock.sendall(_get(f"/slow?started={started}&seconds=1.5&size=200000"))
+        wait_for(started.exists, timeout=20)
+        server.signal(signal.SIGTERM)
+        began = time.monotonic()
+        response = rawhttp.parse_one(rawhttp.read_until_eof(sock, timeout=20))
+    assert (response.status, len(response.body)) == (200, 200000)
+    assert time.monotonic() - began < 8  # answered when the app was, not cut at the drain's end
+    assert server.wait(30) == 0
+
+
 @pytest.mark.parametrize(
     ("version", "headers", "line", "closes"),
     [
