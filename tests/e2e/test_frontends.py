@@ -27,7 +27,13 @@ import psutil
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.cli import assert_one_line_error, refuses_connections, run_cli, wsgipool_cmd
+from tests.cli import (
+    assert_one_line_error,
+    not_zombie,
+    refuses_connections,
+    run_cli,
+    wsgipool_cmd,
+)
 from tests.conftest import ServerProcess, free_port, http_get
 from tests.e2e import rawhttp
 from tests.polling import wait_for
@@ -55,13 +61,6 @@ def _children(pid: int) -> list[int]:
 def _workers_of(frontend: int) -> list[int]:
     """The live workers of one frontend: the children of its templates."""
     return sorted(pid for template in _children(frontend) for pid in _children(template))
-
-
-def _alive(pid: int) -> bool:
-    try:
-        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return False
 
 
 def _get(port: int, path: str = "/", conn: http.client.HTTPConnection | None = None) -> dict:
@@ -211,7 +210,7 @@ def test_sigterm_drains_a_request_in_flight_then_exits_0_leaving_no_process(run_
     thread.join(30)
     assert result.get("path") == "/slow", result
     assert server.wait(30) == 0
-    assert wait_for(lambda: not [pid for pid in everything if _alive(pid)], 15)
+    assert wait_for(lambda: not [pid for pid in everything if not_zombie(pid)], 15)
     assert "Traceback" not in server.log
 
 
@@ -235,7 +234,7 @@ def test_a_killed_frontend_is_restarted_while_the_other_serves_on(run_server):
     answers = [_get(server.port, conn=conn)["frontend"] for _ in range(50)]
     conn.close()
     assert set(answers) == {survivor}
-    assert wait_for(lambda: not [pid for pid in doomed if _alive(pid)], 15), doomed
+    assert wait_for(lambda: not [pid for pid in doomed if not_zombie(pid)], 15), doomed
     assert f"frontend 2 (pid {victim}) was killed by SIGKILL unexpectedly" in server.log
 
     def restarted() -> list[int]:
@@ -254,7 +253,7 @@ def test_a_killed_arbiter_takes_the_frontends_and_workers_with_it(run_server):
     assert len(everything) >= 6
     server.signal(signal.SIGKILL)
     server.wait(10)
-    assert wait_for(lambda: not [pid for pid in everything if _alive(pid)], 30)
+    assert wait_for(lambda: not [pid for pid in everything if not_zombie(pid)], 30)
 
 
 def test_sigttin_adds_a_worker_to_one_frontend(run_server):

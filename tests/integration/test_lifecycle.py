@@ -12,9 +12,9 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-import psutil
 import pytest
 
+from tests.cli import not_zombie
 from tests.integration.test_supervisor import (
     LoadLoop,
     failures,
@@ -295,8 +295,7 @@ def test_a_post_fork_that_fails_in_every_worker_stops_the_boot(run_server, sink)
     # Every process it started is gone: the template and each worker the log names.
     started = [int(pid) for pid in re.findall(r"(?:template|worker) (\d+) ", log)]
     assert len(set(started)) >= 6, log  # the template and 5 workers
-    left = [pid for pid in set(started) if psutil.pid_exists(pid)]
-    assert not [p for p in left if psutil.Process(p).status() != psutil.STATUS_ZOMBIE], left
+    assert not [pid for pid in set(started) if not_zombie(pid)], log
 
 
 @pytest.mark.parametrize("mode", ["--preload", "--no-preload"])

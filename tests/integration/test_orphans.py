@@ -10,6 +10,7 @@ import time
 
 import psutil
 
+from tests.cli import not_zombie
 from tests.polling import wait_for
 
 
@@ -18,16 +19,9 @@ def _gone(pids: list[int], timeout: float) -> list[int]:
     deadline = time.monotonic() + timeout
     alive = list(pids)
     while alive and time.monotonic() < deadline:
-        alive = [pid for pid in alive if _alive(pid)]
+        alive = [pid for pid in alive if not_zombie(pid)]
         time.sleep(0.05)
     return alive
-
-
-def _alive(pid: int) -> bool:
-    try:
-        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return False
 
 
 def test_main_process_killed_takes_template_and_workers_with_it(run_server):
