@@ -191,19 +191,25 @@ class Main:
 
 
 def heal(server: ServerProcess) -> None:
-    """Requests until the pool serves again, so each replacement completes a request
-    (which resets the crash backoff: these deaths are the test's doing).
+    """Requests until the pool serves again with both its workers, so each replacement
+    completes a request (which resets the crash backoff: these deaths are the test's
+    doing).
 
     A round may meet a worker the test just made break the rules (its requests get
-    502 by design): the pool is healed when a whole round is answered 200.
+    502 by design): the pool is healed when a whole round is answered 200 and both
+    workers are there. One worker can answer a round alone while the other's
+    replacement still waits out a crash backoff (up to 10 s after many young
+    deaths); a request sent then could wait as long for a thread.
     """
+    deadline = time.monotonic() + 30
     with ThreadPoolExecutor(6) as pool:
-        for _ in range(10):
+        while time.monotonic() < deadline:
             statuses = list(pool.map(lambda _: server.request("GET", "/hello")[0], range(6)))
-            if statuses == [200] * 6:
-                return
             assert set(statuses) <= {200, 502}, statuses
-    raise AssertionError(f"the pool does not serve again: {statuses}")
+            if statuses == [200] * 6 and len(server.worker_pids()) == 2:
+                return
+            time.sleep(0.05)
+    raise AssertionError(f"the pool does not serve again: {statuses}, {server.worker_pids()}")
 
 
 def start(run_server: Any, short_tmp: Path) -> tuple[ServerProcess, Control]:
