@@ -21,7 +21,9 @@ also holds children reaped before the first reading, which the difference
 cancels.
 
 The main process alone is the server process's utime + stime (not its
-children's): for wsgipool, the aiohttp frontend with its threads.
+children's): for wsgipool, the aiohttp frontend with its threads.  Its utime is
+also kept apart: user time is the Python the frontend runs per request, system
+time its system calls, and the two move for different reasons.
 
 The event loops are the processes two levels above the deepest leaves (the
 workers): wsgipool's frontend is the parent of the template that forks the
@@ -48,6 +50,7 @@ class Times:
     main: float
     processes: int
     loops: dict[int, float] = field(default_factory=dict)  # event-loop PID: own seconds
+    main_user: float = 0.0  # the part of `main` spent in user mode
 
     def __sub__(self, earlier: Times) -> Times:
         # A loop that was not there at the first reading (restarted) is left out.
@@ -56,7 +59,13 @@ class Times:
             for pid, spent in self.loops.items()
             if pid in earlier.loops
         }
-        return Times(self.tree - earlier.tree, self.main - earlier.main, self.processes, loops)
+        return Times(
+            self.tree - earlier.tree,
+            self.main - earlier.main,
+            self.processes,
+            loops,
+            self.main_user - earlier.main_user,
+        )
 
 
 def _stat(pid: int) -> tuple[int, list[str]] | None:
@@ -117,7 +126,8 @@ def read(root: int) -> Times | None:
         for pid, level in depth.items()
         if level == loop_level and children.get(pid)
     }
-    return Times(total / TICK, _own(stats[root][1]) / TICK, count, loops)
+    own = stats[root][1]
+    return Times(total / TICK, _own(own) / TICK, count, loops, int(own[11]) / TICK)
 
 
 def per_request(spent: Times, requests: int) -> dict[str, float | int | None]:
@@ -132,6 +142,7 @@ def per_request(spent: Times, requests: int) -> dict[str, float | int | None]:
         "requests": requests,
         "tree_us_per_request": us(spent.tree),
         "main_us_per_request": us(spent.main),
+        "main_user_us_per_request": us(spent.main_user),
         "loops_s": sorted((round(s, 3) for s in spent.loops.values()), reverse=True),
         "tick_s": round(1 / TICK, 4),
     }

@@ -86,6 +86,7 @@ def median_cell(rounds: list[dict[str, Any]]) -> dict[str, Any]:
     cell["cpu"] = {
         "tree_us_per_request": _median([_cpu(c, "tree_us_per_request") for c in ok]),
         "main_us_per_request": _median([_cpu(c, "main_us_per_request") for c in ok]),
+        "main_user_us_per_request": _median([_cpu(c, "main_user_us_per_request") for c in ok]),
         "median_of": len(ok),
     }
     cell["rounds"] = summary
@@ -114,7 +115,7 @@ def ratios(
         ta, tb = _cpu(a, "tree_us_per_request"), _cpu(b, "tree_us_per_request")
         if ta is not None and tb:
             tree.append(ta / tb)
-        if peer.startswith("wsgipool"):  # another wsgipool (--baseline): its frontend too
+        if peer.startswith("wsgipool") or peer == "forward":  # its frontend too (--baseline)
             ma, mb = _cpu(a, "main_us_per_request"), _cpu(b, "main_us_per_request")
             if ma is not None and mb:
                 main.append(ma / mb)

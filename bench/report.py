@@ -41,7 +41,7 @@ DISTRIBUTIONS = (
 
 MIB = 1024 * 1024
 #: Servers whose main process's CPU per request is shown beside the tree's.
-MAIN_SHOWN = frozenset({"wsgipool", "wsgipool-base", "wsgipool-metrics"})
+MAIN_SHOWN = frozenset({"wsgipool", "wsgipool-base", "wsgipool-metrics", "forward"})
 
 # -- the machine --------------------------------------------------------------------
 
@@ -410,7 +410,9 @@ def summary_table(results: dict[str, Any]) -> list[str]:
             cell = ok.get((workload, name))
             text = us_text(_cpu_of(cell, "tree_us_per_request"))
             if _is_wsgipool(name) and cell is not None:
-                text += f" (main {us_text(_cpu_of(cell, 'main_us_per_request'))})"
+                text += f" (main {us_text(_cpu_of(cell, 'main_us_per_request'))}"
+                user = _cpu_of(cell, "main_user_us_per_request")
+                text += f", user {us_text(user)})" if user is not None else ")"
             row.append(text if cell else "")
         rows.append(row)
     lines += [f"## Summary: CPU µs per request, whole server tree{median}", ""]

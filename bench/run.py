@@ -124,7 +124,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--set",
         choices=sorted(SETS),
         help="a named set of servers and workloads (no scenarios); "
-        "asgi: the WSGI-to-ASGI adapters behind one uvicorn process",
+        "asgi: the WSGI-to-ASGI adapters behind one uvicorn process; metrics: with and "
+        "without /metrics; frontends: one frontend against two; floor: against a bare "
+        "forwarder (bench/apps/forward.py)",
     )
     p.add_argument(
         "--scenario-workload",

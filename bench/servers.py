@@ -253,6 +253,17 @@ def _native(uvloop: bool) -> Callable[[Settings, str, int, list[str]], tuple[Arg
     return build
 
 
+#: The forwarder's workers spend about what wsgipool's spend on a hello request
+#: (whole tree minus main process, 2026-11-30: 40-50 µs), so that its loop is woken
+#: at wsgipool's rate and pace: at 77k req/s (no work) it batched far more.
+FORWARD_WORK_US = 45
+
+
+def _forward(s: Settings, app: str, port: int, extra: list[str]) -> tuple[Argv, Env]:
+    argv = [PY, "-m", "bench.apps.forward", "--port", str(port), "--workers", str(s.workers)]
+    return [*argv, "--work-us", str(FORWARD_WORK_US), *extra], {}
+
+
 def _one_loop(s: Settings) -> str:
     return "1 process, 1 event loop"
 
@@ -430,6 +441,20 @@ SERVERS: dict[str, Server] = {
             only=("hello",),
             reference="no WSGI: the ceiling of an aiohttp frontend on one core (uvloop)",
         ),
+        Server(
+            "forward",
+            "bare forwarder",
+            ("uvloop",),
+            ("uvloop",),
+            _forward,
+            lambda s: f"1 loop, {s.workers} processes x 1 thread",
+            _pool,
+            only=("hello",),
+            reference=(
+                "no HTTP parsing, no WSGI: the floor of a Python frontend with worker "
+                "processes (bench/apps/forward.py; hello only)"
+            ),
+        ),
     )
 }
 
@@ -444,11 +469,15 @@ SETS: dict[str, tuple[list[str], list[str]]] = {
     "metrics": (["wsgipool", "wsgipool-metrics"], ["hello", "django"]),
     # issue 13: one frontend against two (an arbiter and two event loops sharing the sockets).
     "frontends": (["wsgipool", "wsgipool-2fe"], ["hello", "django"]),
+    # issue 13: wsgipool's main process against the least any Python frontend of its
+    # shape spends (bench/apps/forward.py). With a baseline: --servers
+    # wsgipool,forward,wsgipool-base --baseline DIR --workloads hello.
+    "floor": (["wsgipool", "forward"], ["hello"]),
 }
 
 # The sets' own servers are measured with --set NAME (or by name), not by default.
 DEFAULT_SERVERS = [
     name
     for name in SERVERS
-    if name not in SETS["asgi"][0] and name not in ("wsgipool-metrics", "wsgipool-2fe")
+    if name not in SETS["asgi"][0] and name not in ("wsgipool-metrics", "wsgipool-2fe", "forward")
 ]

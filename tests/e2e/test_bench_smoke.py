@@ -130,6 +130,32 @@ def test_asgi_set_servers_answer_correctly(tmp_path, bench_env, name):
     assert alive == []
 
 
+def test_bare_forwarder_answers_hello_and_leaves_no_process(tmp_path, bench_env):
+    """``--set floor``'s reference (bench/apps/forward.py): the harness's hello check
+    passes on it, over kept-alive connections, with its W forked workers."""
+    settings = Settings(workers=2, threads=2)
+    wl = WORKLOADS["hello"]
+    port = free_port()
+    argv, extra = SERVERS["forward"].build(settings, wl.app, port, [])
+    env = server_env(tmp_path, 4)
+    env.update(extra, **bench_env)
+    server = ServerProcess(argv, log_path=tmp_path / "server.log", env=env, cwd=ROOT)
+    tree: list[psutil.Process] = []
+    try:
+        wait_ready(server, port, wl, 30)
+        expected = SERVERS["forward"].processes(settings)
+        assert len(wait_for_workers(server, expected, 20)) == expected, server.log
+        assert check(port, "hello") is None
+        served, problems = _hammer(port, "hello", SMOKE_SECONDS)
+        assert not problems, problems[:3]
+        assert served >= 2
+        tree = server.tree()
+    finally:
+        server.stop()
+    alive = [p.pid for p in tree if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+    assert alive == []
+
+
 WRK_OUTPUT = """\
 Running 1s test @ http://127.0.0.1:8000/
   2 threads and 64 connections
