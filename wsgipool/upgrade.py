@@ -17,13 +17,20 @@ bytes that can hold a head are searched: a packet that is all body of a request
 with a Content-Length (`_Body`: how much of it the parser has had) is not, and
 in a large packet only the first head is (a later head in the same large packet,
 behind a body of more than `SCAN_ALL` bytes, goes unsearched).
+
+The same search refuses a request line that ends in ``RTSP/1.0``, which llhttp
+takes for HTTP/1.0 (`_refuse_rtsp`: 400).  Both look within one packet: a word
+split over two packets is not seen.
 """
 
 from __future__ import annotations
 
 from typing import Any, Final
 
+from aiohttp.http_exceptions import BadHttpMessage
+from aiohttp.http_parser import RawRequestMessage
 from aiohttp.streams import EMPTY_PAYLOAD
+from aiohttp.web_protocol import _ErrInfo
 
 __all__ = ["UpgradeSafeParser"]
 
@@ -31,6 +38,7 @@ __all__ = ["UpgradeSafeParser"]
 SCAN_ALL: Final = 8192
 
 _MARKS = (b"pgrade", b"PGRADE")  # "Upgrade", "upgrade", "UPGRADE"
+_RTSP = b" RTSP/"  # llhttp reads "GET / RTSP/1.0" as HTTP/1.0 (see `_refuse_rtsp`)
 _HEAD_END = b"\r\n\r\n"
 
 
@@ -57,9 +65,17 @@ class UpgradeSafeParser:
     def feed_data(self, data: bytes) -> tuple[Any, bool, bytes]:
         if not data:
             return self._parser.feed_data(data)  # type: ignore[no-any-return]
-        if self._in_head or self._body_left or self._may_ask_upgrade(data):
+        if self._in_head or self._body_left:
             self._body = None
-            return self._feed_carefully(bytes(data))
+            return _refuse_rtsp(data, self._feed_carefully(bytes(data)), _RTSP in data)
+        region = self._head_region(data)
+        if region is None:  # all body of the last request
+            return self._parser.feed_data(data)  # type: ignore[no-any-return]
+        start, end = region
+        rtsp = data.find(_RTSP, start, end) >= 0
+        if data.find(_MARKS[0], start, end) >= 0 or data.find(_MARKS[1], start, end) >= 0:
+            self._body = None
+            return _refuse_rtsp(data, self._feed_carefully(bytes(data)), rtsp)
         result = self._parser.feed_data(data)
         messages = result[0]
         if messages:
@@ -69,17 +85,17 @@ class UpgradeSafeParser:
                 length = message.headers.get("Content-Length", "")
                 if length.isdigit():
                     self._body = (payload, int(length))
-        return result  # type: ignore[no-any-return]
+        return _refuse_rtsp(data, result, rtsp)
 
-    def _may_ask_upgrade(self, data: bytes) -> bool:
-        """Whether a head in `data` may carry the word (see the module's docstring)."""
+    def _head_region(self, data: bytes) -> tuple[int, int] | None:
+        """The part of `data` that may hold a head (see the module's docstring), or None."""
         start = 0
         body = self._body
         if body is not None:
             payload, length = body
             left = length - payload.total_bytes  # what the parser has not had of it yet
             if left >= len(data):
-                return False  # all body
+                return None  # all body
             self._body = None
             start = max(0, left)
         end = len(data)
@@ -87,7 +103,7 @@ class UpgradeSafeParser:
             head_end = data.find(_HEAD_END, start)
             if head_end >= 0:
                 end = head_end
-        return any(data.find(mark, start, end) >= 0 for mark in _MARKS)
+        return start, end
 
     def _feed_carefully(self, data: bytes) -> tuple[Any, bool, bytes]:
         messages: list[Any] = []
@@ -150,3 +166,36 @@ class UpgradeSafeParser:
         length = message.headers.get("Content-Length", "")
         if length.isdigit():
             self._body_left = int(length)
+
+
+def _refuse_rtsp(
+    data: bytes, result: tuple[Any, bool, bytes], found: bool
+) -> tuple[Any, bool, bytes]:
+    """The parser's result, with a request whose line ends in ``RTSP/x.y`` made a 400.
+
+    llhttp takes ``GET / RTSP/1.0`` for a request of version 1.0 and aiohttp
+    cannot tell it from HTTP/1.0 afterwards; its Python parser refuses it, as
+    every other protocol name.  The request is found by its line in `data`: its
+    method, target and the protocol at the start of a line, which is no header
+    line.  It and what followed it in the packet become one parse error (400;
+    the connection closes after it), the requests before it stand.
+    """
+    if not found:
+        return result
+    messages, _upgraded, _tail = result
+    for index, (message, _payload) in enumerate(messages):
+        if not isinstance(message, RawRequestMessage):
+            continue
+        line = f"{message.method} {message.path}".encode("utf-8", "surrogateescape")
+        if _starts_a_line(data, line + _RTSP):
+            exc = BadHttpMessage("RTSP is not HTTP: the request line must end in HTTP/1.x")
+            error = _ErrInfo(status=400, exc=exc, message=exc.message)
+            return [*messages[:index], (error, EMPTY_PAYLOAD)], False, b""
+    return result
+
+
+def _starts_a_line(data: bytes, text: bytes) -> bool:
+    at = data.find(text)
+    while at > 0 and data[at - 1] != 0x0A:  # not after a line feed: a header's value
+        at = data.find(text, at + 1)
+    return at >= 0

@@ -11,6 +11,9 @@ aiohttp's parser accepts some requests that wsgipool must not pass on:
 - CONNECT: a tunnel is a proxy's business; the parser treats what follows as
   tunnelled bytes.  501, and the connection closes.
 
+(A request line in ``RTSP/1.0``, which the parser reports as HTTP/1.0, is
+refused earlier, by serve()'s parser wrapper: upgrade.py.)
+
 `refuse` is called by `WSGIHandler` first thing (serve() and embedded use), and
 by `middleware` for the routes of the application serve() builds with
 ``--static``, which also gives the answers of those routes ``Server: wsgipool``.

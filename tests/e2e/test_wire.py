@@ -84,6 +84,29 @@ def test_505_behind_a_router_too(run_server, executor_args, tmp_path):
         assert_own_answer(response, 505)
 
 
+def test_rtsp_request_line_is_a_400_not_http_10(run_server, executor_args, route_args):
+    """llhttp reads ``GET / RTSP/1.0`` as HTTP/1.0; wsgipool answers 400 and closes,
+    after answering what was pipelined before it, and a header that merely holds
+    the words is served.  (A request line split inside the word over two packets
+    is not seen: upgrade.py says so.)"""
+    server = run_server("wireapp:app", *executor_args, *route_args)
+    addr = address(server)
+    rtsp = b"GET /echo?x=2 RTSP/1.0\r\nHost: x\r\nCSeq: 1\r\n\r\n"
+    response = one(addr, rtsp)
+    assert_own_answer(response, 400)
+    assert response.header("connection") == "close"
+    assert b"method" not in response.body  # the app did not answer
+    before = b"GET /echo?x=1 HTTP/1.1\r\nHost: x\r\n\r\n"
+    raw = rawhttp.exchange(addr, before + rtsp, timeout=10)
+    first = rawhttp.parse_one(raw)
+    assert first.status == 200 and json.loads(first.body)["query"] == "x=1", raw
+    assert_own_answer(rawhttp.parse_one(first.rest), 400)
+    quoted = b"GET /echo?x=4 HTTP/1.1\r\nHost: x\r\nX-Note: GET /echo?x=4 RTSP/1.0\r\n"
+    response = one(addr, quoted + b"Connection: close\r\n\r\n")
+    assert response.status == 200 and json.loads(response.body)["query"] == "x=4"
+    assert server.request("GET", "/echo")[0] == 200
+
+
 def test_version_attack_under_load_kills_no_worker(run_server):
     """The 30-byte HTTP/2.0 request, 100 times, beside normal clients: no death, no 502."""
     server = run_server("wireapp:app", "--workers", "2", "--threads", "2")
