@@ -115,7 +115,7 @@ def ratios(
         ta, tb = _cpu(a, "tree_us_per_request"), _cpu(b, "tree_us_per_request")
         if ta is not None and tb:
             tree.append(ta / tb)
-        if peer.startswith("wsgipool") or peer == "forward":  # its frontend too (--baseline)
+        if peer.startswith(("wsgipool", "forward")):  # its frontend too (--baseline)
             ma, mb = _cpu(a, "main_us_per_request"), _cpu(b, "main_us_per_request")
             if ma is not None and mb:
                 main.append(ma / mb)

@@ -41,7 +41,9 @@ DISTRIBUTIONS = (
 
 MIB = 1024 * 1024
 #: Servers whose main process's CPU per request is shown beside the tree's.
-MAIN_SHOWN = frozenset({"wsgipool", "wsgipool-base", "wsgipool-metrics", "forward"})
+MAIN_SHOWN = frozenset(
+    {"wsgipool", "wsgipool-base", "wsgipool-metrics", "forward", "forward-parse"}
+)
 
 # -- the machine --------------------------------------------------------------------
 

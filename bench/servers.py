@@ -259,9 +259,13 @@ def _native(uvloop: bool) -> Callable[[Settings, str, int, list[str]], tuple[Arg
 FORWARD_WORK_US = 45
 
 
-def _forward(s: Settings, app: str, port: int, extra: list[str]) -> tuple[Argv, Env]:
-    argv = [PY, "-m", "bench.apps.forward", "--port", str(port), "--workers", str(s.workers)]
-    return [*argv, "--work-us", str(FORWARD_WORK_US), *extra], {}
+def _forward(parse: bool) -> Callable[[Settings, str, int, list[str]], tuple[Argv, Env]]:
+    def build(s: Settings, app: str, port: int, extra: list[str]) -> tuple[Argv, Env]:
+        argv = [PY, "-m", "bench.apps.forward", "--port", str(port), "--workers", str(s.workers)]
+        argv += ["--work-us", str(FORWARD_WORK_US), *(["--parse"] if parse else []), *extra]
+        return argv, {}
+
+    return build
 
 
 def _one_loop(s: Settings) -> str:
@@ -446,7 +450,7 @@ SERVERS: dict[str, Server] = {
             "bare forwarder",
             ("uvloop",),
             ("uvloop",),
-            _forward,
+            _forward(parse=False),
             lambda s: f"1 loop, {s.workers} processes x 1 thread",
             _pool,
             only=("hello",),
@@ -454,6 +458,17 @@ SERVERS: dict[str, Server] = {
                 "no HTTP parsing, no WSGI: the floor of a Python frontend with worker "
                 "processes (bench/apps/forward.py; hello only)"
             ),
+        ),
+        Server(
+            "forward-parse",
+            "bare forwarder + aiohttp's parser",
+            ("uvloop", "aiohttp"),
+            ("uvloop", "aiohttp"),
+            _forward(parse=True),
+            lambda s: f"1 loop, {s.workers} processes x 1 thread",
+            _pool,
+            only=("hello",),
+            reference="the bare forwarder with aiohttp's C parser (forward.py --parse)",
         ),
     )
 }
@@ -472,12 +487,13 @@ SETS: dict[str, tuple[list[str], list[str]]] = {
     # issue 13: wsgipool's main process against the least any Python frontend of its
     # shape spends (bench/apps/forward.py). With a baseline: --servers
     # wsgipool,forward,wsgipool-base --baseline DIR --workloads hello.
-    "floor": (["wsgipool", "forward"], ["hello"]),
+    "floor": (["wsgipool", "forward", "forward-parse"], ["hello"]),
 }
 
 # The sets' own servers are measured with --set NAME (or by name), not by default.
 DEFAULT_SERVERS = [
     name
     for name in SERVERS
-    if name not in SETS["asgi"][0] and name not in ("wsgipool-metrics", "wsgipool-2fe", "forward")
+    if name not in SETS["asgi"][0]
+    and name not in ("wsgipool-metrics", "wsgipool-2fe", "forward", "forward-parse")
 ]

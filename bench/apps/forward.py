@@ -30,6 +30,8 @@ import struct
 import time
 
 import uvloop
+from aiohttp.base_protocol import BaseProtocol
+from aiohttp.http_parser import HttpRequestParser
 
 from bench.apps.workloads import HELLO_BODY
 
@@ -131,7 +133,27 @@ class _Client(asyncio.Protocol):
         self.buffer = buffer
 
 
-async def _serve(host: str, port: int, socks: list[socket.socket]) -> None:
+class _ParsingClient(_Client):
+    """The same, with each request parsed by aiohttp's C parser (``--parse``), and its
+    method, target and raw headers forwarded: what parsing adds to the floor."""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        loop = asyncio.get_running_loop()
+        self.parser = HttpRequestParser(
+            BaseProtocol(loop), loop, 2**16, max_line_size=8190, max_field_size=8190
+        )
+
+    def data_received(self, data: bytes) -> None:
+        messages, _upgraded, _tail = self.parser.feed_data(data)
+        worker = self.workers[self.conn % len(self.workers)]
+        for message, _payload in messages:
+            fields = [b"%s %s\r\n" % (message.method.encode(), message.path.encode())]
+            fields += [b"%s: %s\r\n" % pair for pair in message.raw_headers]
+            worker.send(self.conn, b"".join(fields))
+
+
+async def _serve(host: str, port: int, socks: list[socket.socket], parse: bool) -> None:
     loop = asyncio.get_running_loop()
     clients: dict[int, asyncio.Transport] = {}
     workers = []
@@ -139,8 +161,9 @@ async def _serve(host: str, port: int, socks: list[socket.socket]) -> None:
         _, worker = await loop.create_unix_connection(lambda: _Worker(clients), sock=sock)
         workers.append(worker)
     numbers = itertools.count()
+    kind = _ParsingClient if parse else _Client
     server = await loop.create_server(
-        lambda: _Client(workers, clients, next(numbers) & 0xFFFFFFFF), host, port, backlog=1024
+        lambda: kind(workers, clients, next(numbers) & 0xFFFFFFFF), host, port, backlog=1024
     )
     stop = asyncio.Event()
     loop.add_signal_handler(signal.SIGTERM, stop.set)
@@ -160,6 +183,9 @@ def main() -> None:
         default=0.0,
         help="CPU a worker spends per request before answering (µs; default 0)",
     )
+    parser.add_argument(
+        "--parse", action="store_true", help="parse each request with aiohttp's C parser"
+    )
     args = parser.parse_args()
     socks = []
     for _ in range(args.workers):
@@ -174,7 +200,7 @@ def main() -> None:
                 os._exit(0)
         theirs.close()
         socks.append(ours)
-    uvloop.run(_serve(args.host, args.port, socks))
+    uvloop.run(_serve(args.host, args.port, socks, args.parse))
 
 
 if __name__ == "__main__":

@@ -130,20 +130,21 @@ def test_asgi_set_servers_answer_correctly(tmp_path, bench_env, name):
     assert alive == []
 
 
-def test_bare_forwarder_answers_hello_and_leaves_no_process(tmp_path, bench_env):
-    """``--set floor``'s reference (bench/apps/forward.py): the harness's hello check
-    passes on it, over kept-alive connections, with its W forked workers."""
+@pytest.mark.parametrize("name", ["forward", "forward-parse"])
+def test_bare_forwarder_answers_hello_and_leaves_no_process(tmp_path, bench_env, name):
+    """``--set floor``'s references (bench/apps/forward.py): the harness's hello check
+    passes on them, over kept-alive connections, with their W forked workers."""
     settings = Settings(workers=2, threads=2)
     wl = WORKLOADS["hello"]
     port = free_port()
-    argv, extra = SERVERS["forward"].build(settings, wl.app, port, [])
+    argv, extra = SERVERS[name].build(settings, wl.app, port, [])
     env = server_env(tmp_path, 4)
     env.update(extra, **bench_env)
     server = ServerProcess(argv, log_path=tmp_path / "server.log", env=env, cwd=ROOT)
     tree: list[psutil.Process] = []
     try:
         wait_ready(server, port, wl, 30)
-        expected = SERVERS["forward"].processes(settings)
+        expected = SERVERS[name].processes(settings)
         assert len(wait_for_workers(server, expected, 20)) == expected, server.log
         assert check(port, "hello") is None
         served, problems = _hammer(port, "hello", SMOKE_SECONDS)
