@@ -56,7 +56,7 @@ from aiohttp.streams import EMPTY_PAYLOAD
 from wsgipool import exchange as ev
 from wsgipool.body import EMPTY as EMPTY_BODY
 from wsgipool.environ import Collected, collect_message, connection_of
-from wsgipool.logs.access import AccessLogger
+from wsgipool.logs.access import AccessLogger, Gone
 from wsgipool.logs.atoms import RequestRecord
 
 if TYPE_CHECKING:
@@ -383,8 +383,10 @@ def _wake(protocol: Any) -> None:
 
 def lost(protocol: Any, lane: FastLane) -> None:
     """The connection is gone with a request on the lane (or handed back and not yet
-    adopted, which now never will be): stop its app, or leave the queue."""
+    adopted, which now never will be): stop its app, or leave the queue; its access
+    line says 499 (logs/access.py's `Gone`)."""
     stats = lane.stats
+    access = protocol.access_logger
     handed = protocol.fast_adopted
     if handed is not None:
         protocol.fast_adopted = None
@@ -392,6 +394,8 @@ def lost(protocol: Any, lane: FastLane) -> None:
             handed.exchange.close()
         if stats is not None:  # the wrapper will never see it
             stats.record(handed.message.method, "aborted", _clock() - handed.started)
+        if access is not None:
+            _log_gone(access, protocol, handed.message, handed.exchange, handed.started)
     request = protocol.fast
     if request is None:
         return
@@ -405,10 +409,28 @@ def lost(protocol: Any, lane: FastLane) -> None:
     if exchange is not None:
         exchange.listen(None)
         exchange.close()
+    if access is not None:
+        _log_gone(access, protocol, request.message, exchange, request.started)
     protocol._request_in_progress = False
     waiter = protocol._handler_waiter
     if waiter is not None and not waiter.done():
         waiter.set_result(None)
+
+
+def _log_gone(
+    access: Any, protocol: Any, message: Any, exchange: ev.Exchange | None, started: float
+) -> None:
+    if type(access) is not AccessLogger:
+        return
+    pid = getattr(getattr(exchange, "owner", None), "pid", None)
+    record = RequestRecord(
+        _LaneRequest(message, protocol.peername),  # type: ignore[arg-type]
+        Gone(),  # type: ignore[arg-type]
+        _clock() - started,
+        pid if isinstance(pid, int) else None,
+        None,
+    )
+    access.write(record)
 
 
 def adopt(protocol: Any, message: Any) -> HandedBack | None:

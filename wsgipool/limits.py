@@ -30,6 +30,7 @@ from aiohttp.web_protocol import RequestHandler
 
 from wsgipool import fastpath
 from wsgipool.fastpath import FastLane
+from wsgipool.logs.access import AccessLogger, log_abandoned
 from wsgipool.logs.escape import escape
 from wsgipool.response import error_response
 from wsgipool.upgrade import UpgradeSafeParser
@@ -134,6 +135,20 @@ class _GuardedRequestHandler(RequestHandler):
         super().connection_lost(exc)
         if self.lane is not None:
             fastpath.lost(self, self.lane)
+
+    async def _handle_request(
+        self, request: web.BaseRequest, start_time: float | None, request_handler: Any
+    ) -> tuple[web.StreamResponse, bool]:
+        """aiohttp's, and the access line of a request whose client left meanwhile:
+        aiohttp cancels its handler (handler_cancellation) and writes no line."""
+        try:
+            return await super()._handle_request(request, start_time, request_handler)
+        except asyncio.CancelledError:
+            access = self.access_logger
+            gone = self.transport is None  # connection_lost ran: the client left
+            if gone and start_time is not None and type(access) is AccessLogger:
+                log_abandoned(access, request, self._loop.time() - start_time)
+            raise
 
     def close(self) -> None:
         """A graceful stop's first step: no request after the one in progress.

@@ -23,6 +23,7 @@ from aiohttp.http import HttpVersion, HttpVersion10, HttpVersion11
 
 from wsgipool import exchange as ev
 from wsgipool.deadlines import Sending
+from wsgipool.logs.access import note_response
 from wsgipool.logs.escape import escape
 from wsgipool.relay import ClientGone, Head, file_pieces, relay
 from wsgipool.wsgicall import SERVER_HEADER
@@ -389,6 +390,7 @@ class _Sink:
         assert response is not None
         if not self.prepared:
             self.prepared = True
+            note_response(self.request, response)  # the access line, if the client leaves
             await response.prepare(self.request)
         return response
 
@@ -396,6 +398,7 @@ class _Sink:
         response = await self._prepare()
         await response.write(data)
         self.written += len(data)
+        _set_body_sent(response, self.written)
 
     async def send_file(self, fd: int, offset: int, count: int) -> int:
         request = self.request

@@ -570,3 +570,39 @@ def test_direct_write_whose_client_leaves_at_once_keeps_its_access_line(run_serv
     assert lines, f"{len(_lines(server.log, 'size=200000'))} access lines for {count} requests"
     assert all(line.endswith(" b=600000") for line in _lines(server.log, "size=200000"))
     assert "Traceback" not in server.log
+
+
+@pytest.mark.parametrize("workers", ["0", "2"], ids=["threads", "processes"])
+def test_a_request_whose_client_leaves_keeps_its_access_line(
+    run_server, tmp_path: Path, workers: str
+) -> None:
+    # aiohttp cancels the handler of a client that left and writes no line for it.
+    server = run_server(
+        "streamapp:app",
+        "--workers",
+        workers,
+        "--access-log",
+        "--access-log-format",
+        "%(U)s s=%(s)s b=%(b)s p=%(p)s",
+    )
+    started = tmp_path / "started"
+    # Gone while the app works (process mode: on the fast lane): nothing was sent, 499.
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
+        sock.sendall(f"GET /slow?seconds=2&started={started} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+        assert wait_for(started.exists, 10), server.log
+    # Gone in the middle of a streamed response: its status and the bytes sent so far.
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
+        sock.sendall(b"GET /ticks?interval=0.1&size=5 HTTP/1.1\r\nHost: x\r\n\r\n")
+        received = b""
+        while received.count(b"ttttt") < 2:
+            chunk = sock.recv(4096)
+            assert chunk, received
+            received += chunk
+    slow = wait_for(lambda: _lines(server.log, "/slow s="), 15)
+    ticks = wait_for(lambda: _lines(server.log, "/ticks s="), 15)
+    assert slow and ticks, server.log
+    pid = "-" if workers == "0" else r"\d+"  # the worker the app ran on
+    assert re.search(rf"/slow s=499 b=- p={pid}$", slow[0]), slow
+    sent = re.search(r"/ticks s=200 b=(\d+) p=", ticks[0])
+    assert sent and int(sent.group(1)) >= 10 and int(sent.group(1)) % 5 == 0, ticks
+    assert "Traceback" not in server.log

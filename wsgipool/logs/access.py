@@ -15,10 +15,15 @@ from aiohttp.web import BaseRequest, RequestKey, StreamResponse
 
 from wsgipool.logs.atoms import RequestRecord, compile_format, render
 
-__all__ = ["AccessLogger", "note_worker"]
+__all__ = ["GONE", "AccessLogger", "Gone", "log_abandoned", "note_response", "note_worker"]
+
+#: The status of the line of a request whose client left before its response
+#: began: nginx's "client closed request", which operators know.
+GONE = 499
 
 _WORKER_PID = RequestKey("wsgipool.worker_pid", int)
 _RSS_CHANGE = RequestKey("wsgipool.rss_change", int)
+_RESPONSE = RequestKey("wsgipool.response", StreamResponse)
 
 
 def note_worker(request: BaseRequest, exchange: Any) -> None:
@@ -33,6 +38,38 @@ def note_worker(request: BaseRequest, exchange: Any) -> None:
     change = getattr(exchange, "rss_change", None)
     if isinstance(change, int):
         request[_RSS_CHANGE] = change
+
+
+def note_response(request: BaseRequest, response: StreamResponse) -> None:
+    """Note the response being streamed to `request`, for the line of a request whose
+    client leaves before it ends (`log_abandoned`)."""
+    request[_RESPONSE] = response
+
+
+class Gone:
+    """The response of a request whose client left before it began: status 499, no body."""
+
+    __slots__ = ("body_sent", "raw_head", "status")
+
+    def __init__(self) -> None:
+        self.status = GONE
+        self.body_sent = 0
+        self.raw_head = b""  # no header: the response atoms give "-"
+
+
+def log_abandoned(access: AccessLogger, request: BaseRequest, duration: float) -> None:
+    """The line of a request whose handler was cancelled because its client left.
+
+    aiohttp writes no line for a cancelled handler; an operator wants one for
+    every request, the aborted ones most.  The status is the response's when it
+    had begun (with the body bytes sent so far), else 499.
+    """
+    response: Any = request.get(_RESPONSE) or Gone()
+    access.write(
+        RequestRecord(
+            request, response, duration, request.get(_WORKER_PID), request.get(_RSS_CHANGE)
+        )
+    )
 
 
 class AccessLogger(AbstractAccessLogger):
