@@ -448,7 +448,7 @@ SERVERS: dict[str, Server] = {
         Server(
             "forward",
             "bare forwarder",
-            ("uvloop",),
+            ("aiohttp",),
             ("uvloop",),
             _forward(parse=False),
             lambda s: f"1 loop, {s.workers} processes x 1 thread",
@@ -462,7 +462,7 @@ SERVERS: dict[str, Server] = {
         Server(
             "forward-parse",
             "bare forwarder + aiohttp's parser",
-            ("uvloop", "aiohttp"),
+            ("aiohttp",),
             ("uvloop", "aiohttp"),
             _forward(parse=True),
             lambda s: f"1 loop, {s.workers} processes x 1 thread",

@@ -2,13 +2,14 @@
 
 ``python -m bench.apps.forward --port PORT --workers W``
 
-One uvloop event loop accepts keep-alive connections, cuts each request at the
-blank line that ends its head (no parsing and no checks: GET without a body is
-all it knows), and forwards it as a length-prefixed frame over a socketpair to
-one of W forked worker processes, which answer every frame with the hello
-response (after ``--work-us`` of CPU each, to serve at a wsgipool worker's
-pace); the loop writes that answer to the client.  Frames for one
-worker are sent together once per loop iteration, as wsgipool's channels do.
+One event loop (uvloop where installed, as wsgipool's) accepts keep-alive
+connections, cuts each request at the blank line that ends its head (no parsing
+and no checks: GET without a body is all it knows), and forwards it as a
+length-prefixed frame over a socketpair to one of W forked worker processes,
+which answer every frame with the hello response (after ``--work-us`` of CPU
+each, to serve at a wsgipool worker's pace); the loop writes that answer to the
+client. Frames for one worker are sent together once per loop iteration, as
+wsgipool's channels do.
 
 It is no server: nothing here bounds a buffer or survives a worker's death.  It
 is what wsgipool's main process does per request with everything else left out
@@ -29,7 +30,6 @@ import socket
 import struct
 import time
 
-import uvloop
 from aiohttp.base_protocol import BaseProtocol
 from aiohttp.http_parser import HttpRequestParser
 
@@ -200,7 +200,14 @@ def main() -> None:
                 os._exit(0)
         theirs.close()
         socks.append(ours)
-    uvloop.run(_serve(args.host, args.port, socks, args.parse))
+    try:  # the loop wsgipool itself runs on when it is installed (the bench extra)
+        import uvloop
+
+        loop_factory = uvloop.new_event_loop
+    except ImportError:
+        loop_factory = asyncio.new_event_loop
+    with asyncio.Runner(loop_factory=loop_factory) as runner:
+        runner.run(_serve(args.host, args.port, socks, args.parse))
 
 
 if __name__ == "__main__":

@@ -322,15 +322,21 @@ def test_tcp_forwarded_headers_upload_streaming_and_rolling_reload(
         conn.close()
 
     # Rolling SIGHUP under load: every request through nginx succeeds.
+    old = {str(pid).encode() for pid in server.worker_pids()}
     load = loads(nginx.http_port)
     load.wait_for_ok(50)
     server.signal(signal.SIGHUP)
     assert wait_for(lambda: server.log.count("generation 2") >= 3, 30), server.log
     load.wait_for_ok(100)
     load.stop()
+    new = {str(pid).encode() for pid in server.worker_pids()} - old
     print(f"rolling reload through nginx: {load.ok} requests, {len(load.failures)} failed")
     assert load.failures == []
-    assert len(load.pids) >= 4  # served by the old workers and by the new ones
+    # Served by the old workers and by the new ones. (Not necessarily by all four:
+    # the dispatcher gives a request to the worker with the most free threads, the
+    # first one on a tie, so 4 clients may keep one worker of a generation busy.)
+    assert load.pids & old, (load.pids, old)
+    assert load.pids & new, (load.pids, new)
 
 
 def test_keepalive_upstream_and_untrusted_proxy(
