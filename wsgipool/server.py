@@ -197,6 +197,7 @@ class Server:
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
         self._stop = loop.create_future()
+        logsetup.flush_access_per_iteration(loop)  # not a write(2) per access line
         # Taken (and removed from the environment) before the app's processes start.
         self.notifier = self.link or systemd.Notifier.from_environ()
         activated = systemd.listen_fds()
@@ -610,6 +611,7 @@ class Server:
             finally:
                 cut.cancel()
             self.runner = None
+        logsetup.flush_access_per_iteration(None)  # the last access lines are written
         executor = self.executor
         if isinstance(executor, ProcessExecutor):
             await executor.shutdown(max(0.0, deadline - loop.time()))

@@ -1,14 +1,19 @@
-"""The pure parts of the logs: escaping, the access format compiler, the RSS trailer."""
+"""The pure parts of the logs: escaping, the access format compiler, the RSS trailer,
+and when the access file is flushed."""
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import re
+from pathlib import Path
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from wsgipool import protocol as p
+from wsgipool.logs import setup
 from wsgipool.logs.atoms import DEFAULT_FORMAT, FormatError, compile_format
 from wsgipool.logs.escape import escape
 
@@ -95,3 +100,51 @@ def test_raw_frame_with_trailer() -> None:
     assert p.decode_rss(payload, "RAW") == 42
     code, head_size, data = p.decode_raw(payload[:-4], head_request=False)
     assert (code, head_size, bytes(data)) == (200, len(head), head + b"hello")
+
+
+def test_access_file_is_flushed_once_per_loop_iteration(tmp_path: Path) -> None:
+    """The access log's file handler: lines written in one iteration of the event loop
+    reach the file at its end, in one flush; at once off the loop and after a stop."""
+    path = tmp_path / "access.log"
+    handler = setup._ReopeningFileHandler(str(path), mode="a", encoding="utf-8")
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    logger = logging.Logger("test.access")
+    logger.addHandler(handler)
+    flushes: list[int] = []
+    real_flush = handler.stream.flush
+    handler.stream.flush = lambda: (flushes.append(1), real_flush())[1]  # type: ignore[method-assign]
+
+    async def serve() -> None:
+        handler.flush_on(asyncio.get_running_loop())
+        logger.info("one")
+        logger.info("two")
+        assert path.read_text() == ""  # not yet: at the end of this iteration
+        await asyncio.sleep(0)
+        assert path.read_text() == "one\ntwo\n"
+        assert len(flushes) == 1
+        logger.info("three")
+        handler.flush_on(None)  # the stop: flushed now, and at once from then on
+        assert path.read_text() == "one\ntwo\nthree\n"
+
+    asyncio.run(serve())
+    logger.info("four")
+    assert path.read_text().endswith("three\nfour\n")
+    handler.close()
+
+
+def test_access_line_flushed_when_its_loop_is_gone(tmp_path: Path) -> None:
+    """A line whose flush was scheduled on a loop that then closed is still written."""
+    path = tmp_path / "access.log"
+    handler = setup._ReopeningFileHandler(str(path), mode="a", encoding="utf-8")
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    logger = logging.Logger("test.access")
+    logger.addHandler(handler)
+    loop = asyncio.new_event_loop()
+    handler.flush_on(loop)
+    loop.call_soon(logger.info, "last")
+    loop.call_soon(loop.stop)
+    loop.run_forever()  # the flush was scheduled after stop(): it never ran
+    loop.close()
+    logger.info("after")  # the loop is closed: at once, with what was pending
+    assert path.read_text() == "last\nafter\n"
+    handler.close()

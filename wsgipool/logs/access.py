@@ -98,8 +98,16 @@ class AccessLogger(AbstractAccessLogger):
 
     def write(self, record: RequestRecord) -> None:
         """Write one access line; also for the fast lane, which has no aiohttp request."""
+        logger = self.logger
         try:
             line = render(self._parts, record)
-            self.logger.info(line, extra={"access": record})
+            if logger.isEnabledFor(logging.INFO):
+                # logger.info() without its caller lookup (a walk up the stack per
+                # line): an access line's source is always this line.
+                extra = {"access": record}
+                made = logger.makeRecord(
+                    logger.name, logging.INFO, __file__, 0, line, (), None, "write", extra
+                )
+                logger.handle(made)
         except Exception:
             self.logger.exception("cannot write an access line")

@@ -21,6 +21,7 @@ worker settings.
 
 from __future__ import annotations
 
+import asyncio
 import copy
 import datetime
 import json
@@ -29,6 +30,7 @@ import logging.config
 import os
 import signal
 import sys
+import threading
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,7 +38,15 @@ from typing import Any, TextIO
 
 from wsgipool.logs.atoms import DEFAULT_FORMAT
 
-__all__ = ["LOG_FORMAT", "JsonFormatter", "LogSetup", "configure", "load_dict_config", "reopen"]
+__all__ = [
+    "LOG_FORMAT",
+    "JsonFormatter",
+    "LogSetup",
+    "configure",
+    "flush_access_per_iteration",
+    "load_dict_config",
+    "reopen",
+]
 
 LOG_FORMAT = "[%(asctime)s] [%(process)d] [%(levelname)s] %(message)s"
 
@@ -155,8 +165,51 @@ def _access_formatter(setup: LogSetup) -> logging.Formatter:
     return JsonFormatter() if setup.format == "json" else logging.Formatter("%(message)s")
 
 
-class _ReopeningFileHandler(logging.FileHandler):
+class _FlushPerIteration(logging.StreamHandler):  # type: ignore[type-arg]
+    """A stream handler that, once given the event loop, flushes once per iteration.
+
+    Access lines are written on the main process's event loop, one per request;
+    flushing each is a write(2) per request.  With `flush_access_per_iteration`
+    a flush asked for on the loop's thread is done at the end of the loop's
+    current iteration (``call_soon``), after the other lines of that iteration;
+    anywhere else, or once the loop is closed, it is done at once.
+    """
+
+    _loop: asyncio.AbstractEventLoop | None = None
+    _thread = 0
+    _pending = False
+
+    def flush(self) -> None:
+        loop = self._loop
+        if loop is None or loop.is_closed() or threading.get_ident() != self._thread:
+            super().flush()
+        elif not self._pending:
+            self._pending = True
+            loop.call_soon(self._flush_now)
+
+    def _flush_now(self) -> None:
+        self._pending = False
+        super().flush()
+
+    def flush_on(self, loop: asyncio.AbstractEventLoop | None) -> None:
+        """Flush once per iteration of `loop` (this thread's), or at once again (None)."""
+        self._loop = loop
+        self._thread = threading.get_ident()
+        if loop is None:
+            super().flush()
+
+
+class _ReopeningFileHandler(_FlushPerIteration, logging.FileHandler):
     """A FileHandler that `reopen` knows how to point at a fresh file."""
+
+
+def flush_access_per_iteration(loop: asyncio.AbstractEventLoop | None) -> None:
+    """Let the access log's own handlers flush once per iteration of `loop` (the
+    running one), or, with None, flush them now and at once from then on (at a stop).
+    A handler a ``--log-config`` file put there flushes as it always does."""
+    for handler in logging.getLogger(ACCESS_LOGGER).handlers:
+        if isinstance(handler, _FlushPerIteration):
+            handler.flush_on(loop)
 
 
 def configure(setup: LogSetup, *, main: bool) -> None:
@@ -213,9 +266,9 @@ def _access_handler(setup: LogSetup) -> logging.Handler:
     target = setup.access_logfile
     handler: logging.Handler
     if target is None:
-        handler = logging.StreamHandler(sys.stderr)
+        handler = logging.StreamHandler(sys.stderr)  # line-buffered: no flush to spare
     elif target == "-":
-        handler = logging.StreamHandler(sys.stdout)
+        handler = _FlushPerIteration(sys.stdout)
     else:
         try:
             handler = _ReopeningFileHandler(target, mode="a", encoding="utf-8")
