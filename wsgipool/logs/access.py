@@ -64,7 +64,9 @@ def log_abandoned(access: AccessLogger, request: BaseRequest, duration: float) -
     every request, the aborted ones most.  The status is the response's when it
     had begun (with the body bytes sent so far), else 499.
     """
-    response: Any = request.get(_RESPONSE) or Gone()
+    response: Any = request.get(_RESPONSE)
+    if response is None:
+        response = Gone()
     access.write(
         RequestRecord(
             request, response, duration, request.get(_WORKER_PID), request.get(_RSS_CHANGE)
