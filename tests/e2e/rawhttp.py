@@ -130,6 +130,28 @@ def parse_one(data: bytes, method: str = "GET") -> Response:
     return response
 
 
+def read_response(sock: socket.socket, timeout: float = 10.0) -> Response:
+    """One response with a Content-Length from `sock`, without waiting for the close."""
+    data = b""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        sock.settimeout(max(deadline - time.monotonic(), 0.01))
+        try:
+            chunk = sock.recv(65536)
+        except (TimeoutError, ConnectionResetError):
+            break
+        if not chunk:
+            break
+        data += chunk
+        head, sep, rest = data.partition(b"\r\n\r\n")
+        if sep and b"content-length:" in head.lower():
+            length = int(head.lower().split(b"content-length:")[1].split(b"\r\n")[0])
+            if len(rest) >= length:
+                break
+    assert data, "no response"
+    return parse_one(data)
+
+
 def request_bytes(
     method: str,
     target: str | bytes,

@@ -25,74 +25,12 @@ from typing import Any
 import psutil
 import pytest
 
-from tests.conftest import ServerProcess, free_port, server_env
+from tests.asgiserver import AsgiServer, start_asgi
 from tests.polling import wait_for
 
 MIB = 1024 * 1024
 POOL = {"workers": 2, "threads": 4, "timeout": "3s", "graceful_timeout": "5s"}
 OPTIONS = {"max_request_body_size": 60 * MIB}
-
-
-class AsgiServer(ServerProcess):
-    """An ASGI server subprocess serving `module:app`; stop() kills its whole tree."""
-
-    def __init__(self, argv: list[str], port: int, env: dict[str, str], log: Path) -> None:
-        super().__init__(argv[1:], port, log, env, log.parent, module=argv[0])
-
-    def worker_pids(self) -> list[int]:
-        """The pool's workers: children of the template, the server's child."""
-        out = []
-        for child in self.descendants():
-            with contextlib.suppress(psutil.NoSuchProcess):
-                if child.ppid() != self.pid:
-                    out.append(child.pid)
-        return sorted(out)
-
-    def wait_until_serving(self, timeout: float = 45.0) -> None:
-        """Until the port accepts (ASGI servers print no "serving with" line)."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"server exited with {self.proc.returncode}:\n{self.log}")
-            with (
-                contextlib.suppress(OSError),
-                socket.create_connection(("127.0.0.1", self.port), timeout=1),
-            ):
-                self.descendants()
-                return
-            time.sleep(0.05)
-        raise RuntimeError(f"server did not start within {timeout}s:\n{self.log}")
-
-
-def start_asgi(
-    directory: Path,
-    server: str,
-    target: str,
-    env: dict[str, str],
-    *,
-    wait: bool = True,
-    extra_path: Path | None = None,
-    lifespan: str = "on",
-    log_level: str = "warning",
-) -> AsgiServer:
-    port = free_port()
-    if server == "uvicorn":
-        argv = ["uvicorn", target, "--host", "127.0.0.1", "--port", str(port)]
-        argv += ["--lifespan", lifespan, "--log-level", log_level]
-    else:
-        argv = ["hypercorn", target, "--bind", f"127.0.0.1:{port}"]
-    full_env = server_env(env)
-    if extra_path is not None:
-        full_env["PYTHONPATH"] = f"{extra_path}{os.pathsep}{full_env['PYTHONPATH']}"
-    log = directory / f"{server}-{port}.log"
-    process = AsgiServer(argv, port, full_env, log)
-    if wait:
-        try:
-            process.wait_until_serving()
-        except BaseException:
-            process.stop()
-            raise
-    return process
 
 
 # (server, layout, mode): the mount prefix each answers under.

@@ -16,27 +16,11 @@ from pathlib import Path
 
 import pytest
 
+from tests.e2e.slowclients import closed_marks, is_cut, slow_reader, stall_upload
 from tests.polling import wait_for
 
-_TCP_CLOSE = 7
-_TCP_CLOSE_WAIT = 8
 #: How long a test waits for a deadline of about a second to act (a busy machine).
 PATIENCE = 20.0
-
-
-def slow_reader(port: int, path: str) -> socket.socket:
-    """A client that asks for `path` and never reads the answer."""
-    sock = socket.socket()
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-    sock.connect(("127.0.0.1", port))
-    sock.sendall(f"GET {path} HTTP/1.1\r\nHost: test\r\n\r\n".encode())
-    return sock
-
-
-def is_cut(sock: socket.socket) -> bool:
-    """The server closed or reset this connection (read without consuming anything)."""
-    state = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 8)[0]
-    return state in (_TCP_CLOSE, _TCP_CLOSE_WAIT)
 
 
 def open_fds(pid: int) -> list[str]:
@@ -50,10 +34,6 @@ def open_fds(pid: int) -> list[str]:
 def deleted_files(pid: int) -> int:
     """Unnamed temporary files (spooled bodies) the process holds open."""
     return sum(1 for target in open_fds(pid) if target.endswith("(deleted)"))
-
-
-def closed_marks(path: Path) -> int:
-    return path.read_text().count("closed") if path.exists() else 0
 
 
 def modes(tmp_path: Path) -> dict[str, list[str]]:
@@ -149,26 +129,13 @@ def test_a_slow_but_steady_reader_is_not_cut(run_server, tmp_path):
         assert received > size  # the head and the whole body
 
 
-def _stall_upload(port: int, chunked: bool) -> socket.socket:
-    """Send a head and 2 MiB of a larger body (spooled to a file), then nothing more."""
-    sock = socket.create_connection(("127.0.0.1", port), timeout=30)
-    part = b"u" * (2 << 20)
-    if chunked:
-        head = b"POST /upload HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n"
-        sock.sendall(head + b"%x\r\n" % len(part) + part + b"\r\n")
-    else:
-        head = b"POST /upload HTTP/1.1\r\nHost: t\r\nContent-Length: %d\r\n\r\n" % (10 << 20)
-        sock.sendall(head + part)
-    return sock
-
-
 @pytest.mark.parametrize("chunked", [False, True], ids=["content-length", "chunked"])
 @pytest.mark.parametrize("mode", ["threads", "processes"])
 def test_a_stalled_body_gets_408_and_its_file_is_released(run_server, tmp_path, mode, chunked):
     server = run_server("deadlineapp:app", *modes(tmp_path)[mode], "--body-timeout", "1")
     assert server.request("GET", "/ok")[0] == 200
     baseline = len(open_fds(server.pid))
-    uploads = [_stall_upload(server.port, chunked) for _ in range(3)]
+    uploads = [stall_upload(server.port, chunked) for _ in range(3)]
     try:
         for sock in uploads:
             answer = b""

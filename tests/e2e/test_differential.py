@@ -19,7 +19,7 @@ import pytest
 
 from tests.conftest import ServerProcess, free_port, server_env
 from tests.e2e import rawhttp
-from tests.e2e.test_pipelining import CASES as PIPELINE_CASES
+from tests.e2e.pipelined import CASES as PIPELINE_CASES
 
 SERVER_OPTIONS = [
     "--limit-request-line",

@@ -20,7 +20,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import free_port
 from tests.conftest import http_get as get
-from tests.e2e.test_status_page import CHROMIUM, headless
+from tests.e2e.browser import CHROMIUM, headless
 from tests.polling import wait_for
 
 

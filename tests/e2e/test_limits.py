@@ -16,28 +16,6 @@ from tests.e2e import rawhttp
 LIMIT = 1024 * 1024  # --max-request-body-size for these tests
 
 
-def read_response(sock: socket.socket, timeout: float = 10.0) -> rawhttp.Response:
-    """One response with a Content-Length from `sock`, without waiting for the close."""
-    data = b""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        sock.settimeout(max(deadline - time.monotonic(), 0.01))
-        try:
-            chunk = sock.recv(65536)
-        except (TimeoutError, ConnectionResetError):
-            break
-        if not chunk:
-            break
-        data += chunk
-        head, sep, rest = data.partition(b"\r\n\r\n")
-        if sep and b"content-length:" in head.lower():
-            length = int(head.lower().split(b"content-length:")[1].split(b"\r\n")[0])
-            if len(rest) >= length:
-                break
-    assert data, "no response"
-    return rawhttp.parse_one(data)
-
-
 # -- request bodies ---------------------------------------------------------------------
 
 
@@ -50,7 +28,7 @@ def test_declared_content_length_over_the_limit_is_413_before_the_body(run_serve
                 "POST", "/upload", [("Content-Length", str(LIMIT + 1))], close=False
             )
         )
-        response = read_response(sock)
+        response = rawhttp.read_response(sock)
     assert response.status == 413
     # The unread body must never be taken for a next request: the connection ends.
     assert response.header("connection") == "close"
@@ -73,7 +51,7 @@ def test_expect_100_continue_over_the_limit_is_413_at_once(run_server, executor_
                 close=False,
             )
         )
-        response = read_response(sock)
+        response = rawhttp.read_response(sock)
     assert response.status == 413
     assert response.header("connection") == "close"
 
@@ -116,7 +94,7 @@ def test_chunked_body_is_413_as_soon_as_it_passes_the_limit(run_server, executor
         while sent <= LIMIT:
             sock.sendall(chunk)
             sent += len(piece)
-        response = read_response(sock)
+        response = rawhttp.read_response(sock)
     assert response.status == 413
     assert response.header("connection") == "close"
 

@@ -18,9 +18,9 @@ from pathlib import Path
 
 import pytest
 
+from tests.asgiserver import start_asgi
 from tests.conftest import ServerProcess, free_port, server_env
 from tests.e2e import rawhttp
-from tests.e2e.test_asgi import start_asgi
 from tests.polling import wait_for
 
 FILE_DATA = bytes(range(256)) * 400  # 100 KiB

@@ -9,22 +9,15 @@ installs it).
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
 import re
-import shutil
-import signal
-import subprocess
 import urllib.request
-from pathlib import Path
 
 import pytest
 
 from tests.conftest import free_port
+from tests.e2e.browser import CHROMIUM, headless
 from tests.polling import wait_for
-
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
 pytestmark = pytest.mark.skipif(
     CHROMIUM is None,
@@ -35,37 +28,6 @@ pytestmark = pytest.mark.skipif(
 def stats(port: int) -> dict:
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/stats", timeout=30) as response:
         return json.loads(response.read())
-
-
-def headless(url: str, profile: Path, *mode: str, timeout: float = 90.0) -> str:
-    """Run chromium headless on `url`; its stdout.  Its whole process group dies after."""
-    assert CHROMIUM is not None
-    argv = [
-        CHROMIUM,
-        "--headless",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-dev-shm-usage",
-        "--no-first-run",
-        f"--user-data-dir={profile}",
-        "--virtual-time-budget=5000",
-        *mode,
-        url,
-    ]
-    proc = subprocess.Popen(
-        argv,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        stdin=subprocess.DEVNULL,
-        start_new_session=True,
-    )
-    try:
-        out, _ = proc.communicate(timeout=timeout)
-    finally:
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(5)
-    return out.decode(errors="replace")
 
 
 def test_status_page_shows_each_worker_with_its_rss_chart(run_server, tmp_path):

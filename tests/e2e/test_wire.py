@@ -23,7 +23,6 @@ import pytest
 from aiohttp import web
 
 from tests.e2e import rawhttp
-from tests.e2e.test_limits import read_response
 from tests.polling import wait_for
 from wsgipool import WSGIHandler
 
@@ -196,7 +195,7 @@ def test_response_rules_on_every_path(run_server, executor_args, route_args):
         headers = [("Content-Length", str(length)), ("Expect", expect)]
         with rawhttp.connect(addr) as sock:
             sock.sendall(rawhttp.request_bytes("POST", "/echo", headers, close=False))
-            response = read_response(sock)
+            response = rawhttp.read_response(sock)
         assert response.status == status, response.raw_head
         assert response.header("server") == "wsgipool", response.raw_head
         assert response.header("connection") == "close", response.raw_head

@@ -20,7 +20,7 @@ import pytest
 from aiohttp import web
 
 from tests.apps import deadlineapp
-from tests.e2e.test_deadlines import _stall_upload, closed_marks, is_cut, slow_reader
+from tests.e2e.slowclients import closed_marks, is_cut, slow_reader, stall_upload
 from wsgipool import ProcessExecutor, WSGIHandler
 
 
@@ -68,7 +68,7 @@ async def _scenario(handler: WSGIHandler, executor: ProcessExecutor | None, tmp:
             session.get(f"http://127.0.0.1:{port}/ok") as response,
         ):
             assert response.status == 200
-        upload = await loop.run_in_executor(None, _stall_upload, port, True)
+        upload = await loop.run_in_executor(None, stall_upload, port, True)
         try:
             answer = await asyncio.wait_for(loop.run_in_executor(None, _read_all, upload), 20)
         finally:

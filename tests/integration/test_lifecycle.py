@@ -15,7 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from tests.cli import not_zombie
-from tests.integration.test_supervisor import (
+from tests.integration.supervised import (
     LoadLoop,
     failures,
     fetch,
