@@ -21,7 +21,6 @@ worker settings.
 
 from __future__ import annotations
 
-import asyncio
 import copy
 import datetime
 import json
@@ -34,9 +33,12 @@ import threading
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 from wsgipool.logs.atoms import DEFAULT_FORMAT
+
+if TYPE_CHECKING:  # not at run time: the template and workers never import asyncio
+    import asyncio
 
 __all__ = [
     "LOG_FORMAT",
