@@ -56,7 +56,7 @@ from aiohttp.streams import EMPTY_PAYLOAD
 from wsgipool import exchange as ev
 from wsgipool.body import EMPTY as EMPTY_BODY
 from wsgipool.environ import Collected, collect_message, connection_of
-from wsgipool.logs.access import AccessLogger, Gone
+from wsgipool.logs.access import GONE_RESPONSE, AccessLogger, StandInResponse
 from wsgipool.logs.atoms import RequestRecord
 
 if TYPE_CHECKING:
@@ -272,7 +272,9 @@ def on_event(protocol: Any, lane: FastLane, exchange: ev.Exchange) -> None:
             data = b"".join((data[:cut], line, data[cut:]))
         transport.write(data)
         if access is not None:
-            _log_access(access, protocol, request, exchange, _code, head_size, value[2])
+            whole = value[2]
+            answer = StandInResponse(_code, len(whole) - head_size, whole[:head_size])
+            _log_access(access, protocol, message, exchange, answer, request.started)
         exchange.close()
         stats = lane.stats
         if stats is not None:
@@ -303,33 +305,21 @@ class _LaneRequest:
             self.remote = str(peername)
 
 
-class _LaneResponse:
-    """What the access log's atoms read of a RAW response (response.py's `_RawResponse`)."""
-
-    __slots__ = ("body_sent", "raw_head", "status")
-
-    def __init__(self, status: int, body_sent: int, raw_head: Any) -> None:
-        self.status = status
-        self.body_sent = body_sent
-        self.raw_head = raw_head
-
-
 def _log_access(
     access: AccessLogger,
     protocol: Any,
-    request: OnLane,
-    exchange: ev.Exchange,
-    code: int,
-    head_size: int,
-    data: Any,
+    message: Any,
+    exchange: ev.Exchange | None,
+    response: StandInResponse,
+    started: float,
 ) -> None:
-    """The access line of a request the lane answered, as the handler's path writes it."""
-    pid = getattr(exchange.owner, "pid", None)
+    """The access line of a lane request, as the handler's path writes it."""
+    pid = getattr(getattr(exchange, "owner", None), "pid", None)
     change = getattr(exchange, "rss_change", None)
     record = RequestRecord(
-        _LaneRequest(request.message, protocol.peername),  # type: ignore[arg-type]
-        _LaneResponse(code, len(data) - head_size, data[:head_size]),  # type: ignore[arg-type]
-        _clock() - request.started,
+        _LaneRequest(message, protocol.peername),  # type: ignore[arg-type]
+        response,  # type: ignore[arg-type]
+        _clock() - started,
         pid if isinstance(pid, int) else None,
         change if isinstance(change, int) else None,
     )
@@ -384,7 +374,7 @@ def _wake(protocol: Any) -> None:
 def lost(protocol: Any, lane: FastLane) -> None:
     """The connection is gone with a request on the lane (or handed back and not yet
     adopted, which now never will be): stop its app, or leave the queue; its access
-    line says 499 (logs/access.py's `Gone`)."""
+    line says 499 (logs/access.py's `GONE_RESPONSE`)."""
     stats = lane.stats
     access = protocol.access_logger
     handed = protocol.fast_adopted
@@ -394,8 +384,10 @@ def lost(protocol: Any, lane: FastLane) -> None:
             handed.exchange.close()
         if stats is not None:  # the wrapper will never see it
             stats.record(handed.message.method, "aborted", _clock() - handed.started)
-        if access is not None:
-            _log_gone(access, protocol, handed.message, handed.exchange, handed.started)
+        if type(access) is AccessLogger:
+            _log_access(
+                access, protocol, handed.message, handed.exchange, GONE_RESPONSE, handed.started
+            )
     request = protocol.fast
     if request is None:
         return
@@ -409,28 +401,12 @@ def lost(protocol: Any, lane: FastLane) -> None:
     if exchange is not None:
         exchange.listen(None)
         exchange.close()
-    if access is not None:
-        _log_gone(access, protocol, request.message, exchange, request.started)
+    if type(access) is AccessLogger:
+        _log_access(access, protocol, request.message, exchange, GONE_RESPONSE, request.started)
     protocol._request_in_progress = False
     waiter = protocol._handler_waiter
     if waiter is not None and not waiter.done():
         waiter.set_result(None)
-
-
-def _log_gone(
-    access: Any, protocol: Any, message: Any, exchange: ev.Exchange | None, started: float
-) -> None:
-    if type(access) is not AccessLogger:
-        return
-    pid = getattr(getattr(exchange, "owner", None), "pid", None)
-    record = RequestRecord(
-        _LaneRequest(message, protocol.peername),  # type: ignore[arg-type]
-        Gone(),  # type: ignore[arg-type]
-        _clock() - started,
-        pid if isinstance(pid, int) else None,
-        None,
-    )
-    access.write(record)
 
 
 def adopt(protocol: Any, message: Any) -> HandedBack | None:

@@ -14,12 +14,16 @@ from aiohttp.abc import AbstractAccessLogger
 from aiohttp.web import BaseRequest, RequestKey, StreamResponse
 
 from wsgipool.logs.atoms import RequestRecord, compile_format, render
+from wsgipool.relay import GONE
 
-__all__ = ["GONE", "AccessLogger", "Gone", "log_abandoned", "note_response", "note_worker"]
-
-#: The status of the line of a request whose client left before its response
-#: began: nginx's "client closed request", which operators know.
-GONE = 499
+__all__ = [
+    "GONE_RESPONSE",
+    "AccessLogger",
+    "StandInResponse",
+    "log_abandoned",
+    "note_response",
+    "note_worker",
+]
 
 _WORKER_PID = RequestKey("wsgipool.worker_pid", int)
 _RSS_CHANGE = RequestKey("wsgipool.rss_change", int)
@@ -46,15 +50,21 @@ def note_response(request: BaseRequest, response: StreamResponse) -> None:
     request[_RESPONSE] = response
 
 
-class Gone:
-    """The response of a request whose client left before it began: status 499, no body."""
+class StandInResponse:
+    """What the atoms read of a response aiohttp never had: a RAW answer of the fast
+    lane (its head as the worker serialised it) or none at all (status 499)."""
 
     __slots__ = ("body_sent", "raw_head", "status")
 
-    def __init__(self) -> None:
-        self.status = GONE
-        self.body_sent = 0
-        self.raw_head = b""  # no header: the response atoms give "-"
+    def __init__(self, status: int, body_sent: int, raw_head: Any) -> None:
+        self.status = status
+        self.body_sent = body_sent
+        self.raw_head = raw_head  # b"": no header, the response atoms give "-"
+
+
+#: The response of a request whose client left before it began: nginx's status
+#: for "client closed request", which operators know, and no body.
+GONE_RESPONSE = StandInResponse(GONE, 0, b"")
 
 
 def log_abandoned(access: AccessLogger, request: BaseRequest, duration: float) -> None:
@@ -66,7 +76,7 @@ def log_abandoned(access: AccessLogger, request: BaseRequest, duration: float) -
     """
     response: Any = request.get(_RESPONSE)
     if response is None:
-        response = Gone()
+        response = GONE_RESPONSE
     access.write(
         RequestRecord(
             request, response, duration, request.get(_WORKER_PID), request.get(_RSS_CHANGE)
