@@ -305,6 +305,8 @@ def _bytes_after_an_upgrade_request_are_answered(addr) -> None:
         b"GET /echo?x=1 HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: h2c\r\n\r\n",
         b"POST /echo?x=1 HTTP/1.1\r\nHost: x\r\nConnection: Upgrade, HTTP2-Settings\r\n"
         b"Upgrade: h2c\r\nHTTP2-Settings: AAMAAABkAAQAAP__\r\nContent-Length: 3\r\n\r\nabc",
+        # Header names in any case: llhttp upgrades on these too.
+        b"GET /echo?x=1 HTTP/1.1\r\nHost: x\r\nConnection: uPgRaDe\r\nUpGrAdE: h2c\r\n\r\n",
     ):
         raw = rawhttp.exchange(addr, upgrade + follow, timeout=10)
         first = rawhttp.parse_one(raw)

@@ -22,6 +22,8 @@ UPGRADES = {
     b"UPGRADE: h2c\r\nHTTP2-Settings: AAMAAABkAAQAAP__\r\nContent-Length: 11\r\n\r\n"
     b"hello\r\n\r\nup",
     "body-mentions-it": b"POST /up HTTP/1.1\r\nHost: x\r\nContent-Length: 9\r\n\r\nupgrade!!",
+    # Header names are case-insensitive, and llhttp reads these as an upgrade too.
+    "mixed-case": b"GET /up HTTP/1.1\r\nHost: x\r\nConnection: uPgRaDe\r\nUpGrAdE: h2c\r\n\r\n",
 }
 
 
