@@ -403,9 +403,11 @@ class _Sink:
     async def send_file(self, fd: int, offset: int, count: int) -> int:
         request = self.request
         response = await self._prepare()
+        progress = _Progress()
         try:
-            sent = await _send_file(request, response, fd, offset, count, self.sending)
+            await _send_file(request, response, fd, offset, count, self.sending, progress)
         except ConnectionError as exc:  # the client left: its business, one line
+            self.written += progress.sent
             logger.info(
                 "%s: client went away after %d bytes of a file response (%s)",
                 _label(request),
@@ -415,8 +417,12 @@ class _Sink:
             _abort(request)
             _set_body_sent(response, self.written)
             raise ClientGone from exc
-        self.written += sent
-        return sent
+        except asyncio.CancelledError:  # it left while the file waited for the socket
+            self.written += progress.sent
+            _set_body_sent(response, self.written)  # for the access line of a request cut short
+            raise
+        self.written += progress.sent
+        return progress.sent
 
     async def finish(self) -> None:
         response = await self._prepare()
@@ -451,6 +457,15 @@ def _abort(request: web.BaseRequest) -> None:
         transport.close()
 
 
+class _Progress:
+    """Bytes of a file sent so far: what the access line counts if the client leaves."""
+
+    __slots__ = ("sent",)
+
+    def __init__(self) -> None:
+        self.sent = 0
+
+
 async def _send_file(
     request: web.BaseRequest,
     response: web.StreamResponse,
@@ -458,7 +473,8 @@ async def _send_file(
     offset: int,
     count: int,
     sending: Sending | None,
-) -> int:
+    progress: _Progress,
+) -> None:
     """sendfile() the descriptor straight to the client socket; the fd stays the caller's."""
     writer = response._payload_writer
     transport = request.transport
@@ -468,15 +484,20 @@ async def _send_file(
     if writer is not None and not getattr(writer, "chunked", False) and plain:
         writer.send_headers()
         await writer.drain()
-        sent = await _sendfile_to_socket(transport, fd, offset, count, sending)
-        writer.output_size += sent
-        return sent
-    return await _send_file_fallback(response, fd, offset, count)
+        await _sendfile_to_socket(transport, fd, offset, count, sending, progress)
+        writer.output_size += progress.sent
+        return
+    await _send_file_fallback(response, fd, offset, count, progress)
 
 
 async def _sendfile_to_socket(
-    transport: asyncio.BaseTransport, in_fd: int, offset: int, count: int, sending: Sending | None
-) -> int:
+    transport: asyncio.BaseTransport,
+    in_fd: int,
+    offset: int,
+    count: int,
+    sending: Sending | None,
+    progress: _Progress,
+) -> None:
     """sendfile(2) straight to the client socket, on any loop (uvloop has no loop.sendfile).
 
     Done here rather than by loop.sendfile so that the send deadline sees its
@@ -521,11 +542,11 @@ async def _sendfile_to_socket(
             if written == 0:  # the file is shorter than announced
                 break
             sent += written
+            progress.sent = sent
             if sending is not None:
                 sending.sent += written
     finally:
         os.close(out_fd)
-    return sent
 
 
 def _set_result(waiter: asyncio.Future[None]) -> None:
@@ -534,10 +555,8 @@ def _set_result(waiter: asyncio.Future[None]) -> None:
 
 
 async def _send_file_fallback(
-    response: web.StreamResponse, fd: int, offset: int, count: int
-) -> int:
-    sent = 0
+    response: web.StreamResponse, fd: int, offset: int, count: int, progress: _Progress
+) -> None:
     async for chunk in file_pieces(fd, offset, count):
         await response.write(chunk)
-        sent += len(chunk)
-    return sent
+        progress.sent += len(chunk)

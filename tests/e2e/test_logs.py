@@ -573,6 +573,39 @@ def test_direct_write_whose_client_leaves_at_once_keeps_its_access_line(run_serv
 
 
 @pytest.mark.parametrize("workers", ["0", "2"], ids=["threads", "processes"])
+def test_a_client_leaving_a_file_response_is_logged_with_the_bytes_sent(
+    run_server, tmp_path: Path, workers: str
+) -> None:
+    """sendfile(2) put bytes in the socket before the client left: the line counts them."""
+    size = 64 * 1024 * 1024
+    path = tmp_path / "big.bin"
+    with path.open("wb") as file:
+        file.truncate(size)  # sparse: nothing written to the disk
+    server = run_server(
+        "logapp:app", "--workers", workers, "--access-log", "--access-log-format", "%(U)s b=%(b)s"
+    )
+    read = 0
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
+        sock.sendall(f"GET /file?path={path} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+        while read < 300_000:
+            chunk = sock.recv(65536)
+            assert chunk, read
+            read += len(chunk)
+        time.sleep(0.3)  # the socket's buffers fill up: sendfile waits for the client
+    lines = wait_for(lambda: _lines(server.log, "/file b="), 15)
+    assert lines, server.log
+    sent = re.search(r"/file b=(\d+)$", lines[0])
+    # What the client read, and at most what the kernel's buffers held besides.
+    assert sent and read - 1024 <= int(sent.group(1)) < size, lines
+    # The line that says so, unless aiohttp saw the connection close first and
+    # cancelled the handler: then only the access line tells.
+    gone = re.search(r"client went away after (\d+) bytes of a file response", server.log)
+    assert gone is None or int(gone.group(1)) == int(sent.group(1)), server.log
+    assert "Traceback" not in server.log
+
+
+@pytest.mark.parametrize("workers", ["0", "2"], ids=["threads", "processes"])
 def test_a_request_whose_client_leaves_keeps_its_access_line(
     run_server, tmp_path: Path, workers: str
 ) -> None:
