@@ -84,26 +84,21 @@ def _user(r: RequestRecord) -> str:
     return escape(user) if user else "-"
 
 
-_clf_cache: tuple[int, str] = (-1, "")
-
-
 def _clf_time(r: RequestRecord) -> str:
     """[10/Oct/2000:13:55:36 +0000]: when the request started, in local time."""
-    global _clf_cache
-    second = int(r.start)
-    cached = _clf_cache
-    if cached[0] == second:  # formatted once a second, not once a request
-        return cached[1]
+    return _clf_text(int(r.start))
+
+
+@functools.lru_cache(maxsize=4)  # formatted once a second, not once a request
+def _clf_text(second: int) -> str:
     local = time.localtime(second)
     offset = local.tm_gmtoff or 0
     sign = "-" if offset < 0 else "+"
     hours, minutes = divmod(abs(offset) // 60, 60)
-    text = (
+    return (
         f"[{local.tm_mday:02d}/{_MONTHS[local.tm_mon - 1]}/{local.tm_year}:"
         f"{local.tm_hour:02d}:{local.tm_min:02d}:{local.tm_sec:02d} {sign}{hours:02d}{minutes:02d}]"
     )
-    _clf_cache = (second, text)
-    return text
 
 
 def _protocol(r: RequestRecord) -> str:
