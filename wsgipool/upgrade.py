@@ -22,10 +22,18 @@ behind a body of more than `SCAN_ALL` bytes, goes unsearched).
 The same search refuses a request line that ends in ``RTSP/1.0``, which llhttp
 takes for HTTP/1.0 (`_refuse_rtsp`: 400).  Both look within one packet: a word
 split over two packets is not seen.
+
+One more packet llhttp refuses whole: a request that ends the connection
+(``Connection: close``, or HTTP/1.0 without keep-alive) followed by more bytes
+("Data after `Connection: close`": 400, and the requests before it are lost
+with it).  Such a packet is cut after that request (`_through_closing_request`):
+the requests up to it are answered, and what follows is never served (RFC 9112
+section 9.6).  Only packets with bytes after their first head are looked at.
 """
 
 from __future__ import annotations
 
+import re
 from typing import Any, Final
 
 from aiohttp.http_exceptions import BadHttpMessage
@@ -41,6 +49,9 @@ SCAN_ALL: Final = 8192
 _MARK = b"upgrade"  # looked for in lowercased bytes
 _RTSP = b" RTSP/"  # llhttp reads "GET / RTSP/1.0" as HTTP/1.0 (see `_refuse_rtsp`)
 _HEAD_END = b"\r\n\r\n"
+_REQUEST_LINE = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+ [^ \r\n]+ (HTTP/1\.[01])\r\n")
+#: Requests looked at in one packet for the one that ends the connection.
+_PIPELINED_MAX: Final = 64
 
 
 def _mark(data: bytes, start: int) -> int:
@@ -75,9 +86,14 @@ class UpgradeSafeParser:
             return self._parser.feed_data(data)  # type: ignore[no-any-return]
         start, end = region
         rtsp = data.find(_RTSP, start, end) >= 0
-        if _MARK in data[start:end].lower():
+        lowered = data[start:end].lower()
+        if _MARK in lowered:
             self._body = None
             return _refuse_rtsp(data, self._feed_carefully(bytes(data)), rtsp)
+        if b"close" in lowered or b"http/1.0" in lowered:  # a request may end the connection
+            cut = _through_closing_request(data, start)
+            if cut is not None:
+                data = cut
         result = self._parser.feed_data(data)
         messages = result[0]
         if messages:
@@ -168,6 +184,49 @@ class UpgradeSafeParser:
         length = message.headers.get("Content-Length", "")
         if length.isdigit():
             self._body_left = int(length)
+
+
+def _through_closing_request(data: bytes, start: int) -> bytes | None:
+    """`data` up to the end of the first request from `start` that ends the connection,
+    if bytes follow it; None to feed `data` whole (see the module's docstring).
+
+    Requests are stepped over by their heads and Content-Length; a chunked body, a
+    head that is not whole or does not begin with a request line leave the packet
+    to the parser as it is.
+    """
+    at = start
+    size = len(data)
+    for _ in range(_PIPELINED_MAX):
+        head_end = data.find(_HEAD_END, at)
+        if head_end < 0 or head_end + 4 == size:
+            return None  # one request (the common packet), or a head not whole
+        line = _REQUEST_LINE.match(data, at)
+        if line is None:
+            return None
+        head = data[line.end() : head_end + 2].lower()
+        http10 = line.group(1) == b"HTTP/1.0"
+        closes = keep = False
+        length = 0
+        if b"connection" in head or b"content-length" in head or b"transfer-encoding" in head:
+            for field in head.split(b"\r\n"):
+                name, _, value = field.partition(b":")
+                if name == b"connection":
+                    tokens = [token.strip() for token in value.split(b",")]
+                    closes = closes or b"close" in tokens
+                    keep = keep or b"keep-alive" in tokens
+                elif name == b"content-length":
+                    value = value.strip()
+                    if not value.isdigit():
+                        return None
+                    length = int(value)
+                elif name == b"transfer-encoding":
+                    return None
+        at = head_end + 4 + length
+        if at >= size:
+            return None
+        if closes or (http10 and not keep):
+            return data[:at]
+    return None
 
 
 def _refuse_rtsp(

@@ -330,6 +330,27 @@ def _bytes_after_an_upgrade_request_are_answered(addr) -> None:
     assert [a.status for a in answers] == [200, 200, 200] and queries == ["x=0", "x=1", "x=2"]
 
 
+def _requests_before_one_that_closes_are_answered(addr) -> None:
+    """Bytes pipelined after a request that ends the connection (HTTP/1.0, or
+    Connection: close) in the same packet: llhttp refused the whole packet (400).
+    The requests up to that one are answered, then the connection closes."""
+    for data, queries in (
+        (b"GET /echo?x=1 HTTP/1.0\r\n\r\nGET /echo?x=2 HTTP/1.1\r\nHost: x\r\n\r\n", ["x=1"]),
+        (
+            b"GET /echo?x=1 HTTP/1.1\r\nHost: x\r\n\r\n"
+            b"GET /echo?x=2 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+            b"GET /echo?x=3 HTTP/1.1\r\nHost: x\r\n\r\n",
+            ["x=1", "x=2"],
+        ),
+    ):
+        raw = rawhttp.exchange(addr, data, timeout=10)
+        answers = [rawhttp.parse_one(raw)]
+        while len(answers) < len(queries):
+            answers.append(rawhttp.parse_one(answers[-1].rest))
+        got = [(a.status, json.loads(a.body)["query"]) for a in answers]
+        assert got == [(200, q) for q in queries] and answers[-1].rest == b"", raw
+
+
 def test_static_serves_no_dotfiles_unless_allowed(run_server, executor_args, tmp_path):
     static = tmp_path / "static"
     (static / ".git").mkdir(parents=True)
@@ -414,12 +435,13 @@ def _content_length_only_when_the_request_has_a_body_or_says_so(addr) -> None:
 
 
 def test_request_rules(run_server, executor_args):
-    """Fragment, CONNECT, Upgrade pipelining and CONTENT_LENGTH, on one server per mode."""
+    """Fragment, CONNECT, pipelining after Upgrade or close, CONTENT_LENGTH: a server per mode."""
     server = run_server("wireapp:app", *executor_args)
     addr = address(server)
     _fragment_is_stripped_before_the_query(addr)
     _connect_is_501_and_closes(addr)
     _bytes_after_an_upgrade_request_are_answered(addr)
+    _requests_before_one_that_closes_are_answered(addr)
     _content_length_only_when_the_request_has_a_body_or_says_so(addr)
 
 

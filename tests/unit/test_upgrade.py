@@ -76,3 +76,34 @@ def test_chunked_upgrade_request_ends_the_connection(loop):
     )
     _paths, _bodies, close = parse(loop, [data])
     assert close.called
+
+
+CLOSING = {
+    "http/1.0": (b"GET /1 HTTP/1.0\r\n\r\n", ["/1"]),
+    "connection-close": (
+        b"GET /1 HTTP/1.1\r\nHost: x\r\n\r\n"
+        b"POST /2 HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nConnection: Close\r\n\r\nabc",
+        ["/1", "/2"],
+    ),
+    "keep-alive-1.0-then-close": (
+        b"GET /1 HTTP/1.0\r\nConnection: keep-alive\r\n\r\nGET /2 HTTP/1.1\r\nHost: x\r\n"
+        b"Connection: keep-alive, close\r\n\r\n",
+        ["/1", "/2"],
+    ),
+}
+
+
+@pytest.mark.parametrize("name", list(CLOSING))
+def test_requests_up_to_one_that_closes_are_kept_and_the_rest_dropped(loop, name):
+    """llhttp refuses a whole packet with bytes after a request that ends the
+    connection (400, losing the requests before it): the packet is cut after it."""
+    data, expected = CLOSING[name]
+    paths, _bodies, close = parse(loop, [data + NEXT + LAST])
+    assert paths == expected
+    assert not close.called
+
+
+def test_a_packet_that_ends_with_the_closing_request_is_fed_whole(loop):
+    data, expected = CLOSING["connection-close"]
+    assert parse(loop, [data])[0] == expected
+    assert parse(loop, [NEXT, data])[0] == ["/next", *expected]
