@@ -23,12 +23,15 @@ The same search refuses a request line that ends in ``RTSP/1.0``, which llhttp
 takes for HTTP/1.0 (`_refuse_rtsp`: 400).  Both look within one packet: a word
 split over two packets is not seen.
 
-One more packet llhttp refuses whole: a request that ends the connection
-(``Connection: close``, or HTTP/1.0 without keep-alive) followed by more bytes
-("Data after `Connection: close`": 400, and the requests before it are lost
-with it).  Such a packet is cut after that request (`_through_closing_request`):
-the requests up to it are answered, and what follows is never served (RFC 9112
-section 9.6).  Only packets with bytes after their first head are looked at.
+Pipelined requests in one packet are fed to the parser one by one
+(`_pipelined`): llhttp stops at the first bad request in a packet and aiohttp
+answers the whole packet with 400, so the good requests before it were lost
+with it.  Fed apart, each request before the bad one is answered, then the
+400 (and the connection closes).  The same goes for bytes after a request that
+ends the connection (``Connection: close``, or HTTP/1.0 without keep-alive),
+which llhttp refuses ("Data after `Connection: close`"): that request is
+answered and what follows it never runs (RFC 9112 section 9.6).  Only packets
+of at most `SCAN_ALL` bytes with bytes after their first request are looked at.
 """
 
 from __future__ import annotations
@@ -36,7 +39,7 @@ from __future__ import annotations
 import re
 from typing import Any, Final
 
-from aiohttp.http_exceptions import BadHttpMessage
+from aiohttp.http_exceptions import BadHttpMessage, HttpProcessingError
 from aiohttp.http_parser import RawRequestMessage
 from aiohttp.streams import EMPTY_PAYLOAD
 from aiohttp.web_protocol import _ErrInfo
@@ -90,11 +93,8 @@ class UpgradeSafeParser:
         if _MARK in lowered:
             self._body = None
             return _refuse_rtsp(data, self._feed_carefully(bytes(data)), rtsp)
-        if b"close" in lowered or b"http/1.0" in lowered:  # a request may end the connection
-            cut = _through_closing_request(data, start)
-            if cut is not None:
-                data = cut
-        result = self._parser.feed_data(data)
+        pieces = _pipelined(data, start)
+        result = self._parser.feed_data(data) if pieces is None else self._feed_pieces(pieces)
         messages = result[0]
         if messages:
             message, payload = messages[-1]
@@ -104,6 +104,23 @@ class UpgradeSafeParser:
                 if length.isdigit():
                     self._body = (payload, int(length))
         return _refuse_rtsp(data, result, rtsp)
+
+    def _feed_pieces(self, pieces: list[bytes]) -> tuple[Any, bool, bytes]:
+        """Each request of a pipelined packet on its own (see the module's docstring)."""
+        messages: list[Any] = []
+        for index, piece in enumerate(pieces):
+            try:
+                new, upgraded, tail = self._parser.feed_data(piece)
+            except HttpProcessingError as exc:
+                if not messages:
+                    raise  # aiohttp answers it as it always did
+                error = _ErrInfo(status=400, exc=exc, message=exc.message)
+                messages.append((error, EMPTY_PAYLOAD))
+                return messages, False, b""  # the stream cannot be trusted past it
+            messages.extend(new)
+            if upgraded:  # CONNECT: aiohttp keeps the tail itself
+                return messages, True, tail + b"".join(pieces[index + 1 :])
+        return messages, False, b""
 
     def _head_region(self, data: bytes) -> tuple[int, int] | None:
         """The part of `data` that may hold a head (see the module's docstring), or None."""
@@ -186,25 +203,26 @@ class UpgradeSafeParser:
             self._body_left = int(length)
 
 
-def _through_closing_request(data: bytes, start: int) -> bytes | None:
-    """`data` up to the end of the first request from `start` that ends the connection,
-    if bytes follow it; None to feed `data` whole (see the module's docstring).
+def _pipelined(data: bytes, start: int) -> list[bytes] | None:
+    """`data` cut into its requests if it holds more than one; None to feed it whole.
 
-    Requests are stepped over by their heads and Content-Length; a chunked body, a
-    head that is not whole or does not begin with a request line leave the packet
-    to the parser as it is.
+    Requests are stepped over by their heads and Content-Length; a chunked
+    body, a head not whole or without a request line, and what follows it are
+    one last piece. After a request that ends the connection the rest is dropped.
     """
-    at = start
     size = len(data)
+    head_end = data.find(_HEAD_END, start)
+    if head_end < 0 or head_end + 4 == size or size - start > SCAN_ALL:
+        return None  # one request without a body (the common packet), or a large one
+    if data.find(b" HTTP/1.", head_end + 4) < 0:
+        return None  # no request line after the first head: one request with its body
+    pieces: list[bytes] = [data[:start]] if start else []
+    at = start
     for _ in range(_PIPELINED_MAX):
-        head_end = data.find(_HEAD_END, at)
-        if head_end < 0 or head_end + 4 == size:
-            return None  # one request (the common packet), or a head not whole
         line = _REQUEST_LINE.match(data, at)
-        if line is None:
-            return None
+        if line is None or head_end < 0:
+            break
         head = data[line.end() : head_end + 2].lower()
-        http10 = line.group(1) == b"HTTP/1.0"
         closes = keep = False
         length = 0
         if b"connection" in head or b"content-length" in head or b"transfer-encoding" in head:
@@ -220,13 +238,21 @@ def _through_closing_request(data: bytes, start: int) -> bytes | None:
                         return None
                     length = int(value)
                 elif name == b"transfer-encoding":
-                    return None
-        at = head_end + 4 + length
-        if at >= size:
-            return None
-        if closes or (http10 and not keep):
-            return data[:at]
-    return None
+                    length = -1
+        if length < 0:
+            break  # a chunked body: the parser finds its end
+        end = head_end + 4 + length
+        if end >= size:
+            break
+        pieces.append(data[at:end])
+        at = end
+        if closes or (line.group(1) == b"HTTP/1.0" and not keep):
+            return pieces  # nothing after it runs
+        head_end = data.find(_HEAD_END, at)
+    if at == start:
+        return None  # one request after all
+    pieces.append(data[at:])
+    return pieces
 
 
 def _refuse_rtsp(

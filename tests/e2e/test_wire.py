@@ -333,7 +333,8 @@ def _bytes_after_an_upgrade_request_are_answered(addr) -> None:
 def _requests_before_one_that_closes_are_answered(addr) -> None:
     """Bytes pipelined after a request that ends the connection (HTTP/1.0, or
     Connection: close) in the same packet: llhttp refused the whole packet (400).
-    The requests up to that one are answered, then the connection closes."""
+    The requests up to that one are answered, then the connection closes. So
+    are good requests before a bad one."""
     for data, queries in (
         (b"GET /echo?x=1 HTTP/1.0\r\n\r\nGET /echo?x=2 HTTP/1.1\r\nHost: x\r\n\r\n", ["x=1"]),
         (
@@ -349,6 +350,20 @@ def _requests_before_one_that_closes_are_answered(addr) -> None:
             answers.append(rawhttp.parse_one(answers[-1].rest))
         got = [(a.status, json.loads(a.body)["query"]) for a in answers]
         assert got == [(200, q) for q in queries] and answers[-1].rest == b"", raw
+    # A bad request behind good ones in the same packet: llhttp refused the whole
+    # packet (400 alone); now the good ones are answered, then the 400.
+    data = (
+        b"GET /echo?x=1 HTTP/1.1\r\nHost: x\r\n\r\n"
+        b"POST /echo?x=2 HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n\r\nabc"
+        b"GET /echo?x=3 HTTP/1.1\r\n\r\n"  # no Host
+        b"GET /echo?x=4 HTTP/1.1\r\nHost: x\r\n\r\n"
+    )
+    raw = rawhttp.exchange(addr, data, timeout=10)
+    first = rawhttp.parse_one(raw)
+    second = rawhttp.parse_one(first.rest)
+    bad = rawhttp.parse_one(second.rest)
+    assert [json.loads(a.body)["query"] for a in (first, second)] == ["x=1", "x=2"], raw
+    assert (first.status, second.status, bad.status, bad.rest) == (200, 200, 400, b""), raw
 
 
 def test_static_serves_no_dotfiles_unless_allowed(run_server, executor_args, tmp_path):

@@ -93,6 +93,22 @@ CLOSING = {
 }
 
 
+def test_requests_before_a_bad_one_in_the_same_packet_are_kept(loop):
+    """llhttp stops at the first bad request of a packet, and aiohttp answered the
+    whole packet with 400: the good ones before it were lost."""
+    bad = b"GET /bad HTTP/1.1\r\n\r\n"  # HTTP/1.1 without Host
+    body = b"POST /post HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhello"
+    protocol = mock.Mock()
+    inner = HttpRequestParser(protocol, loop, 2**16, max_line_size=8190, max_field_size=8190)
+    parser = UpgradeSafeParser(inner, mock.Mock())
+    messages, upgraded, _tail = parser.feed_data(NEXT + body + bad + LAST)
+    assert not upgraded
+    assert [getattr(m, "path", None) for m, _p in messages[:2]] == ["/next", "/post"]
+    assert b"".join(messages[1][1]._buffer) == b"hello"
+    assert len(messages) == 3 and type(messages[2][0]).__name__ == "_ErrInfo"
+    assert "Host" in messages[2][0].message
+
+
 @pytest.mark.parametrize("name", list(CLOSING))
 def test_requests_up_to_one_that_closes_are_kept_and_the_rest_dropped(loop, name):
     """llhttp refuses a whole packet with bytes after a request that ends the
