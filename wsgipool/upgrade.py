@@ -53,7 +53,7 @@ _MARK = b"upgrade"  # looked for in lowercased bytes
 _RTSP = b" RTSP/"  # llhttp reads "GET / RTSP/1.0" as HTTP/1.0 (see `_refuse_rtsp`)
 _HEAD_END = b"\r\n\r\n"
 _REQUEST_LINE = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+ [^ \r\n]+ (HTTP/1\.[01])\r\n")
-#: Requests looked at in one packet for the one that ends the connection.
+#: Requests cut apart in one packet at most; what follows them is one more piece.
 _PIPELINED_MAX: Final = 64
 
 
@@ -207,8 +207,9 @@ def _pipelined(data: bytes, start: int) -> list[bytes] | None:
     """`data` cut into its requests if it holds more than one; None to feed it whole.
 
     Requests are stepped over by their heads and Content-Length; a chunked
-    body, a head not whole or without a request line, and what follows it are
-    one last piece. After a request that ends the connection the rest is dropped.
+    body, a bad Content-Length, a head not whole or without a request line, and
+    what follows it are one last piece. After a request that ends the
+    connection the rest is dropped.
     """
     size = len(data)
     head_end = data.find(_HEAD_END, start)
@@ -234,13 +235,11 @@ def _pipelined(data: bytes, start: int) -> list[bytes] | None:
                     keep = keep or b"keep-alive" in tokens
                 elif name == b"content-length":
                     value = value.strip()
-                    if not value.isdigit():
-                        return None
-                    length = int(value)
+                    length = int(value) if value.isdigit() else -1  # the parser's 400
                 elif name == b"transfer-encoding":
                     length = -1
         if length < 0:
-            break  # a chunked body: the parser finds its end
+            break  # a chunked body, or a bad length: left to the parser
         end = head_end + 4 + length
         if end >= size:
             break

@@ -107,6 +107,13 @@ def test_requests_before_a_bad_one_in_the_same_packet_are_kept(loop):
     assert b"".join(messages[1][1]._buffer) == b"hello"
     assert len(messages) == 3 and type(messages[2][0]).__name__ == "_ErrInfo"
     assert "Host" in messages[2][0].message
+    # A bad Content-Length further on: the requests before it stand too.
+    inner = HttpRequestParser(protocol, loop, 2**16, max_line_size=8190, max_field_size=8190)
+    parser = UpgradeSafeParser(inner, mock.Mock())
+    bad_length = b"POST /bad HTTP/1.1\r\nHost: x\r\nContent-Length: 1x\r\n\r\nz"
+    messages, _upgraded, _tail = parser.feed_data(NEXT + bad_length + LAST)
+    assert getattr(messages[0][0], "path", None) == "/next"
+    assert len(messages) == 2 and type(messages[1][0]).__name__ == "_ErrInfo"
 
 
 @pytest.mark.parametrize("name", list(CLOSING))
