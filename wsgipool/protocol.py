@@ -438,7 +438,7 @@ _RAW_FRAMING = re.compile(
 )
 
 
-def decode_raw(payload: bytes, head_request: bool) -> tuple[int, int, memoryview]:
+def decode_raw(payload: bytes | memoryview, head_request: bool) -> tuple[int, int, memoryview]:
     """(status code, head size, bytes to write) from a RAW payload, validated like START.
 
     The head must be a well-formed HTTP/1.x head with no control characters,

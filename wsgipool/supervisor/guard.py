@@ -117,7 +117,7 @@ class RequestGuard:
                 raise self._out_of_order(kind)
             cut = self._rss_trailer(payload, kind)
             code, head_size, data = p.decode_raw(
-                memoryview(payload)[:cut],  # type: ignore[arg-type]
+                memoryview(payload)[:cut],
                 self.head_request,
             )
             self._whole_body(len(data) - head_size)
