@@ -114,8 +114,7 @@ class UpgradeSafeParser:
             except HttpProcessingError as exc:
                 if not messages:
                     raise  # aiohttp answers it as it always did
-                error = _ErrInfo(status=400, exc=exc, message=exc.message)
-                messages.append((error, EMPTY_PAYLOAD))
+                messages.append(_bad_request(exc))
                 return messages, False, b""  # the stream cannot be trusted past it
             messages.extend(new)
             if upgraded:  # CONNECT: aiohttp keeps the tail itself
@@ -275,9 +274,14 @@ def _refuse_rtsp(
         line = f"{message.method} {message.path}".encode("utf-8", "surrogateescape")
         if _starts_a_line(data, line + _RTSP):
             exc = BadHttpMessage("RTSP is not HTTP: the request line must end in HTTP/1.x")
-            error = _ErrInfo(status=400, exc=exc, message=exc.message)
-            return [*messages[:index], (error, EMPTY_PAYLOAD)], False, b""
+            return [*messages[:index], _bad_request(exc)], False, b""
     return result
+
+
+def _bad_request(exc: HttpProcessingError) -> tuple[_ErrInfo, Any]:
+    """The message aiohttp queues for a parse error: its handler answers 400 (or
+    what limits.py makes of `exc`) and closes the connection."""
+    return _ErrInfo(status=400, exc=exc, message=exc.message), EMPTY_PAYLOAD
 
 
 def _starts_a_line(data: bytes, text: bytes) -> bool:
