@@ -33,6 +33,7 @@ import psutil
 import pytest
 
 from tests.certs import Pki, make_pki
+from tests.clientthreads import ClientThreads
 from tests.conftest import ROOT, ServerProcess, free_port, request_once
 from tests.polling import wait_for
 
@@ -214,7 +215,7 @@ def start_nginx(shared_dir: Path, pki: Pki) -> Iterator[Callable[[list[str]], Ng
             nginx.stop()
 
 
-class Load:
+class Load(ClientThreads):
     """Client threads sending GET `path` through nginx until stopped; every answer is checked."""
 
     def __init__(self, port: int, path: str = "/whoami", threads: int = 4) -> None:
@@ -223,11 +224,7 @@ class Load:
         self.ok = 0
         self.failures: list[str] = []
         self.pids: set[bytes] = set()  # /whoami: which worker processes answered
-        self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self._threads = [threading.Thread(target=self._run, daemon=True) for _ in range(threads)]
-        for thread in self._threads:
-            thread.start()
+        super().__init__(threads)
 
     def _run(self) -> None:
         conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=30)
@@ -255,9 +252,7 @@ class Load:
         assert wait_for(lambda: self.ok >= start + count, timeout), "load makes no progress"
 
     def stop(self) -> None:
-        self._stop.set()
-        for thread in self._threads:
-            thread.join(60)
+        self._join(60)
 
 
 @pytest.fixture

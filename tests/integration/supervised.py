@@ -6,7 +6,6 @@ import http.client
 import itertools
 import json
 import re
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -14,6 +13,7 @@ from typing import Any
 
 import psutil
 
+from tests.clientthreads import ClientThreads
 from tests.polling import wait_for
 
 # -- clients -------------------------------------------------------------------------
@@ -52,7 +52,7 @@ def failures(results: list[Result]) -> list[Result]:
     return [r for r in results if r.status != 200]
 
 
-class LoadLoop:
+class LoadLoop(ClientThreads):
     """`threads` clients sending `path` back to back, until stopped, `limit` or `seconds`."""
 
     def __init__(
@@ -64,11 +64,7 @@ class LoadLoop:
         self.deadline = time.monotonic() + seconds
         self.results: list[Result] = []
         self._counter = itertools.count()
-        self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self._threads = [threading.Thread(target=self._run, daemon=True) for _ in range(threads)]
-        for thread in self._threads:
-            thread.start()
+        super().__init__(threads)
 
     def _run(self) -> None:
         while not self._stop.is_set() and time.monotonic() < self.deadline:
@@ -87,14 +83,8 @@ class LoadLoop:
     def wait_for_count(self, count: int, timeout: float) -> bool:
         return bool(wait_for(lambda: self.count >= count or self.finished, timeout))
 
-    @property
-    def finished(self) -> bool:
-        return not any(thread.is_alive() for thread in self._threads)
-
     def stop(self, timeout: float = 60.0) -> list[Result]:
-        self._stop.set()
-        for thread in self._threads:
-            thread.join(timeout)
+        self._join(timeout)
         assert self.finished, "load threads did not finish"
         with self._lock:
             return list(self.results)

@@ -25,6 +25,7 @@ import aiohttp
 import pytest
 from aiohttp import web
 
+from tests.clientthreads import ClientThreads
 from tests.polling import wait_for
 from wsgipool import ProcessExecutor, WSGIHandler
 
@@ -65,18 +66,14 @@ def lines(server: Any, pattern: str) -> list[re.Match[str]]:
     return [m for m in (re.search(pattern, line) for line in server.log.splitlines()) if m]
 
 
-class Load:
+class Load(ClientThreads):
     """`clients` threads sending GET `path` back to back until stopped."""
 
     def __init__(self, port: int, path: str, clients: int) -> None:
         self.port = port
         self.path = path
         self.answers: list[Answer] = []
-        self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self._threads = [threading.Thread(target=self._run, daemon=True) for _ in range(clients)]
-        for thread in self._threads:
-            thread.start()
+        super().__init__(clients)
 
     def _run(self) -> None:
         while not self._stop.is_set():
@@ -89,9 +86,7 @@ class Load:
             return len(self.answers)
 
     def stop(self) -> list[Answer]:
-        self._stop.set()
-        for thread in self._threads:
-            thread.join(90)
+        self._join(90)
         return self.answers
 
 
