@@ -8,8 +8,6 @@ import socket
 import time
 from pathlib import Path
 
-import psutil
-
 from tests.conftest import ServerProcess, free_port, server_env
 
 
@@ -18,15 +16,6 @@ class AsgiServer(ServerProcess):
 
     def __init__(self, argv: list[str], port: int, env: dict[str, str], log: Path) -> None:
         super().__init__(argv[1:], port, log, env, log.parent, module=argv[0])
-
-    def worker_pids(self) -> list[int]:
-        """The pool's workers: children of the template, the server's child."""
-        out = []
-        for child in self.descendants():
-            with contextlib.suppress(psutil.NoSuchProcess):
-                if child.ppid() != self.pid:
-                    out.append(child.pid)
-        return sorted(out)
 
     def wait_until_serving(self, timeout: float = 45.0) -> None:
         """Until the port accepts (ASGI servers print no "serving with" line)."""
