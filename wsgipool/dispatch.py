@@ -130,6 +130,9 @@ class Dispatcher(Generic[W]):
         future.cancel()
         if future.cancelled():  # still queued: it is skipped when reached
             self._live -= 1
+            # Requests queued behind it waited for it, not for a slot (`try_acquire`
+            # keeps the FIFO): a slot may have been free all along.
+            self._wake()
         elif future.exception() is None:
             self.release(future.result())  # got a slot just as it gave up
 
