@@ -7,7 +7,7 @@ from __future__ import annotations
 import array
 import socket
 
-__all__ = ["ANC_SIZE", "received_fds", "rights"]
+__all__ = ["ANC_SIZE", "MAX_FDS", "received_fds", "rights"]
 
 #: Most descriptors one recvmsg() accepts; more are truncated (MSG_CTRUNC).
 MAX_FDS = 32
@@ -15,9 +15,9 @@ MAX_FDS = 32
 ANC_SIZE = socket.CMSG_SPACE(MAX_FDS * array.array("i").itemsize)
 
 
-def rights(fd: int) -> list[tuple[int, int, bytes]]:
-    """Ancillary data for sendmsg() that passes a copy of `fd`."""
-    return [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [fd]).tobytes())]
+def rights(*fds: int) -> list[tuple[int, int, bytes]]:
+    """Ancillary data for sendmsg() that passes a copy of each of `fds` (at most MAX_FDS)."""
+    return [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds).tobytes())]
 
 
 def received_fds(ancdata: list[tuple[int, int, bytes]]) -> list[int]:

@@ -1,8 +1,10 @@
 """The main process's end of a worker (or template) socketpair, driven by the event loop.
 
 Frames written during one loop iteration leave together in one sendmsg(), which
-under load is many requests per system call.  Reads take whatever is there in
-one recvmsg() and hand every whole frame to the owner at once.  Anything the
+under load is many requests per system call, with the descriptors some of them
+carry (up to `MAX_FDS` per call: as many as the peer's recvmsg() takes).  Reads
+take whatever is there in one recvmsg() and hand every whole frame to the owner
+at once.  Anything the
 peer sends that is not a valid frame closes the channel: the owner decides what
 that means for the peer (a worker is killed and replaced).
 
@@ -21,9 +23,10 @@ import os
 import socket
 from collections import deque
 from collections.abc import Callable
+from itertools import chain
 
 from wsgipool import protocol as p
-from wsgipool.fdpass import ANC_SIZE, received_fds, rights
+from wsgipool.fdpass import ANC_SIZE, MAX_FDS, received_fds, rights
 
 __all__ = ["AsyncChannel"]
 
@@ -52,9 +55,11 @@ class AsyncChannel:
         self._decoder = p.FrameDecoder(accept)
         self._on_frames = on_frames
         self._on_close = on_close
-        # Outgoing segments; a segment with a descriptor must start its own sendmsg().
+        # Outgoing segments, each one sendmsg() with the descriptors it carries (copies
+        # this channel owns). The first may have been sent in part (then `_writing`):
+        # its descriptors are gone with its first bytes, and no new ones join it.
         self._out: deque[list[bytes]] = deque()
-        self._out_fds: deque[int] = deque()  # descriptor of the segment at the same index, or -1
+        self._out_fds: deque[list[int]] = deque()
         self._flush_scheduled = False
         self._writing = False
         self.fds: deque[int] = deque()
@@ -71,11 +76,11 @@ class AsyncChannel:
         if self.closed:
             return
         parts = data if isinstance(data, list) else [data]
-        if self._out and self._out_fds[-1] < 0:
+        if self._out:
             self._out[-1].extend(parts)
         else:
             self._out.append(list(parts))
-            self._out_fds.append(-1)
+            self._out_fds.append([])
         self._schedule_flush()
 
     def send_fd(self, data: bytes | list[bytes], fd: int) -> None:
@@ -83,8 +88,14 @@ class AsyncChannel:
         if self.closed:
             return
         copy = os.dup(fd)  # first: if it fails (EMFILE), nothing is queued
-        self._out.append(list(data) if isinstance(data, list) else [data])
-        self._out_fds.append(copy)
+        parts = data if isinstance(data, list) else [data]
+        out = self._out
+        if out and len(self._out_fds[-1]) < MAX_FDS and not (len(out) == 1 and self._writing):
+            out[-1].extend(parts)
+            self._out_fds[-1].append(copy)
+        else:
+            out.append(list(parts))
+            self._out_fds.append([copy])
         self._schedule_flush()
 
     def _schedule_flush(self) -> None:
@@ -99,13 +110,14 @@ class AsyncChannel:
         try:
             while out:
                 parts = out[0]
-                fd = fds[0]
+                copies = fds[0]
                 if len(parts) > 256:
                     parts = [b"".join(parts)]
-                if fd >= 0:
-                    sent = self._sock.sendmsg(parts, rights(fd))
-                    os.close(fd)
-                    fds[0] = -1
+                if copies:
+                    sent = self._sock.sendmsg(parts, rights(*copies))
+                    fds[0] = []
+                    for fd in copies:
+                        os.close(fd)
                 else:
                     sent = self._sock.sendmsg(parts)
                 rest = p.unsent(parts, sent)
@@ -133,30 +145,45 @@ class AsyncChannel:
     # -- reading -----------------------------------------------------------------
 
     def _on_readable(self) -> None:
+        self._read(True)
+
+    def drain(self) -> None:
+        """Hand over every frame the peer sent before it exited, without closing on EOF.
+
+        A worker's exit can be seen (its pidfd) before the last frames it wrote
+        are read; those frames still count (a response it wrote to the client).
+        """
+        while not self.closed and self._read(False):
+            pass
+
+    def _read(self, eof_closes: bool) -> bool:
+        """One recvmsg(), its frames handed over; False if nothing more is there now."""
         try:
             size, ancdata, flags, _ = self._sock.recvmsg_into([self._inbox_view], ANC_SIZE)
         except _BLOCKED:
-            return
+            return False
         except OSError as exc:
             self._close(exc)
-            return
+            return False
         if ancdata:
             self.fds.extend(received_fds(ancdata))
         if flags & _MSG_CTRUNC:
             self._close(p.ProtocolError("descriptors from the peer were truncated"))
-            return
+            return False
         if not size:
-            self._close(None)
-            return
+            if eof_closes:
+                self._close(None)
+            return False
         try:
             frames = self._decoder.feed(self._inbox_view[:size])
         except p.ProtocolError as exc:
             self._close(exc)
-            return
+            return False
         if frames:
             self._on_frames(frames)
         if len(self.fds) > self._max_fds and not self.closed:
             self._close(p.ProtocolError(f"{len(self.fds)} descriptors that no frame claimed"))
+        return True
 
     def take_fd(self) -> int:
         try:
@@ -180,13 +207,12 @@ class AsyncChannel:
         self._loop.remove_reader(self._fileno)
         if self._writing:
             self._loop.remove_writer(self._fileno)
-        for fd in list(self._out_fds) + list(self.fds):
-            if fd >= 0:
-                try:
-                    os.close(fd)
-                except OSError as exc:
-                    if exc.errno != errno.EBADF:
-                        raise
+        for fd in [*chain.from_iterable(self._out_fds), *self.fds]:
+            try:
+                os.close(fd)
+            except OSError as exc:
+                if exc.errno != errno.EBADF:
+                    raise
         self._out.clear()
         self._out_fds.clear()
         self.fds.clear()
