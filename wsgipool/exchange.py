@@ -70,6 +70,8 @@ class Exchange:
         "_listener",
         "_waiter",
         "backend",
+        "client_released",
+        "client_written",
         "closed",
         "facts",
         "finished",
@@ -110,6 +112,11 @@ class Exchange:
         #: The pid of a worker that died with this request before sending a frame of
         #: its response (0: none); the ERROR that follows may be retried (retry.py).
         self.lost_to = 0
+        #: The REQUEST carried the client socket (fastpath.py), and the worker let go
+        #: of it without writing: it answered with a frame, or it died first.
+        self.client_released = False
+        #: The worker said it writes the response to the client socket itself (PROGRESS).
+        self.client_written = False
 
     # -- executor side ---------------------------------------------------------
 
@@ -172,6 +179,10 @@ class Exchange:
     def peek(self) -> Event | None:
         """The next event if it is already here, without taking it."""
         return self._events[0] if self._events else None
+
+    def last(self) -> Event | None:
+        """The latest event not yet taken (the final one once `finished`)."""
+        return self._events[-1] if self._events else None
 
     def grant(self, amount: int) -> None:
         if not self.finished:

@@ -52,6 +52,7 @@ class ProcessExecutor:
         self.log_setup = log_setup or LogSetup(level=log_level)
         self._app_ref: str | bytes | None = None
         self._options = EnvironOptions()
+        self._send_timeout: float | None = 60.0
         self._dispatcher: Dispatcher[WorkerHandle] = Dispatcher(
             self.config.queue_size, self.config.queue_timeout
         )
@@ -73,9 +74,15 @@ class ProcessExecutor:
     # -- the app --------------------------------------------------------------------
 
     def bind(
-        self, application: Callable[..., Any] | str, options: EnvironOptions | None = None
+        self,
+        application: Callable[..., Any] | str,
+        options: EnvironOptions | None = None,
+        send_timeout: float | None = 60.0,
     ) -> None:
         """Say which app the workers run, and how its environ is built (WSGIHandler does this).
+
+        `send_timeout`: the handler's send deadline, for the small whole responses
+        a worker writes to the client socket itself (fastpath.py).
 
         The app is checked here, not at the first request: one that cannot reach the
         workers (neither importable by name nor picklable with dill) is a TypeError now.
@@ -85,6 +92,7 @@ class ProcessExecutor:
             raise ValueError("this ProcessExecutor already runs another application")
         self._app_ref = ref
         self._options = options or EnvironOptions()
+        self._send_timeout = send_timeout
 
     # -- lifecycle ------------------------------------------------------------------
 
@@ -110,6 +118,7 @@ class ProcessExecutor:
             log_setup=self.log_setup,
             environ=self._options,
             request_rss=self.request_rss,
+            send_timeout=self._send_timeout,
         )
         try:
             await supervisor.start()
@@ -196,18 +205,21 @@ class ProcessExecutor:
         raw_ok: bool = False,
         *,
         keep_body: bool = False,
+        client_fd: int = -1,
     ) -> ev.Exchange | None:
         """Send the request if a worker thread is free now; None means: wait with `submit`.
 
         The body is closed once sent unless `keep_body`: then the caller keeps it
-        (to send again, see `submit`'s `retry`) and closes it.
+        (to send again, see `submit`'s `retry`) and closes it. `client_fd`: the
+        client socket, sent with a bodiless request so that the worker may write a
+        small whole response to it itself and report it with DONE (fastpath.py).
         """
         if self._supervisor is None:
             return None
         worker = self._dispatcher.try_acquire()
         if worker is None:
             return None
-        return self._send(worker, collected, body, raw_ok, 0.0, keep_body, False)
+        return self._send(worker, collected, body, raw_ok, 0.0, keep_body, False, client_fd)
 
     async def submit(
         self,
@@ -267,6 +279,7 @@ class ProcessExecutor:
         queued_at: float,
         *,
         keep_body: bool = False,
+        client_fd: int = -1,
     ) -> ev.Exchange | None:
         """Send the request to the worker `granted` (from `enqueue`) gave it; None if that
         worker stopped meanwhile (queue again); Unavailable if the wait timed out."""
@@ -280,7 +293,7 @@ class ProcessExecutor:
                 self._dispatcher.release(worker)
             return None
         waited = worker.loop.time() - queued_at
-        return self._send(worker, collected, body, raw_ok, waited, keep_body, False)
+        return self._send(worker, collected, body, raw_ok, waited, keep_body, False, client_fd)
 
     def withdraw(self, granted: asyncio.Future[WorkerHandle]) -> None:
         """A request from `enqueue` no longer wants its place (its client left)."""
@@ -295,6 +308,7 @@ class ProcessExecutor:
         waited: float,
         keep_body: bool,
         retry: bool,
+        client_fd: int = -1,
     ) -> ev.Exchange:
         self._next_rid = rid = (self._next_rid % 0xFFFFFFFF) + 1
         exchange = ev.Exchange(worker.loop, self, rid)
@@ -308,13 +322,17 @@ class ProcessExecutor:
             flags |= p.FLAG_KEEP_ALIVE
         if retry:
             flags |= p.FLAG_RETRY
+        direct = client_fd >= 0 and raw_ok and file is None
+        if direct:
+            flags |= p.FLAG_CLIENT_SOCKET
         try:
             frame = p.encode_request(
                 rid, ev.RESPONSE_WINDOW, flags, collected.fields, collected.headers, body.chunks
             )
-            guard = RequestGuard(ev.RESPONSE_WINDOW, raw_ok, collected.method == b"HEAD")
-            body_fd = file.fileno() if file is not None else -1
-            worker.send_request(rid, exchange, frame, body_fd, guard)
+            head_request = collected.method == b"HEAD"
+            guard = RequestGuard(ev.RESPONSE_WINDOW, raw_ok, head_request, direct)
+            fd = file.fileno() if file is not None else client_fd if direct else -1
+            worker.send_request(rid, exchange, frame, fd, guard)
         except OSError as exc:  # the body's descriptor could not be copied (EMFILE)
             self._dispatcher.release(worker)
             self.rejected["dispatch-failed"] += 1

@@ -46,6 +46,9 @@ for ``--health-path`` never take the lane: the main process answers them.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
+import socket
 import time
 from typing import TYPE_CHECKING, Any, Final
 
@@ -58,13 +61,16 @@ from wsgipool.body import EMPTY as EMPTY_BODY
 from wsgipool.environ import Collected, collect_message, connection_of
 from wsgipool.logs.access import GONE_RESPONSE, AccessLogger, StandInResponse
 from wsgipool.logs.atoms import RequestRecord
+from wsgipool.logs.escape import escape
 
 if TYPE_CHECKING:
     from wsgipool.executor import ProcessExecutor
     from wsgipool.handler import WSGIHandler
     from wsgipool.metrics.requests import RequestStats
 
-__all__ = ["MAX_BYTES", "FastLane"]
+__all__ = ["MAX_BYTES", "UNKNOWN", "FastLane"]
+
+logger = logging.getLogger("wsgipool.handler")
 
 #: The largest whole response written from the lane: well under the transport's
 #: high-water mark, so the write never pauses and no send deadline is needed.
@@ -73,6 +79,12 @@ MAX_BYTES: Final = 16 * 1024
 _METHODS: Final = frozenset(("GET", "HEAD"))
 _VERSIONS: Final = (HttpVersion11, HttpVersion10)
 _RAW: Final = ev.RAW
+_DONE: Final = ev.DONE
+#: A connection's `client_fd` before the lane first looks at its transport.
+UNKNOWN: Final = -2
+#: Seconds a worker holding the client socket has to read the CANCEL of a request
+#: the main process answers itself (a timeout) before that answer is written.
+SETTLE_GRACE: Final = 1.0
 _CLOSE_LINE: Final = b"Connection: close\r\n"
 _KEEP_LINE: Final = b"Connection: keep-alive\r\n"
 _clock = time.perf_counter
@@ -126,6 +138,7 @@ class OnLane:
 
     __slots__ = (
         "collected",
+        "direct",
         "exchange",
         "granted",
         "message",
@@ -142,6 +155,7 @@ class OnLane:
         self.granted: asyncio.Future[Any] | None = None  # its place in the queue
         self.queued_at = 0.0
         self.started = 0.0  # perf_counter() when the lane took it (metrics, access log)
+        self.direct = False  # its worker was sent the client socket (worker/whole.py)
 
 
 class HandedBack:
@@ -180,7 +194,10 @@ def try_start(protocol: Any, lane: FastLane) -> bool:
     retrying = retry_methods is not None and method in retry_methods
     collected = collect_message(message, connection_of(protocol, transport))
     executor = lane.executor
-    exchange = executor.submit_now(collected, EMPTY_BODY, None, True, keep_body=retrying)
+    client_fd = _client_socket(protocol, transport)
+    exchange = executor.submit_now(
+        collected, EMPTY_BODY, None, True, keep_body=retrying, client_fd=client_fd
+    )
     request = OnLane(message, collected, retrying)
     if exchange is None:  # no free worker thread: wait in the queue, as the handler would
         loop = protocol._loop
@@ -192,6 +209,7 @@ def try_start(protocol: Any, lane: FastLane) -> bool:
         granted.add_done_callback(protocol.fast_granted)
     else:
         request.exchange = exchange
+        request.direct = client_fd >= 0
         exchange.listen(protocol.fast_event)
     stats = lane.stats
     if stats is not None:
@@ -214,6 +232,8 @@ def on_granted(protocol: Any, lane: FastLane, granted: asyncio.Future[Any]) -> N
         return  # withdrawn (the client left)
     request.granted = None
     executor = lane.executor
+    transport = protocol.transport
+    client_fd = -1 if transport is None else _client_socket(protocol, transport)
     try:
         exchange = executor.submit_granted(
             granted,
@@ -222,6 +242,7 @@ def on_granted(protocol: Any, lane: FastLane, granted: asyncio.Future[Any]) -> N
             True,
             request.queued_at,
             keep_body=request.retrying,
+            client_fd=client_fd,
         )
     except ev.Unavailable as exc:
         _hand_back(protocol, lane, request, None, str(exc))
@@ -236,7 +257,26 @@ def on_granted(protocol: Any, lane: FastLane, granted: asyncio.Future[Any]) -> N
         again.add_done_callback(protocol.fast_granted)
         return
     request.exchange = exchange
+    request.direct = client_fd >= 0
     exchange.listen(protocol.fast_event)
+
+
+def _client_socket(protocol: Any, transport: Any) -> int:
+    """The client socket for the worker to write a small whole response to, or -1.
+
+    Only a plain socket (not TLS) with nothing of ours unsent, so that the
+    worker's bytes are the next the client gets; not with an access log, whose
+    line wants the response head that then never passes here.
+    """
+    fd: int = protocol.client_fd
+    if fd == UNKNOWN:
+        sock = transport.get_extra_info("socket")
+        tls = transport.get_extra_info("sslcontext") is not None
+        fd = -1 if sock is None or tls else sock.fileno()
+        protocol.client_fd = fd
+    if fd < 0 or transport.get_write_buffer_size() or protocol.access_logger is not None:
+        return -1
+    return fd
 
 
 def on_event(protocol: Any, lane: FastLane, exchange: ev.Exchange) -> None:
@@ -280,10 +320,78 @@ def on_event(protocol: Any, lane: FastLane, exchange: ev.Exchange) -> None:
         if stats is not None:
             stats.in_flight -= 1
             stats.answered(message.method, _code, _clock() - request.started)
-        _finished(protocol, keep_alive)
+        _finished(protocol, lane, keep_alive)
+        return
+    if request.direct and not (exchange.client_released or exchange.lost_to):
+        # The worker holds the client socket, or held it to write this response.
+        if kind == _DONE:  # written (worker/whole.py)
+            exchange.take()
+            _written, code, complete, _body = value
+            exchange.close()
+            stats = lane.stats
+            if stats is not None:
+                stats.in_flight -= 1
+                stats.answered(request.message.method, code, _clock() - request.started)
+            _finished(protocol, lane, complete)
+            return
+        if exchange.client_written:  # it began: an answer of ours would follow its bytes
+            _cut(protocol, lane, request, exchange, value[1] if kind == ev.ERROR else "")
+            return
+        # Our own answer (a timeout, a worker killed for breaking the protocol) while
+        # the worker holds the socket. It was told to stop (CANCEL), and once it has
+        # read that it writes nothing; give it the time to, then answer (or cut, if
+        # it began writing after all).
+        exchange.listen(None)
+        protocol._loop.call_later(SETTLE_GRACE, _settle, protocol, lane, request, exchange)
         return
     # Anything else is the handler's, which adopts this exchange (WSGIHandler).
     _hand_back(protocol, lane, request, exchange)
+
+
+def _settle(protocol: Any, lane: FastLane, request: OnLane, exchange: ev.Exchange) -> None:
+    """After the grace: the handler answers the ERROR, unless the worker began writing."""
+    if protocol.fast is not request:
+        return  # the client left meanwhile (lost)
+    if exchange.client_written and not exchange.client_released:
+        _cut(protocol, lane, request, exchange, "the worker was writing it")
+    else:
+        _hand_back(protocol, lane, request, exchange)
+
+
+def _cut(
+    protocol: Any, lane: FastLane, request: OnLane, exchange: ev.Exchange, reason: str
+) -> None:
+    """End a request whose worker may have written part of its response: shut the
+    socket down (the worker's copy too), so the client sees a cut, never a mix."""
+    message = request.message
+    logger.warning(
+        "response to %s %s cut: %s",
+        escape(message.method),
+        escape(message.path.partition("?")[0]),  # as the handler's lines: no query
+        escape(reason or "the worker was writing it"),
+    )
+    exchange.listen(None)
+    exchange.close()
+    stats = lane.stats
+    if stats is not None:
+        stats.in_flight -= 1
+        stats.record(message.method, "aborted", _clock() - request.started)
+    protocol.fast = None
+    protocol._request_in_progress = False
+    waiter = protocol._handler_waiter
+    if waiter is not None and not waiter.done():
+        waiter.set_result(None)
+    fd = protocol.client_fd
+    if fd >= 0:  # the socket itself, not only this process's descriptor of it
+        sock = socket.socket(fileno=fd)
+        try:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+        finally:
+            sock.detach()
+    transport = protocol.transport
+    if transport is not None:
+        transport.abort()
 
 
 class _LaneRequest:
@@ -343,7 +451,7 @@ def _hand_back(
     _wake(protocol)
 
 
-def _finished(protocol: Any, keep_alive: bool) -> None:
+def _finished(protocol: Any, lane: FastLane, keep_alive: bool) -> None:
     """The lane's response is written: the connection is idle again, or closes."""
     protocol.fast = None
     protocol._parser.message_consumed()
@@ -361,7 +469,13 @@ def _finished(protocol: Any, keep_alive: bool) -> None:
         protocol._next_keepalive_close_time = close_time
         if protocol._keepalive_handle is None:
             protocol._keepalive_handle = loop.call_at(close_time, protocol._process_keepalive)
-    if protocol._messages:  # pipelined behind it: aiohttp's turn
+    messages = protocol._messages
+    if messages and not (  # it arrived before this answer: the lane's again, or aiohttp's
+        len(messages) == 1
+        and not protocol._upgraded
+        and protocol._payload_parser is None
+        and try_start(protocol, lane)
+    ):
         _wake(protocol)
 
 
@@ -392,21 +506,50 @@ def lost(protocol: Any, lane: FastLane) -> None:
     if request is None:
         return
     protocol.fast = None
+    exchange = request.exchange
     if stats is not None:
         stats.in_flight -= 1
-        stats.record(request.message.method, "aborted", _clock() - request.started)
-    if request.granted is not None:
-        lane.executor.withdraw(request.granted)
-    exchange = request.exchange
-    if exchange is not None:
-        exchange.listen(None)
-        exchange.close()
+    if (
+        request.direct
+        and exchange is not None
+        and not (exchange.finished or exchange.client_released or exchange.lost_to)
+    ):
+        # Its worker holds the client socket and may have written the whole answer
+        # already (the client read it and left before its DONE was read here): the
+        # worker's report says which. It is told to stop if it has not begun.
+        exchange.backend.cancel(exchange)
+        gone = _clock() - request.started  # an aborted request's duration, as the handler's
+        exchange.listen(lambda done: _gone_outcome(lane, request, done, gone))
+    else:
+        if stats is not None:
+            stats.record(request.message.method, "aborted", _clock() - request.started)
+        if request.granted is not None:
+            lane.executor.withdraw(request.granted)
+        if exchange is not None:
+            exchange.listen(None)
+            exchange.close()
     if type(access) is AccessLogger:
         _log_access(access, protocol, request.message, exchange, GONE_RESPONSE, request.started)
     protocol._request_in_progress = False
     waiter = protocol._handler_waiter
     if waiter is not None and not waiter.done():
         waiter.set_result(None)
+
+
+def _gone_outcome(lane: FastLane, request: OnLane, exchange: ev.Exchange, gone: float) -> None:
+    """The worker's last word on a direct request whose client left: answered or not."""
+    last = exchange.last()
+    if not exchange.finished or last is None:
+        return  # the rest of a response nobody reads: dropped when it ends
+    kind, value = last
+    exchange.listen(None)
+    exchange.close()
+    stats = lane.stats
+    if stats is not None:
+        if kind == _DONE and value[2]:  # written whole before the client left
+            stats.answered(request.message.method, value[1], _clock() - request.started)
+        else:
+            stats.record(request.message.method, "aborted", gone)
 
 
 def adopt(protocol: Any, message: Any) -> HandedBack | None:

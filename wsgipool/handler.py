@@ -90,7 +90,7 @@ class WSGIHandler:
         self._watch = _DisconnectWatch() if watch_disconnects else None
         self._sends = SendWatch(send_timeout) if send_timeout is not None else None
         self._unavailable_log = RateLimitedLog(logger, logging.WARNING)
-        placement = place(application, executor, options, inbuf_overflow, stderr)
+        placement = place(application, executor, options, inbuf_overflow, stderr, send_timeout)
         self._backend = placement.backend
         self._memory_limit = placement.memory_limit
         self._in_process = placement.in_process

@@ -51,6 +51,7 @@ class _GuardedRequestHandler(RequestHandler):
         "_head_bytes",
         "_head_mark",
         "_line_length",
+        "client_fd",
         "fast",
         "fast_adopted",
         "lane",
@@ -64,6 +65,9 @@ class _GuardedRequestHandler(RequestHandler):
         self.lane = lane
         self.fast: fastpath.OnLane | None = None
         self.fast_adopted: fastpath.HandedBack | None = None
+        # The client socket's descriptor a lane request may send its worker (-1: none,
+        # as over TLS; fastpath.UNKNOWN until the lane first looks).
+        self.client_fd = fastpath.UNKNOWN
         # Requests pipelined behind an Upgrade that is not granted are not lost.
         # (Duck-typed: it is the parser for everything but how data is fed to it.)
         self._parser = cast(Any, UpgradeSafeParser(self._parser, self.close))
@@ -86,6 +90,11 @@ class _GuardedRequestHandler(RequestHandler):
         if lane is None or waiter is None or self._current_request is not None:
             super().data_received(data)
             self._count_head(data, before)
+            if lane is not None and waiter is None and before == 0:
+                # The connection's first request, parsed before aiohttp's task began
+                # to wait for one (it has seen none, so it has nothing in hand): the
+                # lane may take it; the task then finds the queue empty and waits.
+                self._first_on_lane(lane)
             return
         # aiohttp's task waits for a request: the lane may take it instead (or one is
         # on the lane, and what arrives waits behind it). The task is woken only for
@@ -109,6 +118,17 @@ class _GuardedRequestHandler(RequestHandler):
             )
             if not takes:
                 waiter.set_result(None)
+
+    def _first_on_lane(self, lane: FastLane) -> None:
+        if (
+            len(self._messages) == 1
+            and self.fast is None
+            and self._current_request is None
+            and not self._upgraded
+            and self._payload_parser is None
+            and not (self._force_close or self._close)
+        ):
+            fastpath.try_start(self, lane)
 
     def _count_head(self, data: bytes, before: int) -> None:
         """The head deadline's and the 414/431 rule's bookkeeping after `data` was parsed."""

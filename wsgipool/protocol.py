@@ -108,6 +108,10 @@ FLAG_KEEP_ALIVE: Final = 2
 FLAG_RAW_HEAD: Final = 8
 #: REQUEST flag: a retry: the worker that ran this request first died before answering.
 FLAG_RETRY: Final = 16
+#: REQUEST flag: the client's socket travels with this frame (SCM_RIGHTS, after the
+#: body's descriptor if both): the worker may write a small whole response to it
+#: itself and report it with DONE (see docs/protocol.md).
+FLAG_CLIENT_SOCKET: Final = 32
 #: SOCKET flag: the connection may stay open after this response.
 FLAG_SOCKET_KEEP_ALIVE: Final = 1
 #: DONE flag: the response went out whole and framed, the connection may be reused.

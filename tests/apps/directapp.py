@@ -5,6 +5,11 @@
 - ``/fail?after=K``: K chunks, then an exception.
 - ``/stall?after=K&flag=F``: K chunks, then waits (at most 30 s) for file F.
 - ``/pid``: the worker's pid.
+- ``/holds-client``: ``held`` if this worker has a socket connected to the
+  client (the fast lane sends it with the request), else ``not held``.
+- ``/whole?size=N&status=S``: a whole response of N bytes with status S.
+- ``/short``: declares a Content-Length of 10 and sends 5 bytes.
+- ``/sleep?s=S``: a small response after S seconds.
 
 ``close`` in the query names a file that close() appends to.
 """
@@ -12,6 +17,7 @@
 from __future__ import annotations
 
 import os
+import socket
 import time
 
 from tests.apps.appkit import Recorded
@@ -56,6 +62,30 @@ def _stall(after: int, flag: str):
     yield chunk_at(after * CHUNK, CHUNK)
 
 
+def _holds_client(environ) -> bool:
+    """Whether a descriptor of this process is a socket whose peer is the client."""
+    client = (environ["REMOTE_ADDR"], int(environ["REMOTE_PORT"]))
+    for name in os.listdir("/proc/self/fd"):
+        try:
+            sock = socket.socket(fileno=os.dup(int(name)))
+        except OSError:
+            continue
+        try:
+            peer = sock.getpeername()
+        except OSError:
+            peer = None
+        finally:
+            sock.close()
+        if isinstance(peer, tuple) and peer[:2] == client:
+            return True
+    return False
+
+
+def _small(start_response, body: bytes, status: str = "200 OK"):
+    start_response(status, [("Content-Type", "text/plain")])
+    return [body]
+
+
 def app(environ, start_response):
     query = parse_query(environ)
     path = environ["PATH_INFO"]
@@ -64,6 +94,17 @@ def app(environ, start_response):
         body = str(os.getpid()).encode()
         start_response("200 OK", [("Content-Length", str(len(body)))])
         return [body]
+    if path == "/holds-client":
+        return _small(start_response, b"held" if _holds_client(environ) else b"not held")
+    if path == "/whole":
+        status = query.get("status", "200 OK").replace("+", " ")
+        return _small(start_response, chunk_at(0, int(query.get("size", "0"))), status)
+    if path == "/short":
+        start_response("200 OK", [("Content-Length", "10")])
+        return [b"12345"]
+    if path == "/sleep":
+        time.sleep(float(query["s"]))
+        return _small(start_response, b"slept")
     if "length" in query:
         headers.append(("Content-Length", query["length"]))
     start_response("200 OK", headers)

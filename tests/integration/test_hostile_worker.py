@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import functools
 import json
+import os
+import signal
 import socket
 import time
 import traceback
@@ -234,7 +236,8 @@ VIOLATIONS = [
     ([frame(p.DONE, "done")], "GET", "DONE before its response"),
     ([START, frame(p.START, "start")], "GET", "START while streaming"),
     ([frame(p.TAKEOVER, "empty")], "HEAD", "TAKEOVER for a request that did not allow it"),
-    ([frame(p.PROGRESS, "empty")], "GET", "PROGRESS before its response"),
+    # A GET on the fast lane carries the client socket: PROGRESS may come first there.
+    ([frame(p.PROGRESS, "empty")], "POST", "PROGRESS before its response"),
     ([frame(p.END, "empty")], "GET", "END before its response"),
     ([frame(p.DATA, "data1")], "GET", "DATA before its response"),
     ([START, frame(p.RAW, "raw")], "GET", "RAW while streaming"),
@@ -264,6 +267,67 @@ def test_each_violation_kills_the_worker_and_answers_its_request_502(run_server,
             puppet.close()
             heal(server)
         assert Main(server).escapes() == ""
+    finally:
+        control.close()
+
+
+def test_a_worker_that_began_writing_and_broke_the_protocol_cuts_the_connection(
+    run_server, short_tmp
+):
+    """A GET on the lane carries the client socket; once its worker said PROGRESS (it
+    writes the response to the client itself), a protocol error ends the connection
+    with no 502, which would follow bytes the worker may have written."""
+    server, control = start(run_server, short_tmp)
+    try:
+        puppet = control.open(server.port or 0, "GET")
+        wire = [frame(p.PROGRESS, "empty"), frame(p.RAW, "raw")]
+        assert puppet.command({"op": "frames", "frames": wire}, reply=False)
+        assert puppet.client is not None
+        assert answer(puppet.client) == "closed"
+        assert wait_for_death(puppet)
+        assert wait_for(lambda: "RAW during a direct write" in server.log, 5), server.log[-2000:]
+        assert wait_for(lambda: "/puppet cut" in server.log, 5), server.log[-2000:]
+        puppet.close()
+        heal(server)
+        assert Main(server).escapes() == ""
+    finally:
+        control.close()
+
+
+@pytest.mark.parametrize("progress", [False, True])
+def test_a_worker_killed_with_the_client_socket_is_retried_only_if_it_wrote_nothing(
+    run_server, short_tmp, progress: bool
+):
+    """SIGKILL of the worker that holds a lane GET's client socket: before PROGRESS it
+    wrote nothing, and the request runs again on another worker; after PROGRESS it may
+    have, so the connection is cut and the request never runs twice."""
+    server, control = start(run_server, short_tmp)
+    try:
+        puppet = control.open(server.port or 0, "GET")
+        if progress:
+            wire = [frame(p.PROGRESS, "empty")]
+            assert puppet.command({"op": "frames", "frames": wire})
+        os.kill(puppet.pid, signal.SIGKILL)
+        assert wait_for_death(puppet)
+        control.sock.settimeout(5 if progress else ANSWER_TIMEOUT)
+        try:
+            again, _ = control.sock.accept()  # the retry's app reporting in
+        except TimeoutError:
+            again = None
+        if progress:
+            assert again is None, "ran again after its worker said it was writing"
+            assert puppet.client is not None
+            assert answer(puppet.client) == "closed"
+        else:
+            assert again is not None, server.log[-2000:]
+            retried = json.loads(again.makefile("rb").readline())
+            assert retried["n"] == puppet.n and retried["pid"] != puppet.pid
+            again.makefile("wb", buffering=0).write(b'{"op": "return"}\n')
+            assert puppet.client is not None
+            assert answer(puppet.client) == 200
+            again.close()
+        puppet.close()
+        heal(server)
     finally:
         control.close()
 

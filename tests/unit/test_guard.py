@@ -8,6 +8,8 @@ consume, within credit).
 
 from __future__ import annotations
 
+import os
+import socket
 from typing import Any
 
 import pytest
@@ -129,6 +131,50 @@ ILLEGAL = [
 ]
 
 
+# A REQUEST that carried the client socket (worker/whole.py): (steps, HEAD request).
+LEGAL_WITH_CLIENT = [
+    ([PROGRESS_FRAME, DONE], False),
+    ([PROGRESS_FRAME, DONE], True),
+    ([PROGRESS_FRAME, PROGRESS_FRAME, DONE], False),
+    ([PROGRESS_FRAME, ERROR], False),
+    ([RAW], False),  # not written there: the socket was let go
+    ([START, data(1), END], False),
+    (["cancel", END], False),
+    ([TAKEOVER, "hand", PROGRESS_FRAME, DONE], False),
+]
+# (steps before, the frame refused, words of the message)
+ILLEGAL_WITH_CLIENT = [
+    ([], DONE, "DONE before its response"),
+    ([PROGRESS_FRAME], RAW, "RAW during a direct write"),
+    ([PROGRESS_FRAME], START, "START during a direct write"),
+    ([PROGRESS_FRAME], END, "END during a direct write"),
+    ([PROGRESS_FRAME, DONE], PROGRESS_FRAME, "PROGRESS after the response ended"),
+    ([RAW], PROGRESS_FRAME, "PROGRESS after the response ended"),
+]
+
+
+@pytest.mark.parametrize(("steps", "head"), LEGAL_WITH_CLIENT)
+def test_legal_sequences_with_the_client_socket_pass(steps: list[Any], head: bool) -> None:
+    events = play(RequestGuard(WINDOW, True, head, client_socket=True), steps)
+    assert events[-1] >= ev.END
+
+
+@pytest.mark.parametrize(("before", "refused", "words"), ILLEGAL_WITH_CLIENT)
+def test_illegal_frames_with_the_client_socket_are_refused(
+    before: list[Any], refused: tuple[int, bytes], words: str
+) -> None:
+    guard = RequestGuard(WINDOW, True, False, client_socket=True)
+    play(guard, before)
+    with pytest.raises(p.ProtocolError, match=words):
+        guard.on_frame(*refused)
+
+
+def test_progress_first_only_with_the_client_socket() -> None:
+    """Without the socket in the REQUEST, PROGRESS before anything is a violation."""
+    with pytest.raises(p.ProtocolError, match="PROGRESS before its response"):
+        RequestGuard(WINDOW, True, False).on_frame(*PROGRESS_FRAME)
+
+
 @pytest.mark.parametrize(("steps", "raw_ok", "head"), LEGAL)
 def test_legal_sequences_pass(steps: list[Any], raw_ok: bool, head: bool) -> None:
     events = play(RequestGuard(WINDOW, raw_ok, head), steps)
@@ -189,6 +235,7 @@ APP_STEPS = st.lists(
     ending=st.sampled_from(["end", "fail", "file"]),
     takeover_answer=st.sampled_from(["decline", "cancel"]),
     grant=st.integers(1, 2 * CHUNK),
+    client=st.booleans(),
 )
 def test_whatever_the_real_worker_output_sends_passes(
     raw: bool,
@@ -198,6 +245,36 @@ def test_whatever_the_real_worker_output_sends_passes(
     ending: str,
     takeover_answer: str,
     grant: int,
+    client: bool,
+) -> None:
+    """`client`: the REQUEST carried the client socket (here a socketpair's end), which
+    a whole response is written to (worker/whole.py)."""
+    ours, theirs = socket.socketpair()
+    ours.setblocking(False)
+    try:
+        _play_output(raw, head, started, steps, ending, takeover_answer, grant, client, ours)
+        ours.close()
+        # Whatever it did, the output let go of its copy: the other end sees EOF.
+        theirs.settimeout(5)
+        written = b""
+        while chunk := theirs.recv(1 << 20):
+            written += chunk
+        assert not written or written.startswith(b"HTTP/1.1 ")
+    finally:
+        ours.close()
+        theirs.close()
+
+
+def _play_output(
+    raw: bool,
+    head: bool,
+    started: bool,
+    steps: list[tuple[Any, ...]],
+    ending: str,
+    takeover_answer: str,
+    grant: int,
+    client: bool,
+    sock: socket.socket,
 ) -> None:
     recorder = _Recorder()
     output: FrameOutput
@@ -215,7 +292,8 @@ def test_whatever_the_real_worker_output_sends_passes(
                 recorder.trace.append(("grant", grant))
                 output.grant(grant)
 
-    raw_head = RawHead("1.1", head) if raw else None
+    fd = os.dup(sock.fileno()) if client and raw else -1
+    raw_head = RawHead("1.1", head, fd, True) if raw else None
     output = FrameOutput(recorder, 9, WINDOW, lambda: b"", raw_head, waiter)  # type: ignore[arg-type]
     if started:
         output.start("200 OK", [("Content-Type", "text/plain")])
@@ -232,7 +310,7 @@ def test_whatever_the_real_worker_output_sends_passes(
         output.fail("boom")
     else:
         output.end()
-    guard = RequestGuard(WINDOW, raw, head)
+    guard = RequestGuard(WINDOW, raw, head, client_socket=fd >= 0)
     events = play(guard, recorder.trace)
     assert events and events[-1] >= ev.END
 

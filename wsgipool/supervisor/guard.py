@@ -13,6 +13,8 @@ if its head went out.  So the handler only ever sees a legal sequence:
     TAKEOVER, then, by the main process's answer:
         handed the socket:  (PROGRESS)* (DONE | ERROR), or START ... as streamed
         declined:           START ... as streamed, or ERROR
+    PROGRESS (DONE | ERROR)                     written to the client socket the
+                                                REQUEST carried (worker/whole.py)
     END                                          only after the main process cancelled
 
 Credit: the worker may send DATA only while it has credit left, each frame at
@@ -72,15 +74,28 @@ _NAMES: Final = {
 class RequestGuard:
     """The legal frames from a worker for one request, and the credit it has left."""
 
-    __slots__ = ("cancelled", "head_request", "left", "phase", "raw_ok", "rss_change")
+    __slots__ = (
+        "cancelled",
+        "client_socket",
+        "head_request",
+        "left",
+        "phase",
+        "raw_ok",
+        "rss_change",
+    )
 
-    def __init__(self, credit: int, raw_ok: bool, head_request: bool) -> None:
+    def __init__(
+        self, credit: int, raw_ok: bool, head_request: bool, client_socket: bool = False
+    ) -> None:
         #: Response bytes the worker may still send (may go below 0 by less than a chunk).
         self.left = credit
         self.phase = NEW
         #: The REQUEST allowed RAW and TAKEOVER.
         self.raw_ok = raw_ok
         self.head_request = head_request
+        #: The REQUEST carried the client socket: PROGRESS may be the first frame, said
+        #: before the worker writes a whole response to it (worker/whole.py).
+        self.client_socket = client_socket
         #: The main process sent CANCEL: an END with nothing before it is legal now.
         self.cancelled = False
         #: The worker's RSS change over the request in KiB, from the final frame's trailer.
@@ -161,7 +176,7 @@ class RequestGuard:
             self.phase = OFFERED
             return _TAKEOVER_EVENT
         if kind == p.PROGRESS:
-            if phase not in (HANDED, DIRECT):
+            if phase not in (HANDED, DIRECT) and not (phase == NEW and self.client_socket):
                 raise self._out_of_order(kind)
             self.phase = DIRECT
             return _PROGRESS_EVENT

@@ -161,6 +161,7 @@ class WorkerHandle:
         body_fd: int,
         guard: RequestGuard,
     ) -> None:
+        """`body_fd`: the descriptor the frame carries (the body's, or the client socket)."""
         if body_fd >= 0:
             self.channel.send_fd(frame, body_fd)  # may raise OSError: nothing is recorded then
         else:
@@ -254,8 +255,11 @@ class WorkerHandle:
                 if guard is None or kind == p.STACK:
                     self._on_other_frame(kind, rid, payload)
                     continue
+                released = guard.client_socket and guard.phase == NEW and kind != p.PROGRESS
                 what, value = guard.on_frame(kind, payload)  # ProtocolError if not legal now
                 exchange = self.inflight[rid]
+                if released:  # it closed the client socket before this frame (worker/output.py)
+                    exchange.client_released = True
                 if what >= ev.END:  # the request is over on the worker's side: its slot is free
                     del self.inflight[rid]
                     del guards[rid]
@@ -281,6 +285,7 @@ class WorkerHandle:
                     exchange.feed(what, (fd, *value))
                 elif what == PROGRESS:
                     exchange.last_progress = self.loop.time()
+                    exchange.client_written = True
                 else:
                     exchange.feed(what, value)
         except p.ProtocolError as exc:
@@ -340,6 +345,7 @@ class WorkerHandle:
             self._die("connection closed" if exc is None else f"connection error: {exc}")
 
     def _on_sentinel(self) -> None:
+        self.channel.drain()  # what it wrote before it exited (may end in _die)
         self._die("process exited")
 
     def _die(self, reason: str, retryable: bool = True) -> None:
@@ -365,7 +371,10 @@ class WorkerHandle:
         if retryable:
             for rid, guard in self.guards.items():
                 if guard.phase == NEW:
-                    self.inflight[rid].lost_to = self.pid
+                    exchange = self.inflight[rid]
+                    exchange.client_released = guard.client_socket
+                    if not exchange.finished:  # else answered already (a timeout's 504)
+                        exchange.lost_to = self.pid
         self.inflight.clear()
         self.guards.clear()
         self.busy = 0

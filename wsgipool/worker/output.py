@@ -21,6 +21,7 @@ from wsgipool.worker.channel import BlockingChannel
 from wsgipool.worker.direct import ClientGone, DirectWriter, SendTimedOut
 from wsgipool.worker.head import serialise
 from wsgipool.worker.rss import RssMeter
+from wsgipool.worker.whole import connection_head, write_whole
 from wsgipool.wsgicall import ResponseOutput
 
 __all__ = ["FrameOutput", "RawHead"]
@@ -35,13 +36,32 @@ Waiter = Callable[[threading.Condition, Callable[[], bool]], None]
 
 
 class RawHead:
-    """What a worker needs to write a response head itself: the request's version and method."""
+    """What a worker needs to write a response head itself: the request's version and
+    method, and, when the main process sent it with the request, the client's socket."""
 
-    __slots__ = ("head_request", "version")
+    __slots__ = ("client", "head_request", "keep_alive", "send_timeout", "version")
 
-    def __init__(self, version: str, head_request: bool) -> None:
+    def __init__(
+        self,
+        version: str,
+        head_request: bool,
+        client: int = -1,
+        keep_alive: bool = False,
+        send_timeout: float | None = None,
+    ) -> None:
         self.version = version
         self.head_request = head_request
+        #: The client socket (a descriptor this worker owns) for a small whole response
+        #: written here (worker/whole.py); -1 if none came, or once it is closed.
+        self.client = client
+        self.keep_alive = keep_alive
+        self.send_timeout = send_timeout
+
+    def drop_client(self) -> None:
+        """The response will not be written here: let go of the client socket."""
+        if self.client >= 0:
+            os.close(self.client)
+            self.client = -1
 
 
 class FrameOutput(ResponseOutput):
@@ -128,6 +148,7 @@ class FrameOutput(ResponseOutput):
                 self._channel.send(self._take())
 
     def send_file(self, fd: int, offset: int, count: int | None) -> None:
+        self._drop_client()
         parts = self._take()
         parts.append(p.frame(p.FILE, self._rid, p.encode_file(offset, count)))
         self._channel.send(parts, fd)
@@ -149,6 +170,11 @@ class FrameOutput(ResponseOutput):
                 if raw is not None
                 else None
             )
+            if raw is not None and raw.client >= 0:
+                if whole is not None:
+                    self._write_whole(raw, whole, start[0], report)
+                    return
+                raw.drop_client()
             trailer = self._rss_trailer()
             if whole is not None:
                 self._channel.send([report, *p.raw_frame(self._rid, *whole, trailer)])
@@ -163,6 +189,35 @@ class FrameOutput(ResponseOutput):
         parts.append(p.frame(p.END, self._rid, self._rss_trailer()))
         self._channel.send(parts)
 
+    def _write_whole(
+        self, raw: RawHead, whole: tuple[bytes, bytes], status: str, report: bytes
+    ) -> None:
+        """Write the whole response to the client socket (worker/whole.py), then DONE."""
+        head, body = whole
+        fd = raw.client
+        raw.client = -1
+        # PROGRESS is said before the first byte: a request whose worker dies before
+        # the main process has read it may run again on another worker; after it,
+        # never. Under the lock that CANCEL takes, so that once this worker has
+        # read a CANCEL (a timeout, a client gone) it writes nothing: the main
+        # process may then answer the client itself.
+        with self._cond:
+            cancelled = self.cancelled
+            if not cancelled:
+                self._progress()
+        if cancelled:  # nothing written, and END says so
+            os.close(fd)
+            self._channel.send([report, p.frame(p.END, self._rid, self._rss_trailer())])
+            return
+        head = connection_head(head, raw.version, raw.keep_alive)
+        try:
+            written, complete = write_whole(fd, [head, body], raw.send_timeout)
+        finally:
+            os.close(fd)  # before DONE: the main process may close the connection then
+        body_sent = min(len(body), max(0, written - len(head)))
+        done = p.encode_done(written, int(status[:3]), complete and raw.keep_alive, body_sent)
+        self._channel.send([report, p.frame(p.DONE, self._rid, done + self._rss_trailer())])
+
     def mark_rss(self) -> None:
         """The app starts now: the RSS change reported with the end counts from here."""
         if self._rss_meter is not None:
@@ -176,6 +231,7 @@ class FrameOutput(ResponseOutput):
         return p.encode_rss(self._rss_meter.end(start))
 
     def fail(self, message: str) -> None:
+        self._drop_client()
         # Headers not sent yet were never seen: drop them, so the answer is a clean 500.
         self._start = None
         if self._rss_start is not None and self._rss_meter is not None:
@@ -194,6 +250,7 @@ class FrameOutput(ResponseOutput):
 
     def _take_over(self) -> bool:
         """Ask for the client socket; True if the response is now written directly."""
+        self._drop_client()
         raw = self._raw
         start = self._start
         if raw is None or raw.head_request or start is None or start[0][:3] in ("204", "304"):
@@ -249,8 +306,13 @@ class FrameOutput(ResponseOutput):
     def _progress(self) -> None:
         self._channel.send([p.frame(p.PROGRESS, self._rid)])
 
+    def _drop_client(self) -> None:
+        if self._raw is not None:
+            self._raw.drop_client()
+
     def _take(self) -> list[bytes]:
         """Frames for what is held: START if it has not left yet, then the held chunks."""
+        self._drop_client()
         parts: list[bytes] = []
         start = self._start
         if start is not None:

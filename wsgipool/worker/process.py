@@ -66,6 +66,9 @@ class WorkerSettings:
     #: Measure the RSS change of every request (the leak finder, a memory recycle's log
     #: line) even when no access log shows it.
     request_rss: bool = False
+    #: A client that takes no bytes of a response this worker writes to it for this
+    #: long is reset (the handler's send deadline, for small whole responses).
+    send_timeout: float | None = 60.0
 
 
 class _Job:
@@ -385,10 +388,21 @@ class Worker:
         if kind == p.REQUEST:
             credit, flags, fields, headers, body = p.decode_request(payload)
             body_fd = self.channel.take_fd() if flags & p.FLAG_BODY_FD else -1
-            facts = facts_from_fields(fields, headers, bool(flags & p.FLAG_KEEP_ALIVE))
-            raw = (
-                RawHead(facts.version, facts.method == "HEAD") if flags & p.FLAG_RAW_HEAD else None
-            )
+            client = self.channel.take_fd() if flags & p.FLAG_CLIENT_SOCKET else -1
+            keep_alive = bool(flags & p.FLAG_KEEP_ALIVE)
+            facts = facts_from_fields(fields, headers, keep_alive)
+            if flags & p.FLAG_RAW_HEAD:
+                raw: RawHead | None = RawHead(
+                    facts.version,
+                    facts.method == "HEAD",
+                    client,
+                    keep_alive,
+                    self.settings.send_timeout,
+                )
+            else:
+                raw = None
+                if client >= 0:
+                    os.close(client)
             output = FrameOutput(
                 self.channel, rid, credit, self._end_report, raw, self.wait_for, self._rss_meter
             )
