@@ -48,17 +48,13 @@ def place(
     options: EnvironOptions,
     inbuf_overflow: int,
     stderr: IO[str] | None,
-    send_timeout: float | None = 60.0,
 ) -> Placement:
-    """Bind `application` to the worker pool, or load it for this process's threads.
-
-    `send_timeout`: the edge's send deadline, which a worker applies to the
-    responses it writes to a client socket itself."""
+    """Bind `application` to the worker pool, or load it for this process's threads."""
     # Imported here: thread mode never loads the pool's modules (multiprocess and all).
     from wsgipool.executor import ProcessExecutor
 
     if isinstance(executor, ProcessExecutor):
-        executor.bind(application, options, send_timeout)
+        executor.bind(application, options)
         memory_limit = min(inbuf_overflow, INLINE_BODY_LIMIT)
         retry = executor.retry_methods or None
         return Placement(executor, memory_limit, in_process=False, retry_methods=retry)

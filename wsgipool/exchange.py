@@ -37,7 +37,7 @@ RESPONSE_WINDOW: Final = 1024 * 1024
 # RESPONSE: (code, reason, headers, body), a whole response at once;
 # RAW: (code, head size, head and body bytes), a whole response, head serialised;
 # TAKEOVER: None, the worker asks for the client socket to write a large response;
-# DONE: (bytes written, status, complete), the worker wrote the response itself.
+# DONE: (written, status, complete, body bytes, rest to write): the worker wrote it.
 # Kinds from END on are final: nothing follows them.
 START: Final = 1
 DATA: Final = 2

@@ -52,7 +52,6 @@ class ProcessExecutor:
         self.log_setup = log_setup or LogSetup(level=log_level)
         self._app_ref: str | bytes | None = None
         self._options = EnvironOptions()
-        self._send_timeout: float | None = 60.0
         self._dispatcher: Dispatcher[WorkerHandle] = Dispatcher(
             self.config.queue_size, self.config.queue_timeout
         )
@@ -74,15 +73,9 @@ class ProcessExecutor:
     # -- the app --------------------------------------------------------------------
 
     def bind(
-        self,
-        application: Callable[..., Any] | str,
-        options: EnvironOptions | None = None,
-        send_timeout: float | None = 60.0,
+        self, application: Callable[..., Any] | str, options: EnvironOptions | None = None
     ) -> None:
         """Say which app the workers run, and how its environ is built (WSGIHandler does this).
-
-        `send_timeout`: the handler's send deadline, for the small whole responses
-        a worker writes to the client socket itself (fastpath.py).
 
         The app is checked here, not at the first request: one that cannot reach the
         workers (neither importable by name nor picklable with dill) is a TypeError now.
@@ -92,7 +85,6 @@ class ProcessExecutor:
             raise ValueError("this ProcessExecutor already runs another application")
         self._app_ref = ref
         self._options = options or EnvironOptions()
-        self._send_timeout = send_timeout
 
     # -- lifecycle ------------------------------------------------------------------
 
@@ -118,7 +110,6 @@ class ProcessExecutor:
             log_setup=self.log_setup,
             environ=self._options,
             request_rss=self.request_rss,
-            send_timeout=self._send_timeout,
         )
         try:
             await supervisor.start()

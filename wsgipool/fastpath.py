@@ -58,6 +58,8 @@ from aiohttp.streams import EMPTY_PAYLOAD
 
 from wsgipool import exchange as ev
 from wsgipool.body import EMPTY as EMPTY_BODY
+from wsgipool.clientsock import queued, reset_on_close
+from wsgipool.deadlines import sweep_interval
 from wsgipool.environ import Collected, collect_message, connection_of
 from wsgipool.logs.access import GONE_RESPONSE, AccessLogger, StandInResponse
 from wsgipool.logs.atoms import RequestRecord
@@ -93,7 +95,7 @@ _clock = time.perf_counter
 class FastLane:
     """What a server's connections need to serve requests on the lane."""
 
-    __slots__ = ("executor", "health", "retry_methods", "stats")
+    __slots__ = ("executor", "health", "retry_methods", "send_timeout", "stats")
 
     def __init__(
         self,
@@ -101,11 +103,13 @@ class FastLane:
         retry_methods: frozenset[str] | None,
         stats: RequestStats | None = None,
         health: str | None = None,
+        send_timeout: float | None = None,
     ) -> None:
         self.executor = executor
         self.retry_methods = retry_methods
         self.stats = stats  # --metrics-bind's request counters
         self.health = health  # --health-path: its requests stay the main process's
+        self.send_timeout = send_timeout  # for the rest of a whole write (`_write_rest`)
 
     @classmethod
     def of(
@@ -117,7 +121,7 @@ class FastLane:
         executor = handler.executor
         if not isinstance(executor, ProcessExecutor):
             return None
-        return cls(executor, handler.retry_methods, stats, health)
+        return cls(executor, handler.retry_methods, stats, health, handler.send_timeout)
 
 
 def eligible(message: Any, payload: Any) -> bool:
@@ -326,8 +330,10 @@ def on_event(protocol: Any, lane: FastLane, exchange: ev.Exchange) -> None:
         # The worker holds the client socket, or held it to write this response.
         if kind == _DONE:  # written (worker/whole.py)
             exchange.take()
-            _written, code, complete, _body = value
+            _written, code, complete, _body, rest = value
             exchange.close()
+            if rest:  # what the client's socket did not take at once (worker/whole.py)
+                _write_rest(protocol, lane, rest)
             stats = lane.stats
             if stats is not None:
                 stats.in_flight -= 1
@@ -346,6 +352,67 @@ def on_event(protocol: Any, lane: FastLane, exchange: ev.Exchange) -> None:
         return
     # Anything else is the handler's, which adopts this exchange (WSGIHandler).
     _hand_back(protocol, lane, request, exchange)
+
+
+def _write_rest(protocol: Any, lane: FastLane, rest: bytes) -> None:
+    """Write the tail of a whole response the worker could not write at once.
+
+    Up to `MAX_BYTES` it is written as a RAW answer is (the connection had nothing
+    unsent); a larger tail is watched: a client that takes no bytes of it for the
+    send deadline is cut, as the handler's `SendWatch` would cut it.
+    """
+    transport = protocol.transport
+    if transport is None:
+        return
+    transport.write(rest)
+    timeout = lane.send_timeout
+    if len(rest) > MAX_BYTES and timeout is not None and transport.get_write_buffer_size():
+        _RestWatch(protocol._loop, transport, timeout)
+
+
+class _RestWatch:
+    """The send deadline of one rest (`_write_rest`), until the transport has sent it.
+
+    Progress is what `SendWatch` counts: bytes leaving the transport's buffer, or the
+    kernel's queue shrinking as the client reads (the socket may not be writable
+    again yet while a slow reader drains a large send buffer).
+    """
+
+    __slots__ = ("interval", "loop", "mark", "since", "timeout", "transport")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, transport: Any, timeout: float) -> None:
+        self.loop = loop
+        self.transport = transport
+        self.timeout = timeout
+        self.interval = sweep_interval(timeout)
+        self.mark = (-1, -1)
+        self.since = loop.time()
+        loop.call_later(self.interval, self.look)
+
+    def look(self) -> None:
+        transport = self.transport
+        if transport.is_closing():
+            return
+        pending = transport.get_write_buffer_size()
+        if not pending:
+            return  # all of it is in the kernel's hands: the connection is idle now
+        sock = transport.get_extra_info("socket")
+        mark = (pending, queued(sock))
+        now = self.loop.time()
+        if mark != self.mark:
+            self.mark = mark
+            self.since = now
+        elif now - self.since >= self.timeout:
+            peer = transport.get_extra_info("peername")
+            logger.warning(
+                "client %s accepted no response bytes for %gs (--send-timeout); connection reset",
+                escape(str(peer[0] if peer else "")),
+                self.timeout,
+            )
+            reset_on_close(sock)
+            transport.abort()
+            return
+        self.loop.call_later(self.interval, self.look)
 
 
 def _settle(protocol: Any, lane: FastLane, request: OnLane, exchange: ev.Exchange) -> None:

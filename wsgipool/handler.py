@@ -89,8 +89,10 @@ class WSGIHandler:
         self._executor = executor
         self._watch = _DisconnectWatch() if watch_disconnects else None
         self._sends = SendWatch(send_timeout) if send_timeout is not None else None
+        #: The send deadline in seconds (None: none), for the fast lane's own writes.
+        self.send_timeout = send_timeout
         self._unavailable_log = RateLimitedLog(logger, logging.WARNING)
-        placement = place(application, executor, options, inbuf_overflow, stderr, send_timeout)
+        placement = place(application, executor, options, inbuf_overflow, stderr)
         self._backend = placement.backend
         self._memory_limit = placement.memory_limit
         self._in_process = placement.in_process

@@ -503,21 +503,23 @@ def decode_rss(payload: bytes, kind: str) -> int | None:
     return None if kib == RSS_UNKNOWN else int(kib)
 
 
-def encode_done(written: int, status: int, complete: bool, body: int) -> bytes:
-    """DONE payload: bytes the worker wrote to the client, the status, whether it ended well."""
-    return _DONE.pack(written, status, FLAG_DONE_COMPLETE if complete else 0, body)
+def encode_done(written: int, status: int, complete: bool, body: int, rest: bytes = b"") -> bytes:
+    """DONE payload: bytes the worker wrote to the client, the status, whether it ended
+    well; then `rest`, the response's bytes it could not write at once (whole writes)."""
+    return _DONE.pack(written, status, FLAG_DONE_COMPLETE if complete else 0, body) + rest
 
 
-def decode_done(payload: bytes) -> tuple[int, int, bool, int]:
-    """(bytes written, status, ended whole, body bytes written: for the access log)."""
-    if len(payload) != _DONE.size:
-        raise ProtocolError(f"DONE payload must be {_DONE.size} bytes, got {len(payload)}")
-    written, status, flags, body = _DONE.unpack(payload)
+def decode_done(payload: bytes) -> tuple[int, int, bool, int, bytes]:
+    """(bytes written, status, ended whole, body bytes written: for the access log,
+    the rest of the response for the main process to write)."""
+    if len(payload) < _DONE.size:
+        raise ProtocolError(f"DONE payload must be at least {_DONE.size} bytes, got {len(payload)}")
+    written, status, flags, body = _DONE.unpack_from(payload)
     if flags & ~FLAG_DONE_COMPLETE or not 200 <= status <= 999:
         raise ProtocolError(f"DONE with status {status} and flags {flags:#x}")
     if body > written:
         raise ProtocolError(f"DONE with {body} body bytes of {written} written")
-    return written, status, bool(flags & FLAG_DONE_COMPLETE), body
+    return written, status, bool(flags & FLAG_DONE_COMPLETE), body, payload[_DONE.size :]
 
 
 def encode_socket(keep_alive: bool, send_timeout: float | None) -> bytes:

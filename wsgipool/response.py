@@ -220,7 +220,7 @@ async def _written_by_worker(request: web.BaseRequest, exchange: ev.Exchange) ->
         except TimeoutError:
             raise asyncio.CancelledError from None
     if kind == ev.DONE:
-        written, status, complete, body = value
+        written, status, complete, body, _rest = value  # no rest after TAKEOVER (guard.py)
         response = _WrittenResponse(status, written, complete and request.keep_alive)
         response.body_sent = body
         return response

@@ -16,6 +16,7 @@ import time
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from tests.apps import directapp
 from tests.conftest import free_port, http_get
 from tests.e2e import rawhttp
 from tests.polling import wait_for
@@ -168,3 +169,62 @@ def test_a_client_that_reads_its_answer_and_leaves_is_counted_as_answered(run_se
 
     assert wait_for(all_counted, 20), counts
     assert counts == {"2xx": 40}, counts
+
+
+def _pipeline(port: int, count: int, size: int) -> socket.socket:
+    sock = socket.create_connection(("127.0.0.1", port), timeout=30)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16384)  # fills fast
+    sock.sendall(_get(f"/whole?size={size}") * count)
+    return sock
+
+
+def test_a_client_that_never_reads_holds_no_worker_thread(run_server):
+    """GETs of 60,000 bytes sent one by one, each once the one before was answered
+    (so each is a lane request whose worker writes to the socket), by a client that
+    never reads: the socket's buffers fill, and what the worker cannot write at once
+    goes back to the main process (DONE's rest). The one worker thread stays free for
+    the next client, not held until the send deadline (60 s) by a worker waiting for
+    the reader."""
+    server = run_server("directapp:app", *ONE_THREAD)
+    hog = socket.socket()
+    hog.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    hog.settimeout(30)
+    hog.connect(("127.0.0.1", server.port))
+    try:
+        for _ in range(150):  # 9 MB: more than the buffers of a connection nobody reads
+            hog.sendall(_get("/whole?size=60000"))
+            time.sleep(0.02)
+        started = time.monotonic()
+        status, _headers, body = server.request("GET", "/whole?size=11", timeout=30)
+        assert (status, len(body)) == (200, 11), server.log
+        assert time.monotonic() - started < 15, server.log  # the deadline is 60 s
+    finally:
+        hog.close()
+    assert "Traceback" not in server.log
+
+
+def test_a_late_reader_gets_every_pipelined_response_whole_and_in_order(run_server):
+    """The same pipelined load read after a pause: each response's bytes (part written
+    by the worker, the rest by the main process, then the next ones) arrive in order."""
+    server = run_server("directapp:app", *ONE_THREAD)
+    count, size = 12, 60000
+    sock = _pipeline(server.port, count, size)
+    try:
+        time.sleep(1)
+        data = b""
+        for index in range(count):
+            while True:
+                try:
+                    response = rawhttp.parse_one(data)
+                except ValueError:
+                    response = None
+                if response is not None and response.complete:
+                    break
+                chunk = sock.recv(1 << 20)
+                assert chunk, f"connection closed before response {index + 1}"
+                data += chunk
+            assert response.status == 200
+            assert response.body == directapp.chunk_at(0, size), index
+            data = response.rest
+    finally:
+        sock.close()

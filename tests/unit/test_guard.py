@@ -31,6 +31,8 @@ ERROR = (p.ERROR, b"boom")
 TAKEOVER = (p.TAKEOVER, b"")
 PROGRESS_FRAME = (p.PROGRESS, b"")
 DONE = (p.DONE, p.encode_done(10, 200, True, 10) + RSS)
+# A whole write's DONE with the 5 bytes the client's socket did not take at once.
+DONE_REST = (p.DONE, p.encode_done(10, 200, True, 5, b"hello") + RSS)
 FILE = (p.FILE, p.encode_file(0, None))
 RESPONSE = (p.RESPONSE, p.encode_response("200 OK", [], b"hi") + RSS)
 RAW = (p.RAW, p.encode_raw(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n", b"hi") + RSS)
@@ -141,6 +143,7 @@ LEGAL_WITH_CLIENT = [
     ([START, data(1), END], False),
     (["cancel", END], False),
     ([TAKEOVER, "hand", PROGRESS_FRAME, DONE], False),
+    ([PROGRESS_FRAME, DONE_REST], False),
 ]
 # (steps before, the frame refused, words of the message)
 ILLEGAL_WITH_CLIENT = [
@@ -150,6 +153,12 @@ ILLEGAL_WITH_CLIENT = [
     ([PROGRESS_FRAME], END, "END during a direct write"),
     ([PROGRESS_FRAME, DONE], PROGRESS_FRAME, "PROGRESS after the response ended"),
     ([RAW], PROGRESS_FRAME, "PROGRESS after the response ended"),
+    ([TAKEOVER, "hand", PROGRESS_FRAME], DONE_REST, "after a streamed direct write"),
+    (
+        [PROGRESS_FRAME],
+        (p.DONE, p.encode_done(0, 200, True, 0, b"x" * (WINDOW + CHUNK)) + RSS),
+        "credit left",
+    ),
 ]
 
 
@@ -325,6 +334,7 @@ HOSTILE_FRAMES = st.sampled_from(
         TAKEOVER,
         PROGRESS_FRAME,
         DONE,
+        DONE_REST,
         FILE,
         RESPONSE,
         RAW,
@@ -345,11 +355,13 @@ ACTIONS = st.sampled_from(["cancel", "hand", "decline", ("grant", 1000), ("grant
     raw=st.booleans(),
     head=st.booleans(),
     steps=st.lists(st.one_of(HOSTILE_FRAMES, HOSTILE_FRAMES, ACTIONS), max_size=30),
+    client=st.booleans(),
 )
 def test_what_a_hostile_worker_gets_through_is_consumable_and_within_credit(
-    raw: bool, head: bool, steps: list[Any]
+    raw: bool, head: bool, steps: list[Any], client: bool
 ) -> None:
-    guard = RequestGuard(WINDOW, raw, head)
+    """`client`: the REQUEST carried the client socket (a whole write may begin at once)."""
+    guard = RequestGuard(WINDOW, raw, head, client_socket=client)
     granted = WINDOW
     body = 0
     kinds: list[int] = []
@@ -385,7 +397,11 @@ def test_what_a_hostile_worker_gets_through_is_consumable_and_within_credit(
             assert kinds[-1:] in ([ev.START], [ev.DATA]) and ev.FILE not in kinds
             body += len(value) if kind == ev.DATA else 0
         elif kind in (PROGRESS, ev.DONE):
-            assert handed and ev.START not in kinds
+            whole = client and set(kinds) <= {PROGRESS}  # the whole write's frames only
+            assert (handed or whole) and ev.START not in kinds
+            if kind == ev.DONE:
+                assert not value[4] or (whole and not handed), "a rest only after a whole write"
+                body += len(value[4])
         elif kind == ev.END:
             assert ev.START in kinds or (not kinds and cancelled)
         assert body < granted + CHUNK

@@ -14,7 +14,10 @@ if its head went out.  So the handler only ever sees a legal sequence:
         handed the socket:  (PROGRESS)* (DONE | ERROR), or START ... as streamed
         declined:           START ... as streamed, or ERROR
     PROGRESS (DONE | ERROR)                     written to the client socket the
-                                                REQUEST carried (worker/whole.py)
+                                                REQUEST carried (worker/whole.py); only
+                                                this DONE may carry bytes for the main
+                                                process to write (what the client did
+                                                not take at once), within the credit
     END                                          only after the main process cancelled
 
 Credit: the worker may send DATA only while it has credit left, each frame at
@@ -82,6 +85,7 @@ class RequestGuard:
         "phase",
         "raw_ok",
         "rss_change",
+        "whole_direct",
     )
 
     def __init__(
@@ -96,6 +100,8 @@ class RequestGuard:
         #: The REQUEST carried the client socket: PROGRESS may be the first frame, said
         #: before the worker writes a whole response to it (worker/whole.py).
         self.client_socket = client_socket
+        #: It said that PROGRESS first: its DONE may carry the rest of the response.
+        self.whole_direct = False
         #: The main process sent CANCEL: an END with nothing before it is legal now.
         self.cancelled = False
         #: The worker's RSS change over the request in KiB, from the final frame's trailer.
@@ -176,14 +182,21 @@ class RequestGuard:
             self.phase = OFFERED
             return _TAKEOVER_EVENT
         if kind == p.PROGRESS:
-            if phase not in (HANDED, DIRECT) and not (phase == NEW and self.client_socket):
-                raise self._out_of_order(kind)
+            if phase not in (HANDED, DIRECT):
+                if not (phase == NEW and self.client_socket):
+                    raise self._out_of_order(kind)
+                self.whole_direct = True
             self.phase = DIRECT
             return _PROGRESS_EVENT
         if kind == p.DONE:
             if phase not in (HANDED, DIRECT):
                 raise self._out_of_order(kind)
             done = p.decode_done(payload[: self._rss_trailer(payload, kind)])
+            rest = len(done[4])
+            if rest:  # the tail of a whole write, for the main process to write
+                if not self.whole_direct:
+                    raise p.ProtocolError("DONE with bytes to write after a streamed direct write")
+                self._whole_body(rest)
             self.phase = OVER
             return ev.DONE, done
         raise p.ProtocolError(f"{p.NAMES.get(kind, kind)} is not a frame about a request")

@@ -91,7 +91,6 @@ class Supervisor:
         log_setup: LogSetup | None = None,
         environ: EnvironOptions | None = None,
         request_rss: bool = False,
-        send_timeout: float | None = 60.0,
     ) -> None:
         self.app_ref = app_ref
         self.config = config
@@ -114,7 +113,6 @@ class Supervisor:
             request_rss=request_rss
             or config.max_rss is not None
             or config.max_rss_hard is not None,
-            send_timeout=send_timeout,
         )
         self.target = config.workers
         self.workers: list[WorkerHandle] = []

@@ -39,15 +39,10 @@ class RawHead:
     """What a worker needs to write a response head itself: the request's version and
     method, and, when the main process sent it with the request, the client's socket."""
 
-    __slots__ = ("client", "head_request", "keep_alive", "send_timeout", "version")
+    __slots__ = ("client", "head_request", "keep_alive", "version")
 
     def __init__(
-        self,
-        version: str,
-        head_request: bool,
-        client: int = -1,
-        keep_alive: bool = False,
-        send_timeout: float | None = None,
+        self, version: str, head_request: bool, client: int = -1, keep_alive: bool = False
     ) -> None:
         self.version = version
         self.head_request = head_request
@@ -55,7 +50,6 @@ class RawHead:
         #: written here (worker/whole.py); -1 if none came, or once it is closed.
         self.client = client
         self.keep_alive = keep_alive
-        self.send_timeout = send_timeout
 
     def drop_client(self) -> None:
         """The response will not be written here: let go of the client socket."""
@@ -211,11 +205,14 @@ class FrameOutput(ResponseOutput):
             return
         head = connection_head(head, raw.version, raw.keep_alive)
         try:
-            written, complete = write_whole(fd, [head, body], raw.send_timeout)
+            written, rest = write_whole(fd, [head, body])
         finally:
             os.close(fd)  # before DONE: the main process may close the connection then
         body_sent = min(len(body), max(0, written - len(head)))
-        done = p.encode_done(written, int(status[:3]), complete and raw.keep_alive, body_sent)
+        # What the client did not take at once goes back with DONE: the main process
+        # writes it under its send deadline, and no thread here waits for a reader.
+        complete = rest is not None and raw.keep_alive
+        done = p.encode_done(written, int(status[:3]), complete, body_sent, rest or b"")
         self._channel.send([report, p.frame(p.DONE, self._rid, done + self._rss_trailer())])
 
     def mark_rss(self) -> None:

@@ -66,9 +66,6 @@ class WorkerSettings:
     #: Measure the RSS change of every request (the leak finder, a memory recycle's log
     #: line) even when no access log shows it.
     request_rss: bool = False
-    #: A client that takes no bytes of a response this worker writes to it for this
-    #: long is reset (the handler's send deadline, for small whole responses).
-    send_timeout: float | None = 60.0
 
 
 class _Job:
@@ -393,11 +390,7 @@ class Worker:
             facts = facts_from_fields(fields, headers, keep_alive)
             if flags & p.FLAG_RAW_HEAD:
                 raw: RawHead | None = RawHead(
-                    facts.version,
-                    facts.method == "HEAD",
-                    client,
-                    keep_alive,
-                    self.settings.send_timeout,
+                    facts.version, facts.method == "HEAD", client, keep_alive
                 )
             else:
                 raw = None

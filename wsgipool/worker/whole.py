@@ -8,6 +8,9 @@ checks nor writes its bytes, and the kernel's work of the send (waking the
 client) is this process's. The worker says PROGRESS before its first byte and
 DONE (bytes, status, whether the connection may stay) after it has closed its
 copy of the socket, so nothing it does can reach the connection's next request.
+The worker never waits for the client: what its socket does not take at once
+travels back with DONE and the main process writes it, as it writes RAW
+answers, under the send deadline.
 
 What stays the main process's: it sends the socket only while nothing of its
 own is unsent; requests that arrive meanwhile wait for DONE; DONE decides
@@ -20,11 +23,6 @@ writes nothing (fastpath.SETTLE_GRACE).
 from __future__ import annotations
 
 import os
-import select
-import socket
-import time
-
-from wsgipool.clientsock import reset_on_close
 
 __all__ = ["connection_head", "write_whole"]
 
@@ -41,37 +39,27 @@ def connection_head(head: bytes, version: str, keep_alive: bool) -> bytes:
     return head[:-2] + _KEEP_LINE if keep_alive else head
 
 
-def write_whole(fd: int, data: list[bytes], send_timeout: float | None) -> tuple[int, bool]:
-    """Write `data` to the client socket `fd`: (bytes written, whether all of them were).
+def write_whole(fd: int, data: list[bytes]) -> tuple[int, bytes | None]:
+    """Write what of `data` the client socket `fd` takes now: (bytes written, the rest).
 
-    The socket is non-blocking (it shares the main process's open file). A
-    client that takes no bytes for `send_timeout` seconds is reset, as the
-    main process's send deadline would; one that left ends the write.
+    Never waits: the socket is non-blocking (it shares the main process's open
+    file), and what does not fit in the socket's buffer at once is returned for
+    the main process to write, under its send deadline, so a client that reads
+    slowly or not at all holds no thread of this worker. The rest is None if
+    the client is gone.
     """
     total = sum(map(len, data))
     written = 0
-    last = 0.0
-    while True:
+    while written < total:
         try:
             sent = os.writev(fd, data)
         except BlockingIOError:
-            sent = 0
+            break
         except _GONE:
-            return written, False
+            return written, None
         written += sent
-        if written >= total:
-            return written, True
         data = _rest(data, sent)
-        now = time.monotonic()
-        if sent or not last:
-            last = now
-        if send_timeout is not None and now - last >= send_timeout:
-            sock = socket.socket(fileno=fd)  # only to set SO_LINGER: the caller closes fd
-            reset_on_close(sock)
-            sock.detach()
-            return written, False
-        wait = 0.25 if send_timeout is None else max(0.0, min(0.25, last + send_timeout - now))
-        select.select([], [fd], [], wait)
+    return written, b"".join(data)
 
 
 def _rest(data: list[bytes], sent: int) -> list[bytes]:
