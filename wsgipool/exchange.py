@@ -76,6 +76,7 @@ class Exchange:
         "facts",
         "finished",
         "granted",
+        "intent",
         "last_progress",
         "loop",
         "lost_to",
@@ -117,6 +118,8 @@ class Exchange:
         self.client_released = False
         #: The worker said it writes the response to the client socket itself (PROGRESS).
         self.client_written = False
+        #: What that worker said it was about to write (count before, size, status).
+        self.intent: tuple[int, int, int] | None = None
 
     # -- executor side ---------------------------------------------------------
 

@@ -58,7 +58,7 @@ from aiohttp.streams import EMPTY_PAYLOAD
 
 from wsgipool import exchange as ev
 from wsgipool.body import EMPTY as EMPTY_BODY
-from wsgipool.clientsock import queued, reset_on_close
+from wsgipool.clientsock import queued, reset_on_close, written_total
 from wsgipool.deadlines import sweep_interval
 from wsgipool.environ import Collected, collect_message, connection_of
 from wsgipool.logs.access import GONE_RESPONSE, AccessLogger, StandInResponse
@@ -326,6 +326,28 @@ def on_event(protocol: Any, lane: FastLane, exchange: ev.Exchange) -> None:
             stats.answered(message.method, _code, _clock() - request.started)
         _finished(protocol, lane, keep_alive)
         return
+    if request.direct and exchange.client_written and exchange.lost_to:
+        # Its worker died in a whole write, after PROGRESS and before DONE (killed while
+        # it waited for the GIL, say): the socket's byte count says how far it got.
+        intent = exchange.intent
+        fd = protocol.client_fd
+        before = -1 if intent is None or fd < 0 else intent[0]
+        written = written_total(fd) - before if before >= 0 else -1
+        if written == 0:  # none of it: the handler may run it again, as if no PROGRESS
+            exchange.client_written = False
+            exchange.client_released = True
+        elif intent is not None and written == intent[1]:  # all of it: answered
+            exchange.take()
+            exchange.close()
+            stats = lane.stats
+            if stats is not None:
+                stats.in_flight -= 1
+                stats.answered(request.message.method, intent[2], _clock() - request.started)
+            _finished(protocol, lane, False)  # the dead worker's word on keep-alive is lost
+            return
+        else:
+            _cut(protocol, lane, request, exchange, value[1])
+            return
     if request.direct and not (exchange.client_released or exchange.lost_to):
         # The worker holds the client socket, or held it to write this response.
         if kind == _DONE:  # written (worker/whole.py)

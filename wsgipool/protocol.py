@@ -131,6 +131,7 @@ _STATUS = struct.Struct("!QIB")
 _HELLO = struct.Struct("!IH")
 _EXITED = struct.Struct("!IBi")
 _DONE = struct.Struct("!QHBQ")
+_INTENT = struct.Struct("!qQH")
 _SOCKET = struct.Struct("!BI")
 _I32 = struct.Struct("!i")
 _NO_COUNT: Final = (1 << 64) - 1
@@ -501,6 +502,24 @@ def decode_rss(payload: bytes, kind: str) -> int | None:
         raise ProtocolError(f"{kind} payload has no RSS trailer")
     (kib,) = _I32.unpack_from(payload, len(payload) - RSS_TRAILER_SIZE)
     return None if kib == RSS_UNKNOWN else int(kib)
+
+
+def encode_progress(before: int, size: int, status: int) -> bytes:
+    """The first PROGRESS of a whole write: the client socket's byte count before it
+    (-1: unknown), the bytes about to be written, and their status."""
+    return _INTENT.pack(before, size, status)
+
+
+def decode_progress(payload: bytes) -> tuple[int, int, int] | None:
+    """(count before, size, status) from a whole write's first PROGRESS; None if empty."""
+    if not payload:
+        return None
+    if len(payload) != _INTENT.size:
+        raise ProtocolError(f"PROGRESS payload must be {_INTENT.size} bytes, got {len(payload)}")
+    before, size, status = _INTENT.unpack(payload)
+    if before < -1 or not 200 <= status <= 999:
+        raise ProtocolError(f"PROGRESS with count {before} and status {status}")
+    return before, size, status
 
 
 def encode_done(written: int, status: int, complete: bool, body: int, rest: bytes = b"") -> bytes:

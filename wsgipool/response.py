@@ -420,6 +420,13 @@ class _Sink:
         except asyncio.CancelledError:  # it left while the file waited for the socket
             self.written += progress.sent
             _set_body_sent(response, self.written)  # for the access line of a request cut short
+            transport = request.transport
+            if transport is None or transport.is_closing():  # the same line as above
+                logger.info(
+                    "%s: client went away after %d bytes of a file response (closed)",
+                    _label(request),
+                    self.written,
+                )
             raise
         self.written += progress.sent
         return progress.sent

@@ -13,6 +13,9 @@ each with a line:
   frame of another thread), with N descriptors attached to the first byte.
   RID is ``"own"``, ``"unknown"`` or a number; PAYLOAD names one of `PAYLOADS`;
   KIND ``0`` means bytes that are no frame at all.
+- ``{"op": "write_client", "text": T}``: write T to the client socket the
+  REQUEST carried (a lane GET's), found among this process's descriptors by its
+  peer address.
 - ``{"op": "return"}``: the app returns a small ordinary response (the worker
   sends it as it always does); ``{"op": "return_big"}``: a 3 MiB streamed one.
 
@@ -82,12 +85,36 @@ PAYLOADS: dict[str, Callable[[], bytes]] = {
     "raw_bad": lambda: p.encode_raw(b"HTTP/2.0 200 OK\r\nContent-Length: 2\r\n\r\n", b"hi") + _RSS,
     "raw_2m": lambda: p.encode_raw(_raw_head(b"R" * (2 << 20)), b"R" * (2 << 20)) + _RSS,
     "done": lambda: p.encode_done(0, 200, True, 0) + _RSS,
+    # A whole write's first PROGRESS on a new connection (nothing written to it yet) of
+    # the bytes of `WHOLE`.
+    "intent": lambda: p.encode_progress(0, len(WHOLE), 200),
     "file": lambda: p.encode_file(0, None),
     "text": lambda: b"hostile text\n",
     "status": lambda: p.encode_status(1 << 20, 1, 0),
     "hello": lambda: p.encode_hello(os.getpid(), 4),
     "u32": lambda: p.encode_u32(1 << 20),
 }
+
+
+WHOLE = b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nwhole"
+
+
+def _client_socket(environ: dict[str, Any]) -> socket.socket | None:
+    """This process's copy of the client's socket (the lane sends it with a GET)."""
+    client = (environ["REMOTE_ADDR"], int(environ["REMOTE_PORT"]))
+    for name in os.listdir("/proc/self/fd"):
+        try:
+            sock = socket.socket(fileno=int(name))
+        except OSError:
+            continue
+        try:
+            peer = sock.getpeername()
+        except OSError:
+            peer = None
+        if isinstance(peer, tuple) and peer[:2] == client:
+            return sock
+        sock.detach()
+    return None
 
 
 def _descriptors(count: int, kind: str) -> list[int]:
@@ -151,6 +178,12 @@ def _puppet(environ: dict[str, Any], start_response: StartResponse) -> Iterable[
         if op == "frames":
             _send_frames(worker, rid, command)
             lines.write(b'{"ok": true}\n')
+        elif op == "write_client":
+            sock = _client_socket(environ)
+            if sock is not None:
+                os.write(sock.fileno(), command["text"].encode("latin-1"))
+                sock.detach()
+            lines.write(json.dumps({"ok": sock is not None}).encode() + b"\n")
         elif op == "return":
             start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", "3")])
             return [b"ok\n"]

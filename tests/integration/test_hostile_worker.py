@@ -45,6 +45,7 @@ from hypothesis.stateful import (
     run_state_machine_as_test,
 )
 
+from tests.apps import hostileapp
 from tests.conftest import ServerProcess
 from tests.polling import wait_for
 from wsgipool import protocol as p
@@ -294,36 +295,46 @@ def test_a_worker_that_began_writing_and_broke_the_protocol_cuts_the_connection(
         control.close()
 
 
-@pytest.mark.parametrize("progress", [False, True])
+@pytest.mark.parametrize("written", ["before-progress", "unknown", "none", "part", "all"])
 def test_a_worker_killed_with_the_client_socket_is_retried_only_if_it_wrote_nothing(
-    run_server, short_tmp, progress: bool
+    run_server, short_tmp, written: str
 ):
-    """SIGKILL of the worker that holds a lane GET's client socket: before PROGRESS it
-    wrote nothing, and the request runs again on another worker; after PROGRESS it may
-    have, so the connection is cut and the request never runs twice."""
+    """SIGKILL of the worker that holds a lane GET's client socket. Before PROGRESS it
+    wrote nothing: the request runs again on another worker. After a PROGRESS that
+    names the socket's byte count and the response's size, the socket says how far it
+    got: nothing (it runs again), all of it (answered, not run again) or a part (the
+    connection is cut). After a PROGRESS without those ("unknown"), it is cut."""
     server, control = start(run_server, short_tmp)
     try:
         puppet = control.open(server.port or 0, "GET")
-        if progress:
-            wire = [frame(p.PROGRESS, "empty")]
-            assert puppet.command({"op": "frames", "frames": wire})
+        if written != "before-progress":
+            payload = "empty" if written == "unknown" else "intent"
+            assert puppet.command({"op": "frames", "frames": [frame(p.PROGRESS, payload)]})
+        if written in ("part", "all"):
+            text = hostileapp.WHOLE if written == "all" else hostileapp.WHOLE[:10]
+            assert puppet.command({"op": "write_client", "text": text.decode("latin-1")})
         os.kill(puppet.pid, signal.SIGKILL)
         assert wait_for_death(puppet)
-        control.sock.settimeout(5 if progress else ANSWER_TIMEOUT)
+        runs_again = written in ("before-progress", "none")
+        control.sock.settimeout(ANSWER_TIMEOUT if runs_again else 5)
         try:
             again, _ = control.sock.accept()  # the retry's app reporting in
         except TimeoutError:
             again = None
-        if progress:
-            assert again is None, "ran again after its worker said it was writing"
-            assert puppet.client is not None
-            assert answer(puppet.client) == "closed"
+        assert puppet.client is not None
+        if not runs_again:
+            assert again is None, "ran again after its worker wrote to the client"
+            expected = {
+                "all": 200,
+                "part": f"cut: {hostileapp.WHOLE[:10]!r}",
+                "unknown": "closed",
+            }[written]
+            assert answer(puppet.client) == expected, server.log[-2000:]
         else:
             assert again is not None, server.log[-2000:]
             retried = json.loads(again.makefile("rb").readline())
             assert retried["n"] == puppet.n and retried["pid"] != puppet.pid
             again.makefile("wb", buffering=0).write(b'{"op": "return"}\n')
-            assert puppet.client is not None
             assert answer(puppet.client) == 200
             again.close()
         puppet.close()

@@ -30,6 +30,8 @@ END = (p.END, RSS)
 ERROR = (p.ERROR, b"boom")
 TAKEOVER = (p.TAKEOVER, b"")
 PROGRESS_FRAME = (p.PROGRESS, b"")
+# A whole write's first PROGRESS: the socket's byte count before it, its size, its status.
+PROGRESS_INTENT = (p.PROGRESS, p.encode_progress(0, 40, 200))
 DONE = (p.DONE, p.encode_done(10, 200, True, 10) + RSS)
 # A whole write's DONE with the 5 bytes the client's socket did not take at once.
 DONE_REST = (p.DONE, p.encode_done(10, 200, True, 5, b"hello") + RSS)
@@ -144,6 +146,8 @@ LEGAL_WITH_CLIENT = [
     (["cancel", END], False),
     ([TAKEOVER, "hand", PROGRESS_FRAME, DONE], False),
     ([PROGRESS_FRAME, DONE_REST], False),
+    ([PROGRESS_INTENT, DONE_REST], False),
+    ([PROGRESS_INTENT, PROGRESS_FRAME, DONE], False),
 ]
 # (steps before, the frame refused, words of the message)
 ILLEGAL_WITH_CLIENT = [
@@ -154,6 +158,10 @@ ILLEGAL_WITH_CLIENT = [
     ([PROGRESS_FRAME, DONE], PROGRESS_FRAME, "PROGRESS after the response ended"),
     ([RAW], PROGRESS_FRAME, "PROGRESS after the response ended"),
     ([TAKEOVER, "hand", PROGRESS_FRAME], DONE_REST, "after a streamed direct write"),
+    ([PROGRESS_FRAME], PROGRESS_INTENT, "PROGRESS with a payload after the first"),
+    ([TAKEOVER, "hand"], PROGRESS_INTENT, "PROGRESS with a payload after the first"),
+    ([], (p.PROGRESS, b"xx"), "PROGRESS payload must be 18 bytes"),
+    ([], (p.PROGRESS, p.encode_progress(-2, 1, 200)), "PROGRESS with count -2"),
     (
         [PROGRESS_FRAME],
         (p.DONE, p.encode_done(0, 200, True, 0, b"x" * (WINDOW + CHUNK)) + RSS),
@@ -335,6 +343,7 @@ HOSTILE_FRAMES = st.sampled_from(
         PROGRESS_FRAME,
         DONE,
         DONE_REST,
+        PROGRESS_INTENT,
         FILE,
         RESPONSE,
         RAW,
@@ -406,3 +415,11 @@ def test_what_a_hostile_worker_gets_through_is_consumable_and_within_credit(
             assert ev.START in kinds or (not kinds and cancelled)
         assert body < granted + CHUNK
         kinds.append(kind)
+
+
+def test_a_whole_writes_first_progress_says_what_it_is_about_to_write() -> None:
+    """(count before, size, status): what the lane reads the socket against if the
+    worker dies before DONE (fastpath.py)."""
+    guard = RequestGuard(WINDOW, True, False, client_socket=True)
+    assert guard.on_frame(*PROGRESS_INTENT) == (PROGRESS, (0, 40, 200))
+    assert guard.on_frame(*PROGRESS_FRAME) == (PROGRESS, None)

@@ -186,6 +186,10 @@ class RequestGuard:
                 if not (phase == NEW and self.client_socket):
                     raise self._out_of_order(kind)
                 self.whole_direct = True
+                self.phase = DIRECT
+                return PROGRESS, p.decode_progress(payload)  # what it is about to write
+            if payload:
+                raise p.ProtocolError("PROGRESS with a payload after the first")
             self.phase = DIRECT
             return _PROGRESS_EVENT
         if kind == p.DONE:

@@ -286,6 +286,8 @@ class WorkerHandle:
                 elif what == PROGRESS:
                     exchange.last_progress = self.loop.time()
                     exchange.client_written = True
+                    if value is not None:
+                        exchange.intent = value
                 else:
                     exchange.feed(what, value)
         except p.ProtocolError as exc:
@@ -370,11 +372,15 @@ class WorkerHandle:
         inflight = list(self.inflight.values())
         if retryable:
             for rid, guard in self.guards.items():
+                exchange = self.inflight[rid]
                 if guard.phase == NEW:
-                    exchange = self.inflight[rid]
                     exchange.client_released = guard.client_socket
                     if not exchange.finished:  # else answered already (a timeout's 504)
                         exchange.lost_to = self.pid
+                elif exchange.intent is not None and not exchange.finished:
+                    # Died during a whole write: the lane reads from the socket's byte
+                    # count whether it wrote none of it (a retry), all, or a part (a cut).
+                    exchange.lost_to = self.pid
         self.inflight.clear()
         self.guards.clear()
         self.busy = 0

@@ -17,6 +17,7 @@ import threading
 from collections.abc import Callable
 
 from wsgipool import protocol as p
+from wsgipool.clientsock import written_total
 from wsgipool.worker.channel import BlockingChannel
 from wsgipool.worker.direct import ClientGone, DirectWriter, SendTimedOut
 from wsgipool.worker.head import serialise
@@ -190,20 +191,24 @@ class FrameOutput(ResponseOutput):
         head, body = whole
         fd = raw.client
         raw.client = -1
+        head = connection_head(head, raw.version, raw.keep_alive)
+        code = int(status[:3])
         # PROGRESS is said before the first byte: a request whose worker dies before
-        # the main process has read it may run again on another worker; after it,
-        # never. Under the lock that CANCEL takes, so that once this worker has
-        # read a CANCEL (a timeout, a client gone) it writes nothing: the main
-        # process may then answer the client itself.
+        # the main process has read it may run again on another worker. It names the
+        # socket's byte count and what follows, so that if this worker dies before
+        # DONE (killed while it waits for the GIL, say) the main process can tell
+        # from the socket whether none, all or a part was written. Under the lock
+        # that CANCEL takes, so that once this worker has read a CANCEL (a timeout,
+        # a client gone) it writes nothing: the main process may then answer itself.
+        intent = p.encode_progress(written_total(fd), len(head) + len(body), code)
         with self._cond:
             cancelled = self.cancelled
             if not cancelled:
-                self._progress()
+                self._progress(intent)
         if cancelled:  # nothing written, and END says so
             os.close(fd)
             self._channel.send([report, p.frame(p.END, self._rid, self._rss_trailer())])
             return
-        head = connection_head(head, raw.version, raw.keep_alive)
         try:
             written, rest = write_whole(fd, [head, body])
         finally:
@@ -212,7 +217,7 @@ class FrameOutput(ResponseOutput):
         # What the client did not take at once goes back with DONE: the main process
         # writes it under its send deadline, and no thread here waits for a reader.
         complete = rest is not None and raw.keep_alive
-        done = p.encode_done(written, int(status[:3]), complete, body_sent, rest or b"")
+        done = p.encode_done(written, code, complete, body_sent, rest or b"")
         self._channel.send([report, p.frame(p.DONE, self._rid, done + self._rss_trailer())])
 
     def mark_rss(self) -> None:
@@ -300,8 +305,8 @@ class FrameOutput(ResponseOutput):
             logger.warning("worker %d: %s", os.getpid(), exc)
         self.cancel()
 
-    def _progress(self) -> None:
-        self._channel.send([p.frame(p.PROGRESS, self._rid)])
+    def _progress(self, payload: bytes = b"") -> None:
+        self._channel.send([p.frame(p.PROGRESS, self._rid, payload)])
 
     def _drop_client(self) -> None:
         if self._raw is not None:
