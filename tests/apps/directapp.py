@@ -17,10 +17,9 @@
 from __future__ import annotations
 
 import os
-import socket
 import time
 
-from tests.apps.appkit import Recorded
+from tests.apps.appkit import Recorded, client_descriptor
 from tests.apps.appkit import query as parse_query
 
 CHUNK = 64 * 1024
@@ -62,25 +61,6 @@ def _stall(after: int, flag: str):
     yield chunk_at(after * CHUNK, CHUNK)
 
 
-def _holds_client(environ) -> bool:
-    """Whether a descriptor of this process is a socket whose peer is the client."""
-    client = (environ["REMOTE_ADDR"], int(environ["REMOTE_PORT"]))
-    for name in os.listdir("/proc/self/fd"):
-        try:
-            sock = socket.socket(fileno=os.dup(int(name)))
-        except OSError:
-            continue
-        try:
-            peer = sock.getpeername()
-        except OSError:
-            peer = None
-        finally:
-            sock.close()
-        if isinstance(peer, tuple) and peer[:2] == client:
-            return True
-    return False
-
-
 def _small(start_response, body: bytes, status: str = "200 OK"):
     start_response(status, [("Content-Type", "text/plain")])
     return [body]
@@ -95,7 +75,7 @@ def app(environ, start_response):
         start_response("200 OK", [("Content-Length", str(len(body)))])
         return [body]
     if path == "/holds-client":
-        return _small(start_response, b"held" if _holds_client(environ) else b"not held")
+        return _small(start_response, b"held" if client_descriptor(environ) >= 0 else b"not held")
     if path == "/whole":
         status = query.get("status", "200 OK").replace("+", " ")
         return _small(start_response, chunk_at(0, int(query.get("size", "0"))), status)

@@ -37,6 +37,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
+from tests.apps.appkit import client_descriptor
 from wsgipool import protocol as p
 
 StartResponse = Callable[..., Any]
@@ -97,24 +98,6 @@ PAYLOADS: dict[str, Callable[[], bytes]] = {
 
 
 WHOLE = b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nwhole"
-
-
-def _client_socket(environ: dict[str, Any]) -> socket.socket | None:
-    """This process's copy of the client's socket (the lane sends it with a GET)."""
-    client = (environ["REMOTE_ADDR"], int(environ["REMOTE_PORT"]))
-    for name in os.listdir("/proc/self/fd"):
-        try:
-            sock = socket.socket(fileno=int(name))
-        except OSError:
-            continue
-        try:
-            peer = sock.getpeername()
-        except OSError:
-            peer = None
-        if isinstance(peer, tuple) and peer[:2] == client:
-            return sock
-        sock.detach()
-    return None
 
 
 def _descriptors(count: int, kind: str) -> list[int]:
@@ -179,11 +162,10 @@ def _puppet(environ: dict[str, Any], start_response: StartResponse) -> Iterable[
             _send_frames(worker, rid, command)
             lines.write(b'{"ok": true}\n')
         elif op == "write_client":
-            sock = _client_socket(environ)
-            if sock is not None:
-                os.write(sock.fileno(), command["text"].encode("latin-1"))
-                sock.detach()
-            lines.write(json.dumps({"ok": sock is not None}).encode() + b"\n")
+            fd = client_descriptor(environ)
+            if fd >= 0:
+                os.write(fd, command["text"].encode("latin-1"))
+            lines.write(json.dumps({"ok": fd >= 0}).encode() + b"\n")
         elif op == "return":
             start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", "3")])
             return [b"ok\n"]
