@@ -46,9 +46,7 @@ for ``--health-path`` never take the lane: the main process answers them.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-import socket
 import time
 from typing import TYPE_CHECKING, Any, Final
 
@@ -59,11 +57,12 @@ from aiohttp.streams import EMPTY_PAYLOAD
 from wsgipool import exchange as ev
 from wsgipool.body import EMPTY as EMPTY_BODY
 from wsgipool.clientsock import queued, reset_on_close, written_total
-from wsgipool.deadlines import sweep_interval
+from wsgipool.deadlines import shut_down, sweep_interval
 from wsgipool.environ import Collected, collect_message, connection_of
 from wsgipool.logs.access import GONE_RESPONSE, AccessLogger, StandInResponse
 from wsgipool.logs.atoms import RequestRecord
 from wsgipool.logs.escape import escape
+from wsgipool.worker.head import connection_line
 
 if TYPE_CHECKING:
     from wsgipool.executor import ProcessExecutor
@@ -87,8 +86,6 @@ UNKNOWN: Final = -2
 #: Seconds a worker holding the client socket has to read the CANCEL of a request
 #: the main process answers itself (a timeout) before that answer is written.
 SETTLE_GRACE: Final = 1.0
-_CLOSE_LINE: Final = b"Connection: close\r\n"
-_KEEP_LINE: Final = b"Connection: keep-alive\r\n"
 _clock = time.perf_counter
 
 
@@ -307,10 +304,7 @@ def on_event(protocol: Any, lane: FastLane, exchange: ev.Exchange) -> None:
         keep_alive = not message.should_close
         _code, head_size, data = value
         # aiohttp's rule for the Connection header, which the worker leaves to us.
-        if message.version == HttpVersion11:
-            line = b"" if keep_alive else _CLOSE_LINE
-        else:
-            line = _KEEP_LINE if keep_alive else b""
+        line = connection_line("1.1" if message.version == HttpVersion11 else "1.0", keep_alive)
         if line:
             cut = head_size - 2  # before the blank line that ends the head
             data = b"".join((data[:cut], line, data[cut:]))
@@ -470,16 +464,11 @@ def _cut(
     waiter = protocol._handler_waiter
     if waiter is not None and not waiter.done():
         waiter.set_result(None)
-    fd = protocol.client_fd
-    if fd >= 0:  # the socket itself, not only this process's descriptor of it
-        sock = socket.socket(fileno=fd)
-        try:
-            with contextlib.suppress(OSError):
-                sock.shutdown(socket.SHUT_RDWR)
-        finally:
-            sock.detach()
     transport = protocol.transport
     if transport is not None:
+        # The socket itself, not only this process's descriptor of it: the worker's
+        # copy writes nothing more either.
+        shut_down(transport.get_extra_info("socket"))
         transport.abort()
 
 

@@ -21,7 +21,7 @@ from collections.abc import Callable
 
 from wsgipool.clientsock import queued, reset_on_close
 from wsgipool.protocol import unsent
-from wsgipool.worker.head import head_lines
+from wsgipool.worker.head import connection_line, head_lines
 
 __all__ = ["ClientGone", "DirectWriter", "SendTimedOut"]
 
@@ -62,10 +62,7 @@ class DirectWriter:
             lines.append(f"Content-Length: {declared}\r\n")
         elif self.chunked:
             lines.append("Transfer-Encoding: chunked\r\n")
-        if not self.keep_alive and version == "1.1":
-            lines.append("Connection: close\r\n")
-        elif self.keep_alive and version == "1.0":
-            lines.append("Connection: keep-alive\r\n")
+        lines.append(connection_line(version, self.keep_alive).decode("latin-1"))
         lines.append("\r\n")
         self._head = "".join(lines).encode("latin-1")
         self.body_written = 0  # body bytes, without chunk framing

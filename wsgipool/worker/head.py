@@ -12,7 +12,7 @@ from email.utils import formatdate
 
 from wsgipool.wsgicall import HOP_BY_HOP, SERVER_HEADER
 
-__all__ = ["head_lines", "serialise"]
+__all__ = ["connection_line", "head_lines", "serialise"]
 
 
 class _DateLine:
@@ -82,3 +82,11 @@ def serialise(
             body = b""
     lines.append("\r\n")
     return "".join(lines).encode("latin-1"), body
+
+
+def connection_line(version: str, keep_alive: bool) -> bytes:
+    """The Connection header a response needs to say `keep_alive` (empty if none), as
+    aiohttp writes it: "close" on HTTP/1.1, "keep-alive" on HTTP/1.0, else nothing."""
+    if version == "1.1":
+        return b"" if keep_alive else b"Connection: close\r\n"
+    return b"Connection: keep-alive\r\n" if keep_alive else b""

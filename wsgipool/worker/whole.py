@@ -15,28 +15,28 @@ answers, under the send deadline.
 What stays the main process's: it sends the socket only while nothing of its
 own is unsent; requests that arrive meanwhile wait for DONE; DONE decides
 keep-alive. A worker that dies before PROGRESS wrote nothing (its request may
-run again), after it the connection is cut; an answer of the main process's
-own (a timeout) waits until the worker has read its CANCEL, after which it
-writes nothing (fastpath.SETTLE_GRACE).
+run again); after it, the socket's byte count against the one PROGRESS named
+says whether it wrote none, all or part of the response (run again, answered,
+cut); an answer of the main process's own (a timeout) waits until the worker
+has read its CANCEL, after which it writes nothing (fastpath.SETTLE_GRACE).
 """
 
 from __future__ import annotations
 
 import os
 
+from wsgipool.protocol import unsent
+from wsgipool.worker.head import connection_line
+
 __all__ = ["connection_head", "write_whole"]
 
-_CLOSE_LINE = b"Connection: close\r\n\r\n"
-_KEEP_LINE = b"Connection: keep-alive\r\n\r\n"
 _GONE = (BrokenPipeError, ConnectionResetError)
 
 
 def connection_head(head: bytes, version: str, keep_alive: bool) -> bytes:
-    """`head` with the Connection header the version needs to say `keep_alive`, as
-    aiohttp writes it: "close" on HTTP/1.1, "keep-alive" on HTTP/1.0, else none."""
-    if version == "1.1":
-        return head if keep_alive else head[:-2] + _CLOSE_LINE
-    return head[:-2] + _KEEP_LINE if keep_alive else head
+    """`head` with the Connection header the version needs to say `keep_alive`."""
+    line = connection_line(version, keep_alive)
+    return head[:-2] + line + b"\r\n" if line else head
 
 
 def write_whole(fd: int, data: list[bytes]) -> tuple[int, bytes | None]:
@@ -58,14 +58,5 @@ def write_whole(fd: int, data: list[bytes]) -> tuple[int, bytes | None]:
         except _GONE:
             return written, None
         written += sent
-        data = _rest(data, sent)
+        data = unsent(data, sent)
     return written, b"".join(data)
-
-
-def _rest(data: list[bytes], sent: int) -> list[bytes]:
-    """The parts of `data` after its first `sent` bytes."""
-    for index, part in enumerate(data):
-        if sent < len(part):
-            return [part[sent:], *data[index + 1 :]]
-        sent -= len(part)
-    return []
