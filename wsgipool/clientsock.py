@@ -15,7 +15,7 @@ import struct
 import sys
 from typing import Any
 
-__all__ = ["queued", "reset_on_close", "written_total"]
+__all__ = ["queued", "reset_on_close", "written_since", "written_total"]
 
 _LINGER_RESET = struct.pack("ii", 1, 0)
 
@@ -69,3 +69,14 @@ def written_total(fd: int) -> int:
     if len(info) < _SENT_AT + _SENT.size:
         return -1
     return int(_SENT.unpack_from(info, _SENT_AT)[0] + _NOTSENT.unpack_from(info, _NOTSENT_AT)[0])
+
+
+def written_since(fd: int, intent: tuple[int, int, int] | None) -> int:
+    """Bytes of a whole write that reached the socket `fd`, from the count its PROGRESS
+    named (`intent`: count before, size, status); -1 if unknown.
+
+    0 means none of it (the request may be answered, or run, again); the size, all
+    of it; anything else, a part (the connection must be cut).
+    """
+    before = -1 if intent is None or fd < 0 else intent[0]
+    return written_total(fd) - before if before >= 0 else -1

@@ -71,6 +71,7 @@ class Exchange:
         "_waiter",
         "backend",
         "client_released",
+        "client_sent",
         "client_written",
         "closed",
         "facts",
@@ -113,6 +114,9 @@ class Exchange:
         #: The pid of a worker that died with this request before sending a frame of
         #: its response (0: none); the ERROR that follows may be retried (retry.py).
         self.lost_to = 0
+        #: The REQUEST carried the client socket: the worker may write a whole response
+        #: to it itself (worker/whole.py), reported with PROGRESS and DONE.
+        self.client_sent = False
         #: The REQUEST carried the client socket (fastpath.py), and the worker let go
         #: of it without writing: it answered with a frame, or it died first.
         self.client_released = False

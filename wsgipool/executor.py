@@ -221,11 +221,14 @@ class ProcessExecutor:
         *,
         keep_body: bool = False,
         retry: bool = False,
+        client_socket: Callable[[], int] | None = None,
     ) -> ev.Exchange:
         """Send the request to a worker, waiting in the queue for a free thread if need be.
 
         `retry`: the request ran before on a worker that died (the app sees
         ``environ['wsgipool.retry']``); `keep_body` as in `submit_now`.
+        `client_socket`: asked once a worker thread is free, the client socket to
+        send with the request, as `submit_now`'s `client_fd` (-1: none now).
         """
         if self._supervisor is None:
             if self._stopped:
@@ -250,7 +253,8 @@ class ProcessExecutor:
                     self._dispatcher.release(worker)
                 worker = None
         waited = loop.time() - queued_at
-        return self._send(worker, collected, body, raw_ok, waited, keep_body, retry)
+        client_fd = client_socket() if client_socket is not None else -1
+        return self._send(worker, collected, body, raw_ok, waited, keep_body, retry, client_fd)
 
     def enqueue(self, loop: asyncio.AbstractEventLoop) -> asyncio.Future[WorkerHandle] | None:
         """A place in the queue for a worker thread without awaiting it (fastpath.py), to
@@ -316,6 +320,7 @@ class ProcessExecutor:
         direct = client_fd >= 0 and raw_ok and file is None
         if direct:
             flags |= p.FLAG_CLIENT_SOCKET
+            exchange.client_sent = True
         try:
             frame = p.encode_request(
                 rid, ev.RESPONSE_WINDOW, flags, collected.fields, collected.headers, body.chunks

@@ -56,7 +56,7 @@ from aiohttp.streams import EMPTY_PAYLOAD
 
 from wsgipool import exchange as ev
 from wsgipool.body import EMPTY as EMPTY_BODY
-from wsgipool.clientsock import queued, reset_on_close, written_total
+from wsgipool.clientsock import queued, reset_on_close, written_since
 from wsgipool.deadlines import shut_down, sweep_interval
 from wsgipool.environ import Collected, collect_message, connection_of
 from wsgipool.logs.access import GONE_RESPONSE, AccessLogger, StandInResponse
@@ -324,9 +324,7 @@ def on_event(protocol: Any, lane: FastLane, exchange: ev.Exchange) -> None:
         # Its worker died in a whole write, after PROGRESS and before DONE (killed while
         # it waited for the GIL, say): the socket's byte count says how far it got.
         intent = exchange.intent
-        fd = protocol.client_fd
-        before = -1 if intent is None or fd < 0 else intent[0]
-        written = written_total(fd) - before if before >= 0 else -1
+        written = written_since(protocol.client_fd, intent)
         if written == 0:  # none of it: the handler may run it again, as if no PROGRESS
             exchange.client_written = False
             exchange.client_released = True

@@ -5,7 +5,8 @@ Content-Length honoured, HEAD, 204 and 304 without a body, a cut connection
 for an app that fails after its head went out) are `relay.py`'s, shared with
 the ASGI adapter; this module carries them out on aiohttp (`_Sink`) and keeps
 the fast paths that need aiohttp's socket: a worker's serialised RAW head
-written as is, a worker writing to the client socket itself (TAKEOVER), and
+written as is, a worker writing to the client socket itself (a whole response
+to the socket the REQUEST carried, or a large one after TAKEOVER), and
 sendfile(2).
 """
 
@@ -22,7 +23,9 @@ from aiohttp.abc import AbstractStreamWriter
 from aiohttp.http import HttpVersion, HttpVersion10, HttpVersion11
 
 from wsgipool import exchange as ev
-from wsgipool.deadlines import Sending
+from wsgipool.clientsock import written_since
+from wsgipool.deadlines import Sending, shut_down
+from wsgipool.fastpath import SETTLE_GRACE
 from wsgipool.logs.access import note_response
 from wsgipool.logs.escape import escape
 from wsgipool.relay import ClientGone, Head, file_pieces, relay
@@ -101,7 +104,7 @@ class _Response(web.StreamResponse):
             writer.send_headers()
 
 
-def _sent(response: _RawResponse | _WholeResponse) -> None:
+def _sent(response: _RawResponse | _WholeResponse | _WrittenResponse) -> None:
     on_sent = response.on_sent
     if on_sent is not None:
         response.on_sent = None
@@ -113,7 +116,9 @@ def sent_later(response: web.StreamResponse, on_sent: Callable[[], None]) -> boo
 
     The send deadline watches such a response until its last byte is written.
     """
-    if isinstance(response, _RawResponse | _WholeResponse):
+    if isinstance(response, _RawResponse | _WholeResponse) or (
+        isinstance(response, _WrittenResponse) and response.rest
+    ):
         response.on_sent = on_sent
         return True
     return False
@@ -201,49 +206,121 @@ def _hand_over_socket(
     return handed
 
 
-async def _written_by_worker(request: web.BaseRequest, exchange: ev.Exchange) -> web.StreamResponse:
-    """Wait for the worker that writes the response itself; cut the connection if it fails."""
+async def _next_from_writer(request: web.BaseRequest, exchange: ev.Exchange) -> ev.Event:
+    """The next event of a worker that holds the client socket.
+
+    If the client read the whole response and closed before DONE reached us,
+    aiohttp cancels this handler: then the worker is told to stop (if it has not
+    begun, it writes nothing) and DONE is still waited for briefly, so that the
+    request is counted, and logged, as what it was.
+    """
     try:
-        kind, value = await exchange.next()
+        return await exchange.next()
     except asyncio.CancelledError:
-        # The client read the whole response and closed before DONE reached us, and
-        # aiohttp cancelled this handler: wait briefly for DONE, so that the request
-        # still gets its access line.
         task = asyncio.current_task()
         transport = request.transport
         client_gone = transport is None or transport.is_closing()
         if task is None or not client_gone or (exchange.finished and not exchange.peek()):
             raise  # a cancel for another reason (shutdown): not ours to delay
         task.uncancel()
+        if not exchange.finished:
+            exchange.backend.cancel(exchange)
         try:
-            kind, value = await asyncio.wait_for(exchange.next(), _DONE_GRACE)
+            return await asyncio.wait_for(exchange.next(), _DONE_GRACE)
         except TimeoutError:
             raise asyncio.CancelledError from None
+
+
+async def _written_by_worker(request: web.BaseRequest, exchange: ev.Exchange) -> web.StreamResponse:
+    """Wait for the worker that writes the response itself; cut the connection if it fails."""
+    kind, value = await _next_from_writer(request, exchange)
     if kind == ev.DONE:
         written, status, complete, body, _rest = value  # no rest after TAKEOVER (guard.py)
         response = _WrittenResponse(status, written, complete and request.keep_alive)
         response.body_sent = body
         return response
-    logger.warning("response to %s cut: %s", _label(request), escape(value[1]))
+    return _cut(request, value[1])
+
+
+async def _whole_written(
+    request: web.BaseRequest, exchange: ev.Exchange, event: ev.Event
+) -> web.StreamResponse | None:
+    """What became of a request whose REQUEST carried the client socket (worker/whole.py).
+
+    The response the worker wrote (DONE, perhaps with a rest to write here), a cut
+    connection if it began and did not finish, or None: it wrote nothing, and
+    `event` is answered as any other.
+    """
+    if exchange.client_released:
+        return None  # it answered with frames, or died before PROGRESS
+    kind, value = event
+    if kind == ev.DONE:
+        # (Its body count is for an access line: requests sent the socket have none.)
+        written, status, complete, _body, rest = value
+        return _WrittenResponse(status, written, complete and request.keep_alive, rest)
+    if not exchange.client_written:
+        # Our own answer (a timeout) while the worker holds the socket. It was told to
+        # stop (CANCEL), and once it has read that it writes nothing: give it the time
+        # to, then answer, unless it began writing after all.
+        await asyncio.sleep(SETTLE_GRACE)
+        if not exchange.client_written:
+            return None
+    # It began a whole write and did not say DONE: it died (the socket's byte count
+    # tells how far it got), or broke the protocol.
+    intent = exchange.intent
+    if exchange.lost_to and intent is not None:
+        transport = request.transport
+        sock = transport.get_extra_info("socket") if transport is not None else None
+        written = written_since(sock.fileno() if sock is not None else -1, intent)
+        if written == 0:
+            return None
+        if written == intent[1]:  # all of it: answered (the dead worker's keep-alive is lost)
+            return _WrittenResponse(intent[2], written, False)
+    return _cut(request, value[1] if kind == ev.ERROR else "the worker was writing it")
+
+
+def _cut(request: web.BaseRequest, reason: str) -> web.StreamResponse:
+    """End a request whose worker may have written part of its response: shut the socket
+    down (the worker's copy too), so the client sees a cut, never a mix."""
+    logger.warning("response to %s cut: %s", _label(request), escape(reason))
+    transport = request.transport
+    if transport is not None and not transport.is_closing():
+        shut_down(transport.get_extra_info("socket"))
     _abort(request)
     return _WrittenResponse(500, 0, False)
 
 
 class _WrittenResponse(web.StreamResponse):
-    """A response a worker wrote to the client socket itself: nothing is left to write."""
+    """A response a worker wrote to the client socket itself; at most its `rest`, what
+    the socket did not take at once (worker/whole.py), is left to write here."""
 
     #: Body bytes the worker wrote, for the access log (%(b)s).
     body_sent: int | None = None
+    on_sent: Callable[[], None] | None = None
 
-    def __init__(self, status: int, written: int, keep_alive: bool) -> None:
+    def __init__(self, status: int, written: int, keep_alive: bool, rest: bytes = b"") -> None:
         super().__init__(status=status)
         self._keep_alive = keep_alive
-        self._body_length = written
+        self._body_length = written + len(rest)
+        self.rest = rest
 
     async def prepare(self, request: web.BaseRequest) -> AbstractStreamWriter | None:
-        return None
+        if self.rest and self._payload_writer is None and not self._eof_sent:
+            self._req = request
+            self._payload_writer = request._payload_writer
+        return self._payload_writer
 
     async def write_eof(self, data: bytes = b"") -> None:
+        if self._eof_sent:
+            return
+        writer = self._payload_writer
+        if writer is not None:  # the rest, as a RAW answer is written (under the send deadline)
+            try:
+                await writer.write_eof(self.rest)
+            finally:
+                _sent(self)
+            self._req = None
+            self._payload_writer = None
         self._eof_sent = True
 
 
@@ -324,7 +401,13 @@ async def write_response(
 async def _write_response(
     request: web.BaseRequest, exchange: ev.Exchange, sending: Sending | None
 ) -> web.StreamResponse:
-    event = await exchange.next()
+    if exchange.client_sent:  # the worker may write a whole response to the socket itself
+        event = await _next_from_writer(request, exchange)
+        written = await _whole_written(request, exchange, event)
+        if written is not None:
+            return written
+    else:
+        event = await exchange.next()
     kind = event[0]
     # The fast paths that need aiohttp's socket; everything else is relay.py's rules.
     if kind == ev.RAW:

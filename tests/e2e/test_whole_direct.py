@@ -1,7 +1,8 @@
 """Whole responses a worker writes to the client socket itself (wsgipool/worker/whole.py).
 
-A GET or HEAD on the fast lane carries the client's socket to its worker, which
-writes a whole response to it and reports DONE. These tests look from outside:
+A GET or HEAD on the fast lane, and a request that never runs again (a POST) on
+the handler's path, carry the client's socket to its worker, which writes a
+whole response to it and reports DONE. These tests look from outside:
 the worker really holds the client's socket (and does not where it may not),
 every response shape leaves a keep-alive connection usable, a timeout is still
 a 504 with nothing after it, and the app runs once.
@@ -30,8 +31,9 @@ def _get(path: str, method: str = "GET") -> bytes:
 
 def test_the_worker_holds_the_client_socket_of_a_lane_request(run_server):
     """The app sees its own client among the worker's sockets, request after request
-    on one keep-alive connection, the connection's first included; a POST (not on the
-    lane) does not."""
+    on one keep-alive connection, the connection's first included; so does a POST
+    (the handler's path: it never runs again); an OPTIONS, which may run again and
+    is not the lane's, does not."""
     server = run_server("directapp:app", *ONE_THREAD)
     conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
     try:
@@ -41,7 +43,10 @@ def test_the_worker_holds_the_client_socket_of_a_lane_request(run_server):
             response = conn.getresponse()
             answers.append((response.status, response.read()))
         assert answers == [(200, b"held")] * 4, answers
-        conn.request("POST", "/holds-client", body=b"")
+        conn.request("POST", "/holds-client", body=b"a body")
+        response = conn.getresponse()
+        assert (response.status, response.read()) == (200, b"held")
+        conn.request("OPTIONS", "/holds-client")
         response = conn.getresponse()
         assert (response.status, response.read()) == (200, b"not held")
     finally:
@@ -130,6 +135,35 @@ def test_a_timeout_is_still_a_504_and_the_worker_writes_nothing_after_it(run_ser
         assert rest == b"", rest
 
 
+def test_a_post_that_times_out_is_a_504_and_the_worker_writes_nothing_after_it(run_server):
+    """The same on the handler's path: a POST's worker holds the client socket."""
+    server = run_server("directapp:app", *ONE_THREAD, "--timeout", "1")
+    with rawhttp.connect(("127.0.0.1", server.port)) as sock:
+        sock.sendall(b"POST /sleep?s=4 HTTP/1.1\r\nHost: t\r\nContent-Length: 3\r\n\r\nabc")
+        response = rawhttp.read_response(sock, timeout=20)
+        assert response.status == 504
+        sock.settimeout(6)  # past the app's 4 s
+        try:
+            rest = sock.recv(65536)
+        except TimeoutError:
+            rest = b""
+        assert rest == b"", rest
+
+
+def test_posts_on_one_connection_each_get_their_whole_response(run_server):
+    """POSTs whose worker writes the response, each body read whole first, keep-alive
+    between them; larger than a socket takes at once, so DONE brings a rest."""
+    server = run_server("directapp:app", *ONE_THREAD)
+    conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
+    try:
+        for size in (0, 13, 60000, 5):
+            conn.request("POST", f"/whole?size={size}", body=b"x" * 70000)
+            response = conn.getresponse()
+            assert (response.status, response.read()) == (200, directapp.chunk_at(0, size))
+    finally:
+        conn.close()
+
+
 def test_clients_that_leave_do_not_stop_the_next(run_server):
     """Twenty clients that close right after their GET (the worker may be writing to
     one, the others wait in the queue and give up their places): the next client of
@@ -193,6 +227,28 @@ def test_a_client_that_never_reads_holds_no_worker_thread(run_server):
     try:
         for _ in range(150):  # 9 MB: more than the buffers of a connection nobody reads
             hog.sendall(_get("/whole?size=60000"))
+            time.sleep(0.02)
+        started = time.monotonic()
+        status, _headers, body = server.request("GET", "/whole?size=11", timeout=30)
+        assert (status, len(body)) == (200, 11), server.log
+        assert time.monotonic() - started < 15, server.log  # the deadline is 60 s
+    finally:
+        hog.close()
+    assert "Traceback" not in server.log
+
+
+def test_a_client_that_never_reads_its_posts_answers_holds_no_worker_thread(run_server):
+    """The same with POSTs (the handler's path), each sent once the one before was
+    answered, by a client that never reads."""
+    server = run_server("directapp:app", *ONE_THREAD)
+    hog = socket.socket()
+    hog.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    hog.settimeout(30)
+    hog.connect(("127.0.0.1", server.port))
+    post = b"POST /whole?size=60000 HTTP/1.1\r\nHost: t\r\nContent-Length: 2\r\n\r\nhi"
+    try:
+        for _ in range(150):
+            hog.sendall(post)
             time.sleep(0.02)
         started = time.monotonic()
         status, _headers, body = server.request("GET", "/whole?size=11", timeout=30)

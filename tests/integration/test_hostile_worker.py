@@ -237,8 +237,9 @@ VIOLATIONS = [
     ([frame(p.DONE, "done")], "GET", "DONE before its response"),
     ([START, frame(p.START, "start")], "GET", "START while streaming"),
     ([frame(p.TAKEOVER, "empty")], "HEAD", "TAKEOVER for a request that did not allow it"),
-    # A GET on the fast lane carries the client socket: PROGRESS may come first there.
-    ([frame(p.PROGRESS, "empty")], "POST", "PROGRESS before its response"),
+    # A GET on the fast lane, and a request with a body that may not run again, carry
+    # the client socket: PROGRESS may come first there. An OPTIONS carries none.
+    ([frame(p.PROGRESS, "empty")], "OPTIONS", "PROGRESS before its response"),
     ([frame(p.END, "empty")], "GET", "END before its response"),
     ([frame(p.DATA, "data1")], "GET", "DATA before its response"),
     ([START, frame(p.RAW, "raw")], "GET", "RAW while streaming"),
@@ -337,6 +338,43 @@ def test_a_worker_killed_with_the_client_socket_is_retried_only_if_it_wrote_noth
             again.makefile("wb", buffering=0).write(b'{"op": "return"}\n')
             assert answer(puppet.client) == 200
             again.close()
+        puppet.close()
+        heal(server)
+    finally:
+        control.close()
+
+
+@pytest.mark.parametrize("written", ["before-progress", "unknown", "none", "part", "all"])
+def test_a_worker_killed_with_the_socket_of_a_post_answers_502_only_if_it_wrote_nothing(
+    run_server, short_tmp, written: str
+):
+    """A POST (never run again) carries the client socket too: a worker killed before
+    it wrote any of its whole response gets the request a 502; one that wrote all of
+    it answered it (200); one that wrote a part, or said PROGRESS without its count,
+    gets the connection cut. No answer of ours follows bytes the worker wrote."""
+    server, control = start(run_server, short_tmp)
+    try:
+        puppet = control.open(server.port or 0, "POST")
+        if written != "before-progress":
+            payload = "empty" if written == "unknown" else "intent"
+            assert puppet.command({"op": "frames", "frames": [frame(p.PROGRESS, payload)]})
+        if written in ("part", "all"):
+            text = hostileapp.WHOLE if written == "all" else hostileapp.WHOLE[:10]
+            assert puppet.command({"op": "write_client", "text": text.decode("latin-1")})
+        os.kill(puppet.pid, signal.SIGKILL)
+        assert wait_for_death(puppet)
+        assert puppet.client is not None
+        expected = {
+            "before-progress": 502,
+            "none": 502,
+            "all": 200,
+            "part": f"cut: {hostileapp.WHOLE[:10]!r}",
+            "unknown": "closed",
+        }[written]
+        assert answer(puppet.client) == expected, server.log[-2000:]
+        control.sock.settimeout(1)
+        with pytest.raises(TimeoutError):
+            control.sock.accept()  # it did not run again
         puppet.close()
         heal(server)
     finally:
