@@ -226,9 +226,12 @@ async def _next_from_writer(request: web.BaseRequest, exchange: ev.Exchange) -> 
         if not exchange.finished:
             exchange.backend.cancel(exchange)
         try:
-            return await asyncio.wait_for(exchange.next(), _DONE_GRACE)
+            event = await asyncio.wait_for(exchange.next(), _DONE_GRACE)
         except TimeoutError:
             raise asyncio.CancelledError from None
+        if event[0] != ev.DONE:
+            raise asyncio.CancelledError from None  # it wrote nothing: abandoned
+        return event
 
 
 async def _written_by_worker(request: web.BaseRequest, exchange: ev.Exchange) -> web.StreamResponse:

@@ -178,16 +178,21 @@ def test_clients_that_leave_do_not_stop_the_next(run_server):
     assert "Traceback" not in server.log
 
 
-def test_a_client_that_reads_its_answer_and_leaves_is_counted_as_answered(run_server):
+@pytest.mark.parametrize("method", ["GET", "POST"])
+def test_a_client_that_reads_its_answer_and_leaves_is_counted_as_answered(run_server, method):
     """The worker writes the response, the client reads it and closes before the
     worker's DONE has been read by the main process: the request was answered, and
     the metrics say so (they counted it aborted, or not at all, when the
-    connection's loss was handled first)."""
+    connection's loss was handled first). A POST's handler, cancelled by aiohttp
+    when its client leaves, waits for that DONE."""
     metrics = free_port()
     server = run_server("directapp:app", *ONE_THREAD, "--metrics-bind", f"127.0.0.1:{metrics}")
+    request = _get("/whole?size=13", method)
+    if method == "POST":
+        request = request[:-2] + b"Content-Length: 2\r\n\r\nhi"
     for _ in range(40):
         with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
-            sock.sendall(_get("/whole?size=13"))
+            sock.sendall(request)
             assert rawhttp.read_response(sock).status == 200
     counts = {}
 
