@@ -496,10 +496,10 @@ def encode_rss(kib: int | None) -> bytes:
     return _I32.pack(max(RSS_UNKNOWN + 1, min(kib, (1 << 31) - 1)))
 
 
-def decode_rss(payload: bytes, kind: str) -> int | None:
+def decode_rss(payload: bytes, kind: int) -> int | None:
     """The RSS change from the trailer that ends `payload` (a `kind` frame); None if unknown."""
     if len(payload) < RSS_TRAILER_SIZE:
-        raise ProtocolError(f"{kind} payload has no RSS trailer")
+        raise ProtocolError(f"{NAMES.get(kind, kind)} payload has no RSS trailer")
     (kib,) = _I32.unpack_from(payload, len(payload) - RSS_TRAILER_SIZE)
     return None if kib == RSS_UNKNOWN else int(kib)
 

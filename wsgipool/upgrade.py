@@ -68,6 +68,8 @@ class UpgradeSafeParser:
 
     def __init__(self, parser: Any, close: Any) -> None:
         self._parser = parser
+        # Called once per request (fastpath.py): found here, not through __getattr__.
+        self.message_consumed = parser.message_consumed
         self._close = close  # the protocol's close(): no more requests on this connection
         self._in_head = False  # a head with the mark is not complete yet
         self._carry = b""  # the last bytes of a careful packet (a head end may straddle)

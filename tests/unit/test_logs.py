@@ -80,7 +80,7 @@ def test_percent_and_header_atoms() -> None:
 @pytest.mark.parametrize("kib", [None, 0, 1, -1, 123456, -(1 << 40), 1 << 40])
 def test_rss_trailer_round_trip(kib: int | None) -> None:
     payload = b"something" + p.encode_rss(kib)
-    got = p.decode_rss(payload, "END")
+    got = p.decode_rss(payload, p.END)
     if kib is None:
         assert got is None
     else:
@@ -89,7 +89,7 @@ def test_rss_trailer_round_trip(kib: int | None) -> None:
 
 def test_rss_trailer_missing() -> None:
     with pytest.raises(p.ProtocolError, match="no RSS trailer"):
-        p.decode_rss(b"abc", "END")
+        p.decode_rss(b"abc", p.END)
 
 
 def test_raw_frame_with_trailer() -> None:
@@ -97,7 +97,7 @@ def test_raw_frame_with_trailer() -> None:
     frame = b"".join(p.raw_frame(3, head, b"hello", p.encode_rss(42)))
     [(kind, rid, payload)] = p.FrameDecoder(p.FROM_WORKER).feed(frame)
     assert (kind, rid) == (p.RAW, 3)
-    assert p.decode_rss(payload, "RAW") == 42
+    assert p.decode_rss(payload, p.RAW) == 42
     code, head_size, data = p.decode_raw(payload[:-4], head_request=False)
     assert (code, head_size, bytes(data)) == (200, len(head), head + b"hello")
 

@@ -104,7 +104,7 @@ def test_frame_output_carries_the_change_and_an_error_ends_the_window() -> None:
     first.body(b"ok", False)
     first.end()
     kind, payload = recorder.frames[-1]
-    assert kind == p.RAW and p.decode_rss(payload, "RAW") == 64
+    assert kind == p.RAW and p.decode_rss(payload, p.RAW) == 64
 
     failed = _output(meter, recorder, 2)
     failed.mark_rss()  # the idle reading, 164
@@ -117,7 +117,7 @@ def test_frame_output_carries_the_change_and_an_error_ends_the_window() -> None:
     third.body(b"streamed", True)
     third.end()
     kind, payload = recorder.frames[-1]
-    assert kind == p.END and p.decode_rss(payload, "END") == 1
+    assert kind == p.END and p.decode_rss(payload, p.END) == 1
     assert probe.reads == 4
 
 
@@ -128,4 +128,4 @@ def test_a_request_never_started_reports_no_change() -> None:
     output = _output(meter, recorder, 4)
     output.end()  # cancelled while queued: the app never ran
     kind, payload = recorder.frames[-1]
-    assert kind == p.END and p.decode_rss(payload, "END") is None
+    assert kind == p.END and p.decode_rss(payload, p.END) is None

@@ -51,6 +51,8 @@ _DATA: Final = p.DATA
 _RAW: Final = p.RAW
 _START: Final = p.START
 _END: Final = p.END
+_DONE: Final = p.DONE
+_PROGRESS: Final = p.PROGRESS
 _CHUNK: Final = p.DATA_CHUNK
 _DATA_EVENT: Final = ev.DATA
 
@@ -133,6 +135,29 @@ class RequestGuard:
                 raise self._over_credit(size)
             self.left -= size
             return _DATA_EVENT, payload
+        # The frames of a whole write (every lane request's), then the rest.
+        if kind == _PROGRESS:
+            if phase not in (HANDED, DIRECT):
+                if not (phase == NEW and self.client_socket):
+                    raise self._out_of_order(kind)
+                self.whole_direct = True
+                self.phase = DIRECT
+                return PROGRESS, p.decode_progress(payload)  # what it is about to write
+            if payload:
+                raise p.ProtocolError("PROGRESS with a payload after the first")
+            self.phase = DIRECT
+            return _PROGRESS_EVENT
+        if kind == _DONE:
+            if phase not in (HANDED, DIRECT):
+                raise self._out_of_order(kind)
+            done = p.decode_done(payload[: self._rss_trailer(payload, kind)])
+            rest = len(done[4])
+            if rest:  # the tail of a whole write, for the main process to write
+                if not self.whole_direct:
+                    raise p.ProtocolError("DONE with bytes to write after a streamed direct write")
+                self._whole_body(rest)
+            self.phase = OVER
+            return ev.DONE, done
         if kind == _RAW:
             if phase != NEW or not self.raw_ok:
                 raise self._out_of_order(kind)
@@ -181,33 +206,11 @@ class RequestGuard:
                 raise p.ProtocolError("TAKEOVER with a payload")
             self.phase = OFFERED
             return _TAKEOVER_EVENT
-        if kind == p.PROGRESS:
-            if phase not in (HANDED, DIRECT):
-                if not (phase == NEW and self.client_socket):
-                    raise self._out_of_order(kind)
-                self.whole_direct = True
-                self.phase = DIRECT
-                return PROGRESS, p.decode_progress(payload)  # what it is about to write
-            if payload:
-                raise p.ProtocolError("PROGRESS with a payload after the first")
-            self.phase = DIRECT
-            return _PROGRESS_EVENT
-        if kind == p.DONE:
-            if phase not in (HANDED, DIRECT):
-                raise self._out_of_order(kind)
-            done = p.decode_done(payload[: self._rss_trailer(payload, kind)])
-            rest = len(done[4])
-            if rest:  # the tail of a whole write, for the main process to write
-                if not self.whole_direct:
-                    raise p.ProtocolError("DONE with bytes to write after a streamed direct write")
-                self._whole_body(rest)
-            self.phase = OVER
-            return ev.DONE, done
         raise p.ProtocolError(f"{p.NAMES.get(kind, kind)} is not a frame about a request")
 
     def _rss_trailer(self, payload: bytes, kind: int) -> int:
         """Read the RSS trailer that ends a final frame; the length of what precedes it."""
-        self.rss_change = p.decode_rss(payload, p.NAMES.get(kind, str(kind)))
+        self.rss_change = p.decode_rss(payload, kind)
         return len(payload) - p.RSS_TRAILER_SIZE
 
     def _whole_body(self, size: int) -> None:
