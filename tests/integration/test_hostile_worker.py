@@ -307,15 +307,7 @@ def test_a_worker_killed_with_the_client_socket_is_retried_only_if_it_wrote_noth
     connection is cut). After a PROGRESS without those ("unknown"), it is cut."""
     server, control = start(run_server, short_tmp)
     try:
-        puppet = control.open(server.port or 0, "GET")
-        if written != "before-progress":
-            payload = "empty" if written == "unknown" else "intent"
-            assert puppet.command({"op": "frames", "frames": [frame(p.PROGRESS, payload)]})
-        if written in ("part", "all"):
-            text = hostileapp.WHOLE if written == "all" else hostileapp.WHOLE[:10]
-            assert puppet.command({"op": "write_client", "text": text.decode("latin-1")})
-        os.kill(puppet.pid, signal.SIGKILL)
-        assert wait_for_death(puppet)
+        puppet = kill_in_a_whole_write(control, server.port or 0, "GET", written)
         runs_again = written in ("before-progress", "none")
         control.sock.settimeout(ANSWER_TIMEOUT if runs_again else 5)
         try:
@@ -354,15 +346,7 @@ def test_a_worker_killed_with_the_socket_of_a_post_answers_502_only_if_it_wrote_
     gets the connection cut. No answer of ours follows bytes the worker wrote."""
     server, control = start(run_server, short_tmp)
     try:
-        puppet = control.open(server.port or 0, "POST")
-        if written != "before-progress":
-            payload = "empty" if written == "unknown" else "intent"
-            assert puppet.command({"op": "frames", "frames": [frame(p.PROGRESS, payload)]})
-        if written in ("part", "all"):
-            text = hostileapp.WHOLE if written == "all" else hostileapp.WHOLE[:10]
-            assert puppet.command({"op": "write_client", "text": text.decode("latin-1")})
-        os.kill(puppet.pid, signal.SIGKILL)
-        assert wait_for_death(puppet)
+        puppet = kill_in_a_whole_write(control, server.port or 0, "POST", written)
         assert puppet.client is not None
         expected = {
             "before-progress": 502,
@@ -379,6 +363,22 @@ def test_a_worker_killed_with_the_socket_of_a_post_answers_502_only_if_it_wrote_
         heal(server)
     finally:
         control.close()
+
+
+def kill_in_a_whole_write(control: Control, port: int, method: str, written: str) -> Puppet:
+    """A request whose worker got the client socket, SIGKILLed at the point `written`
+    names: before PROGRESS, after a PROGRESS without ("unknown") or with its intent,
+    then having written none, a part or all of `hostileapp.WHOLE` to the client."""
+    puppet = control.open(port, method)
+    if written != "before-progress":
+        payload = "empty" if written == "unknown" else "intent"
+        assert puppet.command({"op": "frames", "frames": [frame(p.PROGRESS, payload)]})
+    if written in ("part", "all"):
+        text = hostileapp.WHOLE if written == "all" else hostileapp.WHOLE[:10]
+        assert puppet.command({"op": "write_client", "text": text.decode("latin-1")})
+    os.kill(puppet.pid, signal.SIGKILL)
+    assert wait_for_death(puppet)
+    return puppet
 
 
 def wait_for_death(puppet: Puppet, timeout: float = ANSWER_TIMEOUT) -> bool:
