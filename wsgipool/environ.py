@@ -68,9 +68,9 @@ def collect(request: web.BaseRequest, content_length: int) -> Collected:
     return Collected(fields, request.raw_headers, request.keep_alive)
 
 
-def collect_message(message: Any, connection: tuple[bytes, ...]) -> Collected:
-    """The facts of a request without a body, from aiohttp's parsed message (fastpath.py):
-    what `collect` gives for the request aiohttp would make of it."""
+def collect_message(message: Any, connection: tuple[bytes, ...], length: int = 0) -> Collected:
+    """The facts of a request with a body of `length` bytes in hand, from aiohttp's parsed
+    message (fastpath.py): what `collect` gives for the request aiohttp would make of it."""
     version = message.version
     fields = [
         message.method.encode("latin-1"),
@@ -78,7 +78,7 @@ def collect_message(message: Any, connection: tuple[bytes, ...]) -> Collected:
         _VERSIONS.get(version) or f"{version[0]}.{version[1]}".encode("ascii"),
         *connection,
         b"",  # no router: no prefix
-        b"0" if "Content-Length" in message.headers else b"",
+        b"%d" % length if length or "Content-Length" in message.headers else b"",
     ]
     return Collected(fields, message.raw_headers, not message.should_close)
 

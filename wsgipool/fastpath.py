@@ -9,9 +9,12 @@ static routes gives its connections (limits.py's request handler) a
 `FastLane`; then such a request is:
 
 1. parsed by aiohttp's own parser, as every request (data_received);
-2. checked here (`eligible`): GET or HEAD, HTTP/1.1 or 1.0, no body, no
-   Expect, no Upgrade, no Transfer-Encoding, and the connection idle (nothing
-   else in progress or queued on it);
+2. checked here (`eligible`): HTTP/1.1 or 1.0, no Expect, no Upgrade, no
+   Transfer-Encoding, the connection idle (nothing else in progress or queued
+   on it), and either a GET or HEAD without a body, or a POST, PUT, PATCH,
+   DELETE or OPTIONS whose body (by Content-Length, at most `BODY_MAX` and
+   the handler's in-memory limit) arrived whole with its head: its chunks are
+   taken from aiohttp's reader without consuming them;
 3. handed to a worker only if a worker thread is free right now
    (`ProcessExecutor.submit_now`), with the same facts `WSGIHandler` sends;
 4. answered from the exchange's listener when its first event arrives: a RAW
@@ -56,6 +59,7 @@ from aiohttp.streams import EMPTY_PAYLOAD
 
 from wsgipool import exchange as ev
 from wsgipool.body import EMPTY as EMPTY_BODY
+from wsgipool.body import Body
 from wsgipool.clientsock import queued, reset_on_close, written_since
 from wsgipool.deadlines import shut_down, sweep_interval
 from wsgipool.environ import Collected, collect_message, connection_of
@@ -78,6 +82,12 @@ logger = logging.getLogger("wsgipool.handler")
 MAX_BYTES: Final = 16 * 1024
 
 _METHODS: Final = frozenset(("GET", "HEAD"))
+#: Methods whose requests take the lane with a body that arrived whole with the head.
+_BODY_METHODS: Final = frozenset(("POST", "PUT", "PATCH", "DELETE", "OPTIONS"))
+#: The largest body the lane takes: aiohttp's body reader pauses the transport past twice
+#: its read buffer (64 KiB), and only reading the body resumes it; the lane leaves its
+#: reader as it is (the request may yet be aiohttp's), so it stays under that.
+BODY_MAX: Final = 64 * 1024
 _VERSIONS: Final = (HttpVersion11, HttpVersion10)
 _RAW: Final = ev.RAW
 _DONE: Final = ev.DONE
@@ -92,7 +102,7 @@ _clock = time.perf_counter
 class FastLane:
     """What a server's connections need to serve requests on the lane."""
 
-    __slots__ = ("executor", "health", "retry_methods", "send_timeout", "stats")
+    __slots__ = ("body_limit", "executor", "health", "retry_methods", "send_timeout", "stats")
 
     def __init__(
         self,
@@ -101,12 +111,15 @@ class FastLane:
         stats: RequestStats | None = None,
         health: str | None = None,
         send_timeout: float | None = None,
+        body_limit: int = 0,
     ) -> None:
         self.executor = executor
         self.retry_methods = retry_methods
         self.stats = stats  # --metrics-bind's request counters
         self.health = health  # --health-path: its requests stay the main process's
         self.send_timeout = send_timeout  # for the rest of a whole write (`_write_rest`)
+        # The largest body the lane takes (one that arrived whole with its head).
+        self.body_limit = min(body_limit, BODY_MAX)
 
     @classmethod
     def of(
@@ -118,26 +131,45 @@ class FastLane:
         executor = handler.executor
         if not isinstance(executor, ProcessExecutor):
             return None
-        return cls(executor, handler.retry_methods, stats, health, handler.send_timeout)
+        return cls(
+            executor,
+            handler.retry_methods,
+            stats,
+            health,
+            handler.send_timeout,
+            handler.inline_body_limit,
+        )
 
 
-def eligible(message: Any, payload: Any) -> bool:
-    """A request the lane may take: see the module's docstring."""
-    if payload is not EMPTY_PAYLOAD or type(message) is not RawRequestMessage:
-        return False
-    if message.method not in _METHODS or message.upgrade:
-        return False
+def eligible(message: Any, payload: Any, body_limit: int) -> Body | None:
+    """The body of a request the lane may take (see the module's docstring), or None."""
+    if type(message) is not RawRequestMessage or message.upgrade:
+        return None
     version = message.version
     if version not in _VERSIONS:
-        return False
+        return None
     headers = message.headers
-    return "Expect" not in headers and "Transfer-Encoding" not in headers
+    if "Expect" in headers or "Transfer-Encoding" in headers:
+        return None
+    method = message.method
+    if payload is EMPTY_PAYLOAD:
+        return EMPTY_BODY if method in _METHODS or method in _BODY_METHODS else None
+    if method not in _BODY_METHODS or not payload.is_eof() or payload.exception() is not None:
+        return None  # a body still arriving (its deadline is the handler's), or a bad one
+    # The body arrived with its head (aiohttp's reader holds it): the chunks are read
+    # without consuming them, so a request the lane then leaves is aiohttp's intact.
+    chunks = getattr(payload, "_buffer", None)
+    length = payload.total_bytes
+    if chunks is None or length > body_limit or sum(map(len, chunks)) != length:
+        return None
+    return Body(list(chunks), None, length)
 
 
 class OnLane:
     """A request on the lane: queued for a worker thread, then in flight."""
 
     __slots__ = (
+        "body",
         "collected",
         "direct",
         "exchange",
@@ -148,9 +180,10 @@ class OnLane:
         "started",
     )
 
-    def __init__(self, message: Any, collected: Collected, retrying: bool) -> None:
+    def __init__(self, message: Any, collected: Collected, body: Body, retrying: bool) -> None:
         self.message = message
         self.collected = collected
+        self.body = body  # in memory: kept until the request is done, to run it again
         self.retrying = retrying
         self.exchange: ev.Exchange | None = None
         self.granted: asyncio.Future[Any] | None = None  # its place in the queue
@@ -162,7 +195,7 @@ class OnLane:
 class HandedBack:
     """A lane's request left to `WSGIHandler`: its exchange, or why it has none (503)."""
 
-    __slots__ = ("exchange", "message", "retrying", "started", "unavailable")
+    __slots__ = ("body", "exchange", "message", "retrying", "started", "unavailable")
 
     def __init__(
         self,
@@ -171,8 +204,10 @@ class HandedBack:
         retrying: bool,
         unavailable: str = "",
         started: float = 0.0,
+        body: Body = EMPTY_BODY,
     ) -> None:
         self.message = message
+        self.body = body  # what a retry sends again
         self.exchange = exchange
         self.retrying = retrying
         self.unavailable = unavailable
@@ -182,8 +217,9 @@ class HandedBack:
 def try_start(protocol: Any, lane: FastLane) -> bool:
     """Take the first queued message of `protocol` onto the lane; False: leave it to aiohttp."""
     message, payload = protocol._messages[0]
-    if not eligible(message, payload):
-        return False
+    body = eligible(message, payload, lane.body_limit)
+    if body is None or (body.length and protocol._reading_paused):
+        return False  # (paused by the body's reader: only aiohttp's reading resumes it)
     health = lane.health
     if health is not None and message.path.startswith(health):
         return False  # --health-path: answered by the main process, on aiohttp's path
@@ -193,13 +229,12 @@ def try_start(protocol: Any, lane: FastLane) -> bool:
     method = message.method
     retry_methods = lane.retry_methods
     retrying = retry_methods is not None and method in retry_methods
-    collected = collect_message(message, connection_of(protocol, transport))
+    collected = collect_message(message, connection_of(protocol, transport), body.length)
     executor = lane.executor
     client_fd = _client_socket(protocol, transport)
-    exchange = executor.submit_now(
-        collected, EMPTY_BODY, None, True, keep_body=retrying, client_fd=client_fd
-    )
-    request = OnLane(message, collected, retrying)
+    # keep_body: a body in memory has nothing to close, and a retry may send it again.
+    exchange = executor.submit_now(collected, body, None, True, keep_body=True, client_fd=client_fd)
+    request = OnLane(message, collected, body, retrying)
     if exchange is None:  # no free worker thread: wait in the queue, as the handler would
         loop = protocol._loop
         granted = executor.enqueue(loop)
@@ -239,10 +274,10 @@ def on_granted(protocol: Any, lane: FastLane, granted: asyncio.Future[Any]) -> N
         exchange = executor.submit_granted(
             granted,
             request.collected,
-            EMPTY_BODY,
+            request.body,
             True,
             request.queued_at,
-            keep_body=request.retrying,
+            keep_body=True,
             client_fd=client_fd,
         )
     except ev.Unavailable as exc:
@@ -520,7 +555,9 @@ def _hand_back(
     """aiohttp's task serves the request next, with what the lane did so far."""
     if lane.stats is not None:
         lane.stats.in_flight -= 1  # the handler's wrapper counts it from here on
-    handed = HandedBack(request.message, exchange, request.retrying, unavailable, request.started)
+    handed = HandedBack(
+        request.message, exchange, request.retrying, unavailable, request.started, request.body
+    )
     protocol.fast = None
     protocol.fast_adopted = handed
     protocol._messages.appendleft((handed.message, EMPTY_PAYLOAD))

@@ -103,6 +103,11 @@ class WSGIHandler:
         return self._executor
 
     @property
+    def inline_body_limit(self) -> int:
+        """The largest body sent to a worker in memory, not spooled (nor refused: 413)."""
+        return min(self._memory_limit, self._max_body)
+
+    @property
     def retry_methods(self) -> frozenset[str] | None:
         """Methods whose requests run again if their worker dies (None: never)."""
         return self._retry_methods
@@ -122,7 +127,7 @@ class WSGIHandler:
         if handed is not None:  # the fast lane's, handed back: submitted, or refused
             if handed.exchange is None:
                 return self._unavailable(request, handed.unavailable)
-            return await self._respond(request, handed.exchange, EMPTY_BODY, handed.retrying)
+            return await self._respond(request, handed.exchange, handed.body, handed.retrying)
         refusal = refuse(request)  # no worker or app may see these
         if refusal is not None:
             return refusal

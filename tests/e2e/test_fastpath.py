@@ -10,6 +10,7 @@ or runs, the keep-alive timeout, a graceful stop, and the Connection header.
 from __future__ import annotations
 
 import http.client
+import json
 import signal
 import socket
 import time
@@ -114,6 +115,31 @@ def test_clients_that_leave_while_queued_or_running_free_their_places(run_server
     assert status == 200, body
     # Served as soon as the thread was free, not after the queue timeout (10 s).
     assert time.monotonic() - began < 8
+
+
+def test_a_post_on_the_lane_sees_what_the_handlers_path_gives(run_server):
+    """A POST whose body comes in the packet of its head takes the lane; the same POST
+    with its body sent later is the handler's: the app sees the same environ and body."""
+    server = run_server("envapp:app", *ONE_THREAD)
+    body = b"name=value&other=%20x"
+    head = (
+        "POST /form?q=1 HTTP/1.1\r\nHost: t\r\n"
+        "Content-Type: application/x-www-form-urlencoded\r\n"
+        f"Content-Length: {len(body)}\r\n\r\n"
+    ).encode()
+    with socket.create_connection(("127.0.0.1", server.port), timeout=30) as sock:
+        reader = _Reader(sock)
+        sock.sendall(head + body)  # the lane's
+        on_lane = reader.response()
+        sock.sendall(head)
+        time.sleep(0.3)  # the head is parsed alone: its body is still to come
+        sock.sendall(body)
+        on_handler = reader.response()
+    assert (on_lane.status, on_handler.status) == (200, 200), server.log
+    lane, handler = json.loads(on_lane.body), json.loads(on_handler.body)
+    assert lane == handler
+    assert lane["CONTENT_LENGTH"] == str(len(body))
+    assert (lane["body_length"], lane["body_head"]) == (len(body), body.decode())
 
 
 def test_keepalive_timeout_closes_a_connection_the_lane_served(run_server):

@@ -31,9 +31,10 @@ def _get(path: str, method: str = "GET") -> bytes:
 
 def test_the_worker_holds_the_client_socket_of_a_lane_request(run_server):
     """The app sees its own client among the worker's sockets, request after request
-    on one keep-alive connection, the connection's first included; so does a POST
-    (the handler's path: it never runs again); an OPTIONS, which may run again and
-    is not the lane's, does not."""
+    on one keep-alive connection, the connection's first included; so do a POST
+    whose body came with its head (the lane's too) and one whose body did not (the
+    handler's: it never runs again); a GET with a body (the handler's, and it may
+    run again) does not."""
     server = run_server("directapp:app", *ONE_THREAD)
     conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
     try:
@@ -46,7 +47,10 @@ def test_the_worker_holds_the_client_socket_of_a_lane_request(run_server):
         conn.request("POST", "/holds-client", body=b"a body")
         response = conn.getresponse()
         assert (response.status, response.read()) == (200, b"held")
-        conn.request("OPTIONS", "/holds-client")
+        conn.request("POST", "/holds-client", body=b"x" * (200 * 1024))  # over the lane's
+        response = conn.getresponse()
+        assert (response.status, response.read()) == (200, b"held")
+        conn.request("GET", "/holds-client", body=b"a body")
         response = conn.getresponse()
         assert (response.status, response.read()) == (200, b"not held")
     finally:

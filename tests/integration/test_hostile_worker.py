@@ -118,7 +118,9 @@ class Control:
         self.sock.settimeout(20.0)
         self.count = 0
 
-    def open(self, port: int, method: str = "GET", reader: bool = True) -> Puppet:
+    def open(
+        self, port: int, method: str = "GET", reader: bool = True, body: bytes = b""
+    ) -> Puppet:
         """Start a request to /puppet and wait for the app to report in."""
         self.count += 1
         n = self.count
@@ -127,7 +129,9 @@ class Control:
             client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
         client.settimeout(ANSWER_TIMEOUT)
         client.connect(("127.0.0.1", port))
-        client.sendall(f"{method} /puppet?n={n} HTTP/1.1\r\nHost: test\r\n\r\n".encode())
+        length = f"Content-Length: {len(body)}\r\n" if body else ""
+        head = f"{method} /puppet?n={n} HTTP/1.1\r\nHost: test\r\n{length}\r\n"
+        client.sendall(head.encode() + body)
         while True:
             conn, _ = self.sock.accept()
             conn.settimeout(ANSWER_TIMEOUT)
@@ -237,9 +241,10 @@ VIOLATIONS = [
     ([frame(p.DONE, "done")], "GET", "DONE before its response"),
     ([START, frame(p.START, "start")], "GET", "START while streaming"),
     ([frame(p.TAKEOVER, "empty")], "HEAD", "TAKEOVER for a request that did not allow it"),
-    # A GET on the fast lane, and a request with a body that may not run again, carry
-    # the client socket: PROGRESS may come first there. An OPTIONS carries none.
-    ([frame(p.PROGRESS, "empty")], "OPTIONS", "PROGRESS before its response"),
+    # Requests on the fast lane, and on the handler's path those that never run again,
+    # carry the client socket: PROGRESS may come first there. A GET with a body (the
+    # handler's, and it may run again) carries none.
+    ([frame(p.PROGRESS, "empty")], "GET+body", "PROGRESS before its response"),
     ([frame(p.END, "empty")], "GET", "END before its response"),
     ([frame(p.DATA, "data1")], "GET", "DATA before its response"),
     ([START, frame(p.RAW, "raw")], "GET", "RAW while streaming"),
@@ -259,7 +264,8 @@ def test_each_violation_kills_the_worker_and_answers_its_request_502(run_server,
     server, control = start(run_server, short_tmp)
     try:
         for frames, method, reason in VIOLATIONS:
-            puppet = control.open(server.port or 0, method)
+            body = b"x" if method.endswith("+body") else b""
+            puppet = control.open(server.port or 0, method.removesuffix("+body"), body=body)
             assert puppet.command({"op": "frames", "frames": frames}, reply=False)
             assert puppet.client is not None
             status = answer(puppet.client)
