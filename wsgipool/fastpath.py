@@ -73,7 +73,7 @@ if TYPE_CHECKING:
     from wsgipool.handler import WSGIHandler
     from wsgipool.metrics.requests import RequestStats
 
-__all__ = ["MAX_BYTES", "UNKNOWN", "FastLane"]
+__all__ = ["MAX_BYTES", "UNKNOWN", "FastLane", "client_socket"]
 
 logger = logging.getLogger("wsgipool.handler")
 
@@ -231,7 +231,7 @@ def try_start(protocol: Any, lane: FastLane) -> bool:
     retrying = retry_methods is not None and method in retry_methods
     collected = collect_message(message, connection_of(protocol, transport), body.length)
     executor = lane.executor
-    client_fd = _client_socket(protocol, transport)
+    client_fd = client_socket(protocol, transport)
     # keep_body: a body in memory has nothing to close, and a retry may send it again.
     exchange = executor.submit_now(collected, body, None, True, keep_body=True, client_fd=client_fd)
     request = OnLane(message, collected, body, retrying)
@@ -269,7 +269,7 @@ def on_granted(protocol: Any, lane: FastLane, granted: asyncio.Future[Any]) -> N
     request.granted = None
     executor = lane.executor
     transport = protocol.transport
-    client_fd = -1 if transport is None else _client_socket(protocol, transport)
+    client_fd = client_socket(protocol, transport)
     try:
         exchange = executor.submit_granted(
             granted,
@@ -297,20 +297,32 @@ def on_granted(protocol: Any, lane: FastLane, granted: asyncio.Future[Any]) -> N
     exchange.listen(protocol.fast_event)
 
 
-def _client_socket(protocol: Any, transport: Any) -> int:
-    """The client socket for the worker to write a small whole response to, or -1.
+def client_socket(protocol: Any, transport: Any) -> int:
+    """The client socket for the worker to write a whole response to, or -1; asked
+    when the request is sent (a lane request's, or the handler's: handler.py).
 
-    Only a plain socket (not TLS) with nothing of ours unsent, so that the
+    Only an open plain socket (not TLS) with nothing of ours unsent, so that the
     worker's bytes are the next the client gets; not with an access log, whose
-    line wants the response head that then never passes here.
+    line wants the response head that then never passes here. A closing
+    transport's descriptor may already be closed, its number another socket's.
     """
-    fd: int = protocol.client_fd
+    if transport is None or transport.is_closing():
+        return -1
+    try:
+        fd: int = protocol.client_fd  # kept by limits.py's connections
+    except AttributeError:  # aiohttp's own request handler (embedded use)
+        fd = UNKNOWN
     if fd == UNKNOWN:
         sock = transport.get_extra_info("socket")
         tls = transport.get_extra_info("sslcontext") is not None
         fd = -1 if sock is None or tls else sock.fileno()
-        protocol.client_fd = fd
-    if fd < 0 or transport.get_write_buffer_size() or protocol.access_logger is not None:
+        if hasattr(protocol, "client_fd"):
+            protocol.client_fd = fd
+    if (
+        fd < 0
+        or transport.get_write_buffer_size()
+        or getattr(protocol, "access_logger", None) is not None
+    ):
         return -1
     return fd
 

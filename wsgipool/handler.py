@@ -15,6 +15,7 @@ import inspect
 import logging
 from collections.abc import Callable, Iterable
 from concurrent.futures import Executor
+from functools import partial
 from typing import IO, TYPE_CHECKING, Any
 
 from aiohttp import web
@@ -28,7 +29,7 @@ from wsgipool.config import parse_duration
 from wsgipool.deadlines import BodyTimeout, Sending, SendWatch
 from wsgipool.environ import collect
 from wsgipool.exchange import Unavailable
-from wsgipool.fastpath import adopt
+from wsgipool.fastpath import adopt, client_socket
 from wsgipool.logs.access import note_worker
 from wsgipool.logs.escape import escape
 from wsgipool.ratelog import RateLimitedLog
@@ -170,9 +171,10 @@ class WSGIHandler:
                 exchange = backend.submit_now(collected, body, None, raw_ok, keep_body=True)
                 if exchange is None:
                     exchange = await backend.submit(collected, body, None, raw_ok, keep_body=True)
-            elif raw_ok and not self._in_process and (client := _client_socket(request)):
-                # The worker may write a small whole response to the client itself.
+            elif raw_ok and not self._in_process:
+                # The worker may write a whole response to the client socket itself.
                 assert not isinstance(backend, ThreadBackend)
+                client = partial(client_socket, request.protocol, request.transport)
                 exchange = backend.submit_now(collected, body, None, raw_ok, client_fd=client())
                 if exchange is None:
                     exchange = await backend.submit(
@@ -245,31 +247,6 @@ async def _answer_and_close(
     if transport is not None:
         transport.close()
     return response
-
-
-def _client_socket(request: web.BaseRequest) -> Callable[[], int] | None:
-    """What tells, when its worker is chosen, the client socket a request may send
-    with it (worker/whole.py), as the fast lane does for GET; None: never.
-
-    Only a plain socket (not TLS), and only with nothing of ours unsent then, so
-    that the worker's bytes are the next the client gets; not with an access log,
-    whose line wants the response head that then never passes here.
-    """
-    transport = request.transport
-    protocol: Any = request.protocol
-    if transport is None or getattr(protocol, "access_logger", None) is not None:
-        return None
-    sock = transport.get_extra_info("socket")
-    if sock is None or transport.get_extra_info("sslcontext") is not None:
-        return None
-
-    def client_fd() -> int:
-        if transport.is_closing() or transport.get_write_buffer_size():
-            return -1
-        fd: int = sock.fileno()
-        return fd
-
-    return client_fd
 
 
 def _deadline(name: str, value: object) -> float | None:
