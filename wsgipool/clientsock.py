@@ -13,9 +13,17 @@ import fcntl
 import socket
 import struct
 import sys
-from typing import Any
+from typing import Any, Final
 
-__all__ = ["queued", "reset_on_close", "written_since", "written_total"]
+__all__ = [
+    "AGAIN",
+    "ANSWERED",
+    "CUT",
+    "queued",
+    "reset_on_close",
+    "whole_write_outcome",
+    "written_total",
+]
 
 _LINGER_RESET = struct.pack("ii", 1, 0)
 
@@ -57,7 +65,7 @@ def written_total(fd: int) -> int:
     not yet sent); -1 if unknown (not TCP, an old kernel).
 
     Compared, after a worker died, with the count it took before its write, it tells the
-    main process how much of a whole write reached the socket (fastpath.py).
+    main process how much of a whole write reached the socket (whole_write_outcome).
     """
     sock = socket.socket(fileno=fd)
     try:
@@ -71,12 +79,25 @@ def written_total(fd: int) -> int:
     return int(_SENT.unpack_from(info, _SENT_AT)[0] + _NOTSENT.unpack_from(info, _NOTSENT_AT)[0])
 
 
-def written_since(fd: int, intent: tuple[int, int, int] | None) -> int:
-    """Bytes of a whole write that reached the socket `fd`, from the count its PROGRESS
-    named (`intent`: count before, size, status); -1 if unknown.
+#: What became of a whole write whose worker died after PROGRESS (whole_write_outcome).
+AGAIN: Final = 0  # none of it reached the socket: answer, or run, the request again
+ANSWERED: Final = 1  # all of it: the request is answered, its connection may stay
+CUT: Final = 2  # a part, or unknown: only cutting the connection keeps the client safe
 
-    0 means none of it (the request may be answered, or run, again); the size, all
-    of it; anything else, a part (the connection must be cut).
+
+def whole_write_outcome(fd: int, intent: tuple[int, int, int] | None) -> int:
+    """AGAIN, ANSWERED or CUT: how much of a whole write reached the socket `fd`, by
+    the count its PROGRESS named (`intent`: count before, size, status).
+
+    One verdict for the fast lane (fastpath.py) and the handler (response.py),
+    whose workers write the same way (worker/whole.py).
     """
-    before = -1 if intent is None or fd < 0 else intent[0]
-    return written_total(fd) - before if before >= 0 else -1
+    if intent is None or fd < 0 or intent[0] < 0:
+        return CUT
+    total = written_total(fd)
+    if total < 0:
+        return CUT
+    written = total - intent[0]
+    if written == 0:
+        return AGAIN
+    return ANSWERED if written == intent[1] else CUT

@@ -60,7 +60,7 @@ from aiohttp.streams import EMPTY_PAYLOAD
 from wsgipool import exchange as ev
 from wsgipool.body import EMPTY as EMPTY_BODY
 from wsgipool.body import Body
-from wsgipool.clientsock import queued, reset_on_close, written_since
+from wsgipool.clientsock import AGAIN, ANSWERED, queued, reset_on_close, whole_write_outcome
 from wsgipool.deadlines import shut_down, sweep_interval
 from wsgipool.environ import Collected, collect_message, connection_of
 from wsgipool.logs.access import GONE_RESPONSE, AccessLogger, StandInResponse
@@ -371,18 +371,20 @@ def on_event(protocol: Any, lane: FastLane, exchange: ev.Exchange) -> None:
         # Its worker died in a whole write, after PROGRESS and before DONE (killed while
         # it waited for the GIL, say): the socket's byte count says how far it got.
         intent = exchange.intent
-        written = written_since(protocol.client_fd, intent)
-        if written == 0:  # none of it: the handler may run it again, as if no PROGRESS
+        outcome = whole_write_outcome(protocol.client_fd, intent)
+        if outcome == AGAIN:  # none of it: the handler may run it again, as if no PROGRESS
             exchange.client_written = False
             exchange.client_released = True
-        elif intent is not None and written == intent[1]:  # all of it: answered
+        elif outcome == ANSWERED and intent is not None:
             exchange.take()
             exchange.close()
             stats = lane.stats
             if stats is not None:
                 stats.in_flight -= 1
                 stats.answered(request.message.method, intent[2], _clock() - request.started)
-            _finished(protocol, lane, False)  # the dead worker's word on keep-alive is lost
+            # Its head said the keep-alive the request asked for (FLAG_KEEP_ALIVE), and
+            # the dead worker's copy of the socket is closed: the connection may stay.
+            _finished(protocol, lane, not request.message.should_close)
             return
         else:
             _cut(protocol, lane, request, exchange, value[1])

@@ -23,7 +23,7 @@ from aiohttp.abc import AbstractStreamWriter
 from aiohttp.http import HttpVersion, HttpVersion10, HttpVersion11
 
 from wsgipool import exchange as ev
-from wsgipool.clientsock import written_since
+from wsgipool.clientsock import AGAIN, ANSWERED, whole_write_outcome
 from wsgipool.deadlines import Sending, shut_down
 from wsgipool.fastpath import SETTLE_GRACE
 from wsgipool.logs.access import note_response
@@ -274,11 +274,11 @@ async def _whole_written(
     if exchange.lost_to and intent is not None:
         transport = request.transport
         sock = transport.get_extra_info("socket") if transport is not None else None
-        written = written_since(sock.fileno() if sock is not None else -1, intent)
-        if written == 0:
+        outcome = whole_write_outcome(sock.fileno() if sock is not None else -1, intent)
+        if outcome == AGAIN:
             return None
-        if written == intent[1]:  # all of it: answered (the dead worker's keep-alive is lost)
-            return _WrittenResponse(intent[2], written, False)
+        if outcome == ANSWERED:  # with the keep-alive its head said (hand_socket's)
+            return _WrittenResponse(intent[2], intent[1], request.keep_alive)
     return _cut(request, value[1] if kind == ev.ERROR else "the worker was writing it")
 
 

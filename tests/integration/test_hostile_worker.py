@@ -329,6 +329,8 @@ def test_a_worker_killed_with_the_client_socket_is_retried_only_if_it_wrote_noth
                 "unknown": "closed",
             }[written]
             assert answer(puppet.client) == expected, server.log[-2000:]
+            if written == "all":
+                assert_keeps_serving(puppet.client)
         else:
             assert again is not None, server.log[-2000:]
             retried = json.loads(again.makefile("rb").readline())
@@ -362,6 +364,8 @@ def test_a_worker_killed_with_the_socket_of_a_post_answers_502_only_if_it_wrote_
             "unknown": "closed",
         }[written]
         assert answer(puppet.client) == expected, server.log[-2000:]
+        if written == "all":
+            assert_keeps_serving(puppet.client)
         control.sock.settimeout(1)
         with pytest.raises(TimeoutError):
             control.sock.accept()  # it did not run again
@@ -385,6 +389,13 @@ def kill_in_a_whole_write(control: Control, port: int, method: str, written: str
     os.kill(puppet.pid, signal.SIGKILL)
     assert wait_for_death(puppet)
     return puppet
+
+
+def assert_keeps_serving(client: socket.socket) -> None:
+    """The connection whose response a dead worker wrote whole takes its next request:
+    its head said keep-alive, and nothing of that worker's can follow."""
+    client.sendall(b"GET /hello HTTP/1.1\r\nHost: test\r\n\r\n")
+    assert answer(client) == 200, "the connection was closed after a whole write"
 
 
 def wait_for_death(puppet: Puppet, timeout: float = ANSWER_TIMEOUT) -> bool:
