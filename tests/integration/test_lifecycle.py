@@ -12,6 +12,7 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
+import psutil
 import pytest
 
 from tests.cli import not_zombie
@@ -24,6 +25,8 @@ from tests.integration.supervised import (
     still_running,
 )
 from tests.polling import wait_for
+
+MIB = 1 << 20
 
 
 def _errors(log: str) -> list[str]:
@@ -339,3 +342,18 @@ def test_a_worker_that_cannot_import_new_code_backs_off_while_the_old_ones_serve
     assert len(log_lines(server, r"worker \d+ died .*exit code 2")) < 12, log  # not a fork loop
     assert fetch(server.port, "/hello").status == 200  # the worker that imported serves on
     assert server.proc.poll() is None
+
+
+def test_a_full_collection_in_a_preloaded_worker_copies_none_of_the_apps_pages(run_server):
+    """With --preload the template's objects (the app's, about 20 MiB here) leave the
+    collector's view before any fork: a worker's full collection, which writes the
+    header of every object it tracks, would otherwise copy every page it shares."""
+    server = run_server("bulkyapp:app", "--workers", "1", "--threads", "1", "--preload")
+    status, _, body = server.request("GET", "/")
+    assert status == 200
+    worker = psutil.Process(int(body))
+    before = worker.memory_full_info().uss
+    status, _, _ = server.request("GET", "/collect")
+    assert status == 200
+    grown = worker.memory_full_info().uss - before
+    assert grown < 4 * MIB, f"the worker's own memory grew {grown / MIB:.1f} MiB"

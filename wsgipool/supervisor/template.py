@@ -12,6 +12,7 @@ stay free of asyncio, aiohttp and psutil.
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import selectors
@@ -82,6 +83,11 @@ def template_main(
     except AppImportError as exc:
         channel.send([p.frame(p.FAILED, 0, str(exc).encode("utf-8", "replace"))])
         _exit(2)
+    # What is imported now (wsgipool's worker, with --preload the app) leaves the
+    # collector's view: a worker's collections would otherwise write the header of
+    # every inherited object, copying the pages it shares with the template.
+    gc.collect()
+    gc.freeze()
     Template(app_ref, loaded, channel, settings, generation).serve()
 
 
