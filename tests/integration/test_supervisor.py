@@ -429,6 +429,47 @@ app = versioned_app(VERSION)
 """
 
 
+SLOW_MODULE = """
+import os
+import time
+
+from faultapp import versioned_app
+
+if os.path.exists({mark!r}):  # the reload's import: long enough to stop the server in it
+    time.sleep(60)
+app = versioned_app("slow")
+"""
+
+
+@pytest.mark.parametrize("preload", ["--no-preload", "--preload"])
+def test_stopping_during_a_reload_takes_the_importing_template_with_it(
+    run_server, tmp_path, preload: str
+):
+    """SIGTERM while a reload's template still imports the app (itself, or in the child
+    that checks the import): the server stops at once and leaves no process behind
+    (it would live until its import ended), and says the reload was abandoned, not
+    that it failed."""
+    mark = tmp_path / "slow-now"
+    (tmp_path / "slowapp.py").write_text(SLOW_MODULE.format(mark=str(mark)))
+    server = run_server("slowapp:app", "--workers", "1", preload, cwd=tmp_path)
+    before = {p.pid for p in server.descendants()}
+    mark.write_text("")
+    server.signal(signal.SIGHUP)
+
+    def importing() -> list[psutil.Process]:
+        return [p for p in server.descendants() if p.pid not in before]
+
+    assert wait_for(importing, 15), server.log
+    time.sleep(0.5)  # past its start: it sleeps in the import
+    started = importing()  # the template, and without --preload its import check
+    assert started, server.log
+    os.kill(server.pid, signal.SIGTERM)
+    assert server.wait(20) == 0, server.log
+    assert wait_for(lambda: gone(started), 5), f"{still_running(started)} outlived the server"
+    assert "reload abandoned: the server is stopping" in server.log, server.log
+    assert "[ERROR]" not in server.log, server.log
+
+
 def test_sighup_reloads_the_new_code_under_load_without_failures(run_server, tmp_path):
     module = tmp_path / "hupapp.py"
     module.write_text(HUP_MODULE.format(version="one"))

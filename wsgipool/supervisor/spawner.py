@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import signal
 import socket
 import sys
 import types
@@ -150,6 +151,24 @@ class TemplateProcess:
         if self._process is not None and self._process.is_alive():
             self._process.kill()
         self.reap()
+
+    @property
+    def process_pid(self) -> int:
+        """The template's PID from its start (`pid` is known once it is ready)."""
+        process = self._process
+        return int(process.pid or 0) if process is not None else 0
+
+    def abandon(self) -> None:
+        """SIGKILL a template that is still importing the app, and the child that checks
+        the import for it (without --preload), which shares its process group and holds
+        the descriptor that tells its exit: it has no workers yet, so nothing is lost."""
+        self.stopping = True
+        pid = self.process_pid
+        if pid:
+            # No group of that number before the template's setpgid(): nor a child then.
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(pid, signal.SIGKILL)
+        self.kill()
 
     def reap(self) -> None:
         """Close the channel and join the process; on the event loop only (it blocks briefly)."""

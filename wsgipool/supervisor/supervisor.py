@@ -118,6 +118,8 @@ class Supervisor:
         self.workers: list[WorkerHandle] = []
         self.template: TemplateProcess | None = None
         self.retired_templates: list[TemplateProcess] = []
+        # A template still importing the app (a reload, a restart): no workers yet.
+        self._starting: TemplateProcess | None = None
         self.backoff = policy.RestartBackoff()
         self.stopping = False
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -179,6 +181,7 @@ class Supervisor:
         self.stopping = True
         for task in list(self._tasks):
             task.cancel()
+        self._abandon_starting()
         for worker in list(self.workers):
             self.pool.remove(worker)
             worker.stop(grace)
@@ -200,6 +203,7 @@ class Supervisor:
         self.stopping = True
         for task in list(self._tasks):
             task.cancel()
+        self._abandon_starting()
         for worker in self.workers:
             worker.kill(signal.SIGKILL)
         for template in [self.template, *self.retired_templates]:
@@ -226,7 +230,14 @@ class Supervisor:
             self.app_ref, self.settings, self._on_exited, self._on_template_lost, self._generation
         )
         started = time.monotonic()
-        await template.start()
+        self._starting = template
+        try:
+            await template.start()
+        finally:
+            self._starting = None
+        if self.stopping:  # it finished importing as the server began to stop
+            await template.stop()
+            raise AppImportError("the server is stopping")
         logger.info(
             "template %d imported the app in %.0f ms (generation %d%s)",
             template.pid,
@@ -235,6 +246,17 @@ class Supervisor:
             "" if self.config.preload else "; checked in a child: each worker imports it",
         )
         return template
+
+    def _abandon_starting(self) -> None:
+        """Stopping: a template still importing the app (a reload's) has nothing to lose;
+        left alone it would outlive the server until its import ends."""
+        starting = self._starting
+        if starting is not None:
+            logger.info(
+                "reload abandoned: the server is stopping (template %d was importing the app)",
+                starting.process_pid,
+            )
+            starting.abandon()
 
     def _serving(self) -> list[WorkerHandle]:
         """Workers that count towards the target: alive and not on their way out."""
@@ -650,7 +672,8 @@ class Supervisor:
         try:
             template = await self._new_template()
         except Exception as exc:
-            logger.error("reload failed, the running workers keep serving: %s", exc)
+            if not self.stopping:  # else shutdown() said it abandoned the import
+                logger.error("reload failed, the running workers keep serving: %s", exc)
             return False
         old = self.template
         self.template = template
@@ -697,6 +720,8 @@ class Supervisor:
                 self._template_failures = 0
                 return
             except Exception as exc:
+                if self.stopping:
+                    return
                 self._template_failures += 1
                 logger.error("could not restart the template process: %s", exc)
 
