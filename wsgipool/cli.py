@@ -183,12 +183,13 @@ def _exit_past_app_threads() -> None:
     the graceful timeout is the bound, so the process exits without them.
     """
     import logging
-    import threading
 
-    left = [t for t in threading.enumerate() if t.name.startswith("wsgipool-app") and t.is_alive()]
+    from wsgipool.threaded import busy_app_threads
+
+    left = busy_app_threads()
     if left:
         logging.getLogger("wsgipool.server").warning(
-            "%d app thread(s) still running at the end of the graceful timeout; exiting", len(left)
+            "%d app thread(s) still running at the end of the graceful timeout; exiting", left
         )
         logging.shutdown()
         sys.stdout.flush()

@@ -631,6 +631,8 @@ def lost(protocol: Any, lane: FastLane) -> None:
             )
     request = protocol.fast
     if request is None:
+        if handed is not None:
+            _no_request_in_progress(protocol)
         return
     protocol.fast = None
     exchange = request.exchange
@@ -657,6 +659,12 @@ def lost(protocol: Any, lane: FastLane) -> None:
             exchange.close()
     if type(access) is AccessLogger:
         _log_access(access, protocol, request.message, exchange, GONE_RESPONSE, request.started)
+    _no_request_in_progress(protocol)
+
+
+def _no_request_in_progress(protocol: Any) -> None:
+    """Tell aiohttp the connection's request is over: a shutdown waits for that
+    (`RequestHandler.shutdown`, up to the drain's end) before it closes it."""
     protocol._request_in_progress = False
     waiter = protocol._handler_waiter
     if waiter is not None and not waiter.done():

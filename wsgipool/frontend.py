@@ -19,12 +19,12 @@ import os
 import signal
 import socket
 import sys
-import threading
 from typing import TYPE_CHECKING, NoReturn
 
 from wsgipool import systemd
 from wsgipool.config import BindAddress, ConfigError
 from wsgipool.loader import AppImportError, load_app
+from wsgipool.threaded import busy_app_threads
 
 if TYPE_CHECKING:
     from wsgipool.server import Server
@@ -103,10 +103,10 @@ def die_with(arbiter_pid: int) -> None:
 
 def _leave(code: int) -> NoReturn:
     """Exit without the arbiter's atexit handlers; app threads cut by the drain are left."""
-    left = [t for t in threading.enumerate() if t.name.startswith("wsgipool-app") and t.is_alive()]
+    left = busy_app_threads()
     if left:
         logger.warning(
-            "%d app thread(s) still running at the end of the graceful timeout; exiting", len(left)
+            "%d app thread(s) still running at the end of the graceful timeout; exiting", left
         )
     logging.shutdown()
     sys.stdout.flush()

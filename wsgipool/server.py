@@ -49,6 +49,7 @@ from wsgipool.reloader import Reloader, check_available
 from wsgipool.response import error_response
 from wsgipool.static import hide_dotfiles
 from wsgipool.supervisor.handle import WorkerState
+from wsgipool.threaded import APP_THREAD_PREFIX
 
 if TYPE_CHECKING:
     from wsgipool.metrics.service import Observability
@@ -336,7 +337,9 @@ class Server:
             )
             application: Callable[..., Any] | str = self.application
         else:
-            self.executor = ThreadPoolExecutor(self.pool.threads, thread_name_prefix="wsgipool-app")
+            self.executor = ThreadPoolExecutor(
+                self.pool.threads, thread_name_prefix=APP_THREAD_PREFIX
+            )
             application = self.application  # imported in __init__, before any loop
         handler = WSGIHandler(
             application,
@@ -501,23 +504,48 @@ class Server:
 
     # Each runs on the loop (add_signal_handler) and returns at once: slow work goes in a task.
 
+    # The handlers stay for the whole stop: a second SIGTERM (an arbiter forwarding
+    # what systemd's control-group kill also sent, an impatient operator) must not
+    # end the process by the default action in the middle of its drain.
+
     def _on_term(self) -> None:
-        self.request_stop("graceful")
+        self._stop_or_note("SIGTERM")
 
     def _on_int(self) -> None:
-        self.request_stop("graceful")
+        self._stop_or_note("SIGINT")
 
     def _on_quit(self) -> None:
-        self.request_stop("quit")
+        if self.stopping:
+            self._stop_at_once()
+        else:
+            self.request_stop("quit")
 
     def _on_hup(self) -> None:
-        self._reload()
+        if self.stopping:
+            logger.info("SIGHUP ignored: the server is stopping")
+        else:
+            self._reload()
 
     def _on_ttin(self) -> None:
         self._scale(+1)
 
     def _on_ttou(self) -> None:
         self._scale(-1)
+
+    def _stop_or_note(self, name: str) -> None:
+        if self.stopping:
+            logger.info("%s: already stopping gracefully (SIGQUIT stops at once)", name)
+        else:
+            self.request_stop("graceful")
+
+    def _stop_at_once(self) -> None:
+        """SIGQUIT during a graceful stop: kill the workers and close the connections now."""
+        logger.info("SIGQUIT during the graceful stop: stopping at once")
+        if isinstance(self.executor, ProcessExecutor):
+            self.executor.kill()
+        server = self.runner.server if self.runner is not None else None
+        for connection in server.connections if server is not None else []:
+            connection.force_close()
 
     def _on_usr1(self) -> None:
         self._reopen_logs()
@@ -575,7 +603,9 @@ class Server:
         logger.info("SIGUSR1: log files reopened")
 
     def _scale(self, delta: int) -> None:
-        if isinstance(self.executor, ProcessExecutor):
+        if self.stopping:
+            logger.info("SIGTTIN/SIGTTOU ignored: the server is stopping")
+        elif isinstance(self.executor, ProcessExecutor):
             self.executor.scale(delta)
         else:
             logger.warning("SIGTTIN/SIGTTOU ignored: scaling needs worker processes")
@@ -599,9 +629,6 @@ class Server:
             self._ready_task.cancel()
         budget = self.pool.graceful_timeout if graceful else 0.0
         deadline = loop.time() + budget
-        for sig in SIGNALS:
-            with contextlib.suppress(Exception):
-                loop.remove_signal_handler(sig)
         if self.runner is not None:
             # Stops accepting, then waits for requests in flight; those left at the end
             # of the drain are cut by `_cut_in_flight`.

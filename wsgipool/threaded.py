@@ -12,6 +12,8 @@ import asyncio
 import logging
 import os
 import sys
+import threading
+import time
 from concurrent.futures import Executor, ProcessPoolExecutor
 from typing import IO, Any
 
@@ -23,11 +25,27 @@ from wsgipool.environ import Collected
 from wsgipool.protocol import validate_status
 from wsgipool.wsgicall import ResponseOutput, WSGIApp, complete_environ, not_found, run_wsgi
 
-__all__ = ["ThreadBackend"]
+__all__ = ["APP_THREAD_PREFIX", "ThreadBackend", "busy_app_threads"]
 
 logger = logging.getLogger("wsgipool.handler")
 
 _HOLD_LIMIT = 64 * 1024
+
+#: The names of the main process's app threads (--workers 0: server.py's pool).
+APP_THREAD_PREFIX = "wsgipool-app"
+
+
+def busy_app_threads(grace: float = 0.2) -> int:
+    """App threads still running once the server has stopped: requests the drain cut.
+
+    The pool's idle threads end as soon as they see its shutdown; they get `grace`
+    seconds to, so that only threads still inside the app count.
+    """
+    deadline = time.monotonic() + grace
+    threads = [t for t in threading.enumerate() if t.name.startswith(APP_THREAD_PREFIX)]
+    for thread in threads:
+        thread.join(max(0.0, deadline - time.monotonic()))
+    return sum(1 for thread in threads if thread.is_alive())
 
 
 class _LoopOutput(ResponseOutput):

@@ -110,11 +110,65 @@ def test_fifty_reloads_under_load_log_no_error_and_fail_no_request(run_server):
 # -- a bounded SIGTERM -------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(
+_EXECUTORS = pytest.mark.parametrize(
     "executor",
     [["--workers", "2", "--threads", "2"], ["--workers", "0", "--threads", "4"]],
     ids=["processes", "threads"],
 )
+
+
+def _slow_requests_in_flight(server, marks, count: int, ms: int) -> list:
+    """`count` requests sleeping `ms` ms each, all begun in the app; their futures."""
+    pool = ThreadPoolExecutor(count)
+    futures = [
+        pool.submit(fetch, server.port, f"/slow?ms={ms}&touch=r{n}", 30) for n in range(count)
+    ]
+    pool.shutdown(wait=False)
+    assert wait_for(lambda: all((marks / f"r{n}").exists() for n in range(count)), 10), server.log
+    return futures
+
+
+@_EXECUTORS
+def test_a_second_sigterm_during_the_drain_changes_nothing(run_server, tmp_path, executor):
+    """Two SIGTERMs (an arbiter forwarding what systemd's control-group kill sent too, an
+    impatient operator): the second must not end the process by the default action in
+    the middle of its drain. Every request in flight is answered and the exit is 0."""
+    marks = tmp_path / "marks"
+    marks.mkdir()
+    server = run_server("faultapp:app", *executor, env={"FAULTAPP_MARK_DIR": str(marks)})
+    futures = _slow_requests_in_flight(server, marks, 3, 1500)
+    server.signal(signal.SIGTERM)
+    assert wait_for(lambda: "stopping (gracefully)" in server.log, 5), server.log
+    server.signal(signal.SIGTERM)
+    assert server.wait(20) == 0, server.log
+    results = [future.result(30) for future in futures]
+    assert [r.status for r in results] == [200, 200, 200], [(r.status, r.error) for r in results]
+    assert "SIGTERM: already stopping gracefully" in server.log, server.log
+    assert "app thread(s) still running" not in server.log, server.log
+    assert _errors(server.log) == [], server.log
+
+
+@_EXECUTORS
+def test_sigquit_during_the_drain_stops_at_once(run_server, tmp_path, executor):
+    """SIGTERM, then SIGQUIT while a 10 s request drains: the stop turns quick (the
+    workers are killed, the connection closed) instead of waiting out the request."""
+    marks = tmp_path / "marks"
+    marks.mkdir()
+    server = run_server("faultapp:app", *executor, env={"FAULTAPP_MARK_DIR": str(marks)})
+    (slow,) = _slow_requests_in_flight(server, marks, 1, 10000)
+    server.signal(signal.SIGTERM)
+    assert wait_for(lambda: "stopping (gracefully)" in server.log, 5), server.log
+    signalled = time.monotonic()
+    server.signal(signal.SIGQUIT)
+    code = server.wait(15)
+    took = time.monotonic() - signalled
+    assert code == 0, server.log
+    assert took < 6.0, (took, server.log)  # a generous bound, not the 10 s request
+    assert slow.result(30).status != 200
+    assert "SIGQUIT during the graceful stop: stopping at once" in server.log, server.log
+
+
+@_EXECUTORS
 def test_graceful_timeout_bounds_sigterm_and_cuts_the_long_request(run_server, tmp_path, executor):
     marks = tmp_path / "marks"
     marks.mkdir()
