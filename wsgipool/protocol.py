@@ -119,6 +119,9 @@ FLAG_DONE_COMPLETE: Final = 1
 #: STATUS flags: the worker is over its soft / hard memory limit.
 FLAG_OVER_RSS: Final = 1
 FLAG_OVER_RSS_HARD: Final = 2
+#: STATUS flag: the worker got SIGTERM from outside (systemd's control-group kill, an
+#: operator): replace it, then stop it, as a planned recycle.
+FLAG_STOP_ASKED: Final = 4
 #: EXITED kinds.
 EXIT_CODE: Final = 0
 EXIT_SIGNAL: Final = 1
@@ -588,7 +591,7 @@ def decode_status(payload: bytes) -> tuple[int, int, int]:
     if len(payload) != _STATUS.size:
         raise ProtocolError(f"STATUS payload must be {_STATUS.size} bytes, got {len(payload)}")
     rss, served, flags = _STATUS.unpack(payload)
-    if flags & ~(FLAG_OVER_RSS | FLAG_OVER_RSS_HARD):
+    if flags & ~(FLAG_OVER_RSS | FLAG_OVER_RSS_HARD | FLAG_STOP_ASKED):
         raise ProtocolError(f"STATUS with unknown flags {flags:#x}")
     return rss, served, flags
 

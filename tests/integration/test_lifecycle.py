@@ -5,6 +5,7 @@ Real servers, real signals, real clients on 127.0.0.1 (see tests/conftest.py).
 
 from __future__ import annotations
 
+import os
 import re
 import signal
 import socket
@@ -145,6 +146,37 @@ def test_a_second_sigterm_during_the_drain_changes_nothing(run_server, tmp_path,
     assert [r.status for r in results] == [200, 200, 200], [(r.status, r.error) for r in results]
     assert "SIGTERM: already stopping gracefully" in server.log, server.log
     assert "app thread(s) still running" not in server.log, server.log
+    assert _errors(server.log) == [], server.log
+
+
+def test_sigterm_to_every_process_at_once_loses_nothing(run_server, tmp_path):
+    """systemd's default KillMode (control-group) signals the main process, the template
+    and the workers at once. The template ignores it and each worker asks to be
+    replaced, so the requests running and those queued behind them are all answered,
+    even with retries off (a killed worker's request would get 502)."""
+    marks = tmp_path / "marks"
+    marks.mkdir()
+    server = run_server(
+        "faultapp:app",
+        "--workers",
+        "2",
+        "--threads",
+        "2",
+        "--retry-methods",
+        "",
+        env={"FAULTAPP_MARK_DIR": str(marks)},
+    )
+    running = _slow_requests_in_flight(server, marks, 4, 1500)
+    with ThreadPoolExecutor(2) as pool:
+        queued = [pool.submit(fetch, server.port, "/slow?ms=100", 30) for _ in range(2)]
+        time.sleep(0.2)  # the two wait in the main process's queue
+        for process in [psutil.Process(server.pid), *server.descendants()]:
+            os.kill(process.pid, signal.SIGTERM)
+        assert server.wait(30) == 0, server.log
+        results = [future.result(30) for future in running + queued]
+    statuses = [r.status for r in results]
+    assert statuses == [200] * 6, ([(r.status, r.error) for r in results], server.log)
+    assert len(log_lines(server, r"worker \d+ recycling \(sigterm\)")) == 2, server.log
     assert _errors(server.log) == [], server.log
 
 

@@ -113,7 +113,15 @@ def test_exact_counters_after_a_known_load(run_server):
     exits = "wsgipool_worker_exits_total"
     assert value(m, exits, reason="signal") == 1
     assert value(m, exits, reason="max_requests") == 1
-    for reason in ("crash", "max_rss_soft", "max_rss_hard", "timeout", "reload", "scale_down"):
+    for reason in (
+        "crash",
+        "max_rss_soft",
+        "max_rss_hard",
+        "timeout",
+        "reload",
+        "sigterm",
+        "scale_down",
+    ):
         assert value(m, exits, reason=reason) == 0, reason
     assert value(m, "wsgipool_workers_spawned_total") == 3
     assert value(m, "wsgipool_http_requests_in_flight") == 0

@@ -121,7 +121,10 @@ def test_sigkill_under_load_loses_no_get(run_server):
     )
     assert failed == [], [(a.status, a.error) for a in failed]
     assert len(deaths) == 2, server.log
-    assert {int(m.group(1)) for m in retries} == set(victims), server.log  # both were busy
+    # Each victim is normally busy when killed; on a loaded machine one may be caught
+    # between requests (seen once in a parallel run), so at least one must have retried.
+    retried = {int(m.group(1)) for m in retries}
+    assert retried and retried <= set(victims), server.log
     assert len(retries) <= 4
     assert sum(1 for a in answers if a.json["retry"] == 1) == len(retries)
 

@@ -408,12 +408,12 @@ def test_file_round_trip(offset, count):
     assert (kind, rid, p.decode_file(got)) == (p.FILE, 9, (offset, count))
 
 
-@given(U64, U32, st.sampled_from([0, p.FLAG_OVER_RSS, p.FLAG_OVER_RSS_HARD, 3]))
+@given(U64, U32, st.sampled_from([0, p.FLAG_OVER_RSS, p.FLAG_OVER_RSS_HARD, 3, p.FLAG_STOP_ASKED]))
 def test_status_round_trip(rss, served, flags):
     assert p.decode_status(p.encode_status(rss, served, flags)) == (rss, served, flags)
 
 
-@given(st.integers(min_value=4, max_value=255))
+@given(st.integers(min_value=8, max_value=255))
 def test_status_with_unknown_flags_is_rejected(flags):
     with pytest.raises(p.ProtocolError, match=rf"^STATUS with unknown flags {flags:#x}$"):
         p.decode_status(p.encode_status(1, 1, flags))

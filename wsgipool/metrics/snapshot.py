@@ -39,6 +39,7 @@ EXIT_REASONS = {
     "max-lifetime": "max_lifetime",
     "timeout": "timeout",
     "reload": "reload",
+    "sigterm": "sigterm",
     "scale": "scale_down",
     "shutdown": "shutdown",
 }

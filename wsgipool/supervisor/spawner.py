@@ -9,6 +9,7 @@ aiohttp; the app reaches it as an import string, or as dill bytes made here.
 from __future__ import annotations
 
 import asyncio
+import atexit
 import contextlib
 import logging
 import os
@@ -76,6 +77,9 @@ class TemplateProcess:
             process.start()
         theirs.close()
         self._process = process
+        # The template ignores SIGTERM, which multiprocess's own exit handler would send
+        # it and then wait for it: at an exit that skipped the stop, this kills it first.
+        atexit.register(self._kill_at_exit)
         self._ready = loop.create_future()
         self._channel = AsyncChannel(loop, ours, p.FROM_TEMPLATE, self._on_frames, self._on_close)
         self.alive = True
@@ -176,7 +180,15 @@ class TemplateProcess:
         if self._process is not None:
             self._process.join(5.0)
 
+    def _kill_at_exit(self) -> None:
+        process = self._process
+        if process is not None and process.is_alive():  # not reaped: its PID is still its own
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(process.pid, signal.SIGKILL)
+            process.kill()
+
     def _close_channel(self) -> None:
+        atexit.unregister(self._kill_at_exit)
         if self._channel is not None:
             self._channel.close()
         self.alive = False

@@ -372,6 +372,11 @@ class Supervisor:
             self._kill_for_memory(worker, rss)
         elif flags & p.FLAG_OVER_RSS:
             self._over_soft_limit(worker, rss, "reported by the worker after a request")
+        elif flags & p.FLAG_STOP_ASKED and not self.stopping:
+            # SIGTERM sent to the worker from outside: a planned recycle, so that what
+            # it runs finishes and its queue goes on elsewhere (a stop, if one is under
+            # way, stops it anyway).
+            self._replace(worker, "sigterm", keep_serving=True)
 
     def on_stack(self, worker: WorkerHandle, rid: int, text: str) -> None:
         logger.error(

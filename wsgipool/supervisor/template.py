@@ -50,7 +50,12 @@ def template_main(
     except OSError:
         pass
     # Operator signals are for the main process; a stray one must not end the template.
+    # SIGTERM too (systemd's control-group kill sends it to every process at once): the
+    # main process drains and then stops the template itself; it ends when the main
+    # process's channel does, and at an abnormal exit the main process kills it
+    # (spawner.TemplateProcess).
     for sig in (
+        signal.SIGTERM,
         signal.SIGINT,
         signal.SIGHUP,
         signal.SIGTTIN,
@@ -190,7 +195,6 @@ class Template:
         self._wake_w.setblocking(False)
         signal.set_wakeup_fd(self._wake_w.fileno(), warn_on_full_buffer=False)
         signal.signal(signal.SIGCHLD, lambda *_: None)
-        signal.signal(signal.SIGTERM, lambda *_: self._quit())
         self._selector.register(self.channel.sock, selectors.EVENT_READ)
         self._selector.register(self._wake_r, selectors.EVENT_READ)
         self.channel.send([p.frame(p.READY, 0, p.encode_u32(os.getpid()))])
@@ -222,8 +226,8 @@ class Template:
             code = 70
             try:
                 signal.set_wakeup_fd(-1)
-                # The template's handlers (SIGTERM kills its children) are not the worker's,
-                # which may spend a while importing the app before it installs its own.
+                # The template's dispositions (SIGTERM ignored) are not the worker's, which
+                # may spend a while importing the app before it installs its own.
                 signal.signal(signal.SIGTERM, signal.SIG_DFL)
                 signal.signal(signal.SIGCHLD, signal.SIG_DFL)
                 self._selector.close()

@@ -16,6 +16,7 @@ import os
 import queue
 import select
 import signal
+import socket
 import sys
 import threading
 import time
@@ -159,6 +160,7 @@ class Worker:
         # What the reader runs: the job, since when, the process's CPU time then.
         self._inline: tuple[_Job, float, float] | None = None
         self._active = threading.Event()  # the watchdog is awake
+        self._wakeup: tuple[socket.socket, socket.socket] | None = None  # _install_signals
 
     # -- lifecycle -----------------------------------------------------------
 
@@ -353,11 +355,39 @@ class Worker:
         for sig in _IGNORED_SIGNALS:
             signal.signal(sig, signal.SIG_IGN)
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)
-        signal.signal(signal.SIGTERM, lambda *_: self._stop(30.0))
+        # SIGTERM from outside (systemd's control-group kill, an operator) asks the main
+        # process to replace this worker; it stops it once the replacement serves, so
+        # nothing in flight or queued is lost. A thread sends that, woken through the
+        # wakeup descriptor: a handler could interrupt a thread holding the channel.
+        wake_r, wake_w = self._wakeup = socket.socketpair()  # open for the process's life
+        wake_w.setblocking(False)
+        signal.set_wakeup_fd(wake_w.fileno(), warn_on_full_buffer=False)
+        signal.signal(signal.SIGTERM, lambda *_: None)  # its byte on the descriptor counts
+        threading.Thread(
+            target=self._on_signals, args=(wake_r,), name="wsgipool-signals", daemon=True
+        ).start()
         signal.signal(signal.SIGQUIT, lambda *_: self.exit(0))
         # SIGUSR1 reopens the error log (the handler comes from the template: wsgipool.logs);
         # SIGUSR2 sent to a worker by hand dumps the stacks of all its threads there.
         faulthandler.register(signal.SIGUSR2, all_threads=True)
+
+    def _on_signals(self, wake_r: socket.socket) -> None:
+        """Ask once to be replaced when SIGTERM arrives (see `_install_signals`)."""
+        while True:
+            try:
+                data = wake_r.recv(64)
+            except OSError:
+                return
+            if not data:
+                return
+            if signal.SIGTERM in data:
+                logger.info("worker %d: SIGTERM; asking to be replaced", self.pid)
+                status = p.encode_status(RssProbe().read(), 0, p.FLAG_STOP_ASKED)
+                try:
+                    self.channel.send([p.frame(p.STATUS, 0, status)])
+                except (ChannelClosed, OSError):
+                    return
+                return
 
     def _stop(self, grace: float) -> None:
         """Finish what is in flight, then exit; the main process sends nothing new."""
