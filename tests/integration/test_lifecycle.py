@@ -156,16 +156,8 @@ def test_sigterm_to_every_process_at_once_loses_nothing(run_server, tmp_path):
     even with retries off (a killed worker's request would get 502)."""
     marks = tmp_path / "marks"
     marks.mkdir()
-    server = run_server(
-        "faultapp:app",
-        "--workers",
-        "2",
-        "--threads",
-        "2",
-        "--retry-methods",
-        "",
-        env={"FAULTAPP_MARK_DIR": str(marks)},
-    )
+    no_retries = ["--workers", "2", "--threads", "2", "--retry-methods", ""]
+    server = run_server("faultapp:app", *no_retries, env={"FAULTAPP_MARK_DIR": str(marks)})
     running = _slow_requests_in_flight(server, marks, 4, 1500)
     with ThreadPoolExecutor(2) as pool:
         queued = [pool.submit(fetch, server.port, "/slow?ms=100", 30) for _ in range(2)]
