@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import subprocess
 import sys
 import time
 
@@ -87,3 +88,48 @@ def test_workers_orphaned_to_the_main_process_are_reaped(run_server):
         line = next(x for x in server.log.splitlines() if f"worker {pid} died" in x)
         assert "killed by SIGKILL" in line, line
     assert wait_for(lambda: server.request("GET", "/")[0] == 200, 30)
+
+
+_NEVER_SHUT_DOWN = """
+import asyncio
+
+from wsgipool import ProcessExecutor, WSGIHandler
+
+
+def app(environ, start_response):
+    start_response("200 OK", [])
+    return [b""]
+
+
+async def main() -> None:
+    executor = ProcessExecutor(workers=2, threads=1)
+    WSGIHandler(app, executor=executor)
+    await executor.start()
+    print(*executor.template_pids, *(w.pid for w in executor.workers), flush=True)
+    # ... and the program ends without executor.shutdown().
+
+
+asyncio.run(main())
+"""
+
+
+def test_a_program_that_never_shuts_its_pool_down_still_exits_alone(tmp_path):
+    """An embedding program that ends without `shutdown()`: at interpreter exit
+    multiprocess's handler SIGTERMs the template, which ignores SIGTERM, and waits for
+    it; the template's own exit hook SIGKILLs its group first, so the program exits and
+    leaves no process behind."""
+    script = tmp_path / "never_shut_down.py"
+    script.write_text(_NEVER_SHUT_DOWN)
+    proc = subprocess.Popen(
+        [sys.executable, str(script)], stdout=subprocess.PIPE, text=True, start_new_session=True
+    )
+    try:
+        assert proc.stdout is not None
+        pids = [int(pid) for pid in proc.stdout.readline().split()]
+        assert len(pids) == 3, pids  # the template and two workers
+        assert proc.wait(20) == 0
+        assert _gone(pids, timeout=10.0) == []
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(10)

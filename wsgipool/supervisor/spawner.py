@@ -167,11 +167,7 @@ class TemplateProcess:
         the import for it (without --preload), which shares its process group and holds
         the descriptor that tells its exit: it has no workers yet, so nothing is lost."""
         self.stopping = True
-        pid = self.process_pid
-        if pid:
-            # No group of that number before the template's setpgid(): nor a child then.
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(pid, signal.SIGKILL)
+        self._kill_group()
         self.kill()
 
     def reap(self) -> None:
@@ -180,11 +176,20 @@ class TemplateProcess:
         if self._process is not None:
             self._process.join(5.0)
 
-    def _kill_at_exit(self) -> None:
+    def _kill_group(self) -> None:
+        """SIGKILL the template's process group (its import check, its workers) while the
+        template is unreaped, so that its PID, the group's number, is still its own.
+        Before its setpgid() there is no such group, and no child either."""
         process = self._process
-        if process is not None and process.is_alive():  # not reaped: its PID is still its own
+        if process is not None and process.is_alive():
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(process.pid, signal.SIGKILL)
+
+    def _kill_at_exit(self) -> None:
+        """At interpreter exit (the loop is gone: no channel to close, nothing to reap)."""
+        self._kill_group()
+        process = self._process
+        if process is not None and process.is_alive():  # before its setpgid()
             process.kill()
 
     def _close_channel(self) -> None:
