@@ -298,8 +298,7 @@ class Server:
         bodies; closing the connection cancels the handler (handler_cancellation),
         which tells the worker to stop producing.
         """
-        server = self.runner.server if self.runner is not None else None
-        connections = server.connections if server is not None else []
+        connections = self._connections()
         if not connections:
             return
         if isinstance(self.executor, ProcessExecutor):
@@ -543,9 +542,13 @@ class Server:
         logger.info("SIGQUIT during the graceful stop: stopping at once")
         if isinstance(self.executor, ProcessExecutor):
             self.executor.kill()
-        server = self.runner.server if self.runner is not None else None
-        for connection in server.connections if server is not None else []:
+        for connection in self._connections():
             connection.force_close()
+
+    def _connections(self) -> list[Any]:
+        """The open client connections (aiohttp's request handlers), for a stop to close."""
+        server = self.runner.server if self.runner is not None else None
+        return list(server.connections) if server is not None else []
 
     def _on_usr1(self) -> None:
         self._reopen_logs()
