@@ -29,6 +29,7 @@ DISTRIBUTIONS = (
     "uvloop",
     "gunicorn",
     "granian",
+    "pyuwsgi",
     "aiohttp-wsgi",
     "uvicorn",
     "a2wsgi",

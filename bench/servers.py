@@ -197,6 +197,30 @@ def _granian_memory(mib: int) -> list[str]:
     return ["--workers-max-rss", str(mib), "--rss-sample-interval", "1s"]
 
 
+# -- uWSGI --------------------------------------------------------------------------
+
+# pyuwsgi is uWSGI built as a Python extension (its PyPI wheel: no compiler needed);
+# `run()` is what its `uwsgi` script calls, with uWSGI's own options in sys.argv.
+_UWSGI_MAIN = "import sys; from pyuwsgi import run; sys.argv[0] = 'uwsgi'; sys.exit(run())"
+
+
+def _uwsgi(s: Settings, app: str, port: int, extra: list[str]) -> tuple[Argv, Env]:
+    # --http11-socket: uWSGI's own HTTP with keep-alive (plain --http-socket closes every
+    # connection); --master forks and respawns the workers (the app imported in the
+    # master first, uWSGI's default, as wsgipool's --preload); --die-on-term: SIGTERM
+    # stops it (uWSGI 2.0 otherwise reloads on SIGTERM); -L: no request log.
+    argv = [PY, "-c", _UWSGI_MAIN, "--master", "--processes", str(s.workers)]
+    argv += ["--threads", str(s.threads), "--http11-socket", f"{HOST}:{port}"]
+    argv += ["--module", app, "--pythonpath", ".", "--need-app", "--die-on-term"]
+    argv += ["--disable-logging", *extra]
+    return argv, {}
+
+
+def _uwsgi_memory(mib: int) -> list[str]:
+    # Checked after each request; the worker is then reloaded gracefully.
+    return ["--reload-on-rss", str(mib)]
+
+
 # -- the others ---------------------------------------------------------------------
 
 _AIOHTTP_WSGI_MAIN = "from aiohttp_wsgi.__main__ import main; main()"
@@ -365,6 +389,19 @@ SERVERS: dict[str, Server] = {
             memory_limit=_granian_memory,
             kill=["--respawn-failed-workers"],
             kill_note="--respawn-failed-workers",
+        ),
+        Server(
+            "uwsgi",
+            "uWSGI",
+            ("pyuwsgi",),
+            ("pyuwsgi",),
+            _uwsgi,
+            _pool_shape,
+            _pool,
+            recycle=lambda s, n: ["--max-requests", str(n)],
+            recycle_note="--max-requests {n}",
+            memory_limit=_uwsgi_memory,
+            kill=[],
         ),
         Server(
             "aiohttp-wsgi",

@@ -113,6 +113,13 @@ def test_harness_start_and_stop_leave_no_process(tmp_path, bench_env):
     _serves_correctly(tmp_path, bench_env, "wsgipool", "hello", hammer=False)
 
 
+@pytest.mark.skipif(SERVERS["uwsgi"].available() is not None, reason="no pyuwsgi")
+def test_uwsgi_peer_serves_echo_and_leaves_no_process(tmp_path, bench_env):
+    """The uWSGI peer as the harness starts it: two workers, kept-alive load answered
+    (--http11-socket), and its master and workers gone when the harness stops it."""
+    _serves_correctly(tmp_path, bench_env, "uwsgi", "echo", hammer=True)
+
+
 @pytest.mark.parametrize("name", SETS["asgi"][0])
 def test_asgi_set_servers_answer_correctly(tmp_path, bench_env, name):
     """``--set asgi``: each adapter behind one uvicorn process passes the harness's echo check."""
