@@ -184,13 +184,9 @@ def _exit_past_app_threads() -> None:
     """
     import logging
 
-    from wsgipool.threaded import busy_app_threads
+    from wsgipool.threaded import report_busy_app_threads
 
-    left = busy_app_threads()
-    if left:
-        logging.getLogger("wsgipool.server").warning(
-            "%d app thread(s) still running at the end of the graceful timeout; exiting", left
-        )
+    if report_busy_app_threads():
         logging.shutdown()
         sys.stdout.flush()
         sys.stderr.flush()

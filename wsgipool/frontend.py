@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, NoReturn
 from wsgipool import systemd
 from wsgipool.config import BindAddress, ConfigError
 from wsgipool.loader import AppImportError, load_app
-from wsgipool.threaded import busy_app_threads
+from wsgipool.threaded import report_busy_app_threads
 
 if TYPE_CHECKING:
     from wsgipool.server import Server
@@ -103,11 +103,7 @@ def die_with(arbiter_pid: int) -> None:
 
 def _leave(code: int) -> NoReturn:
     """Exit without the arbiter's atexit handlers; app threads cut by the drain are left."""
-    left = busy_app_threads()
-    if left:
-        logger.warning(
-            "%d app thread(s) still running at the end of the graceful timeout; exiting", left
-        )
+    report_busy_app_threads()
     logging.shutdown()
     sys.stdout.flush()
     sys.stderr.flush()

@@ -48,6 +48,17 @@ def busy_app_threads(grace: float = 0.2) -> int:
     return sum(1 for thread in threads if thread.is_alive())
 
 
+def report_busy_app_threads() -> int:
+    """`busy_app_threads`, with the one warning line a process about to exit without
+    them logs (the CLI's thread mode, a frontend of --frontends)."""
+    left = busy_app_threads()
+    if left:
+        logging.getLogger("wsgipool.server").warning(
+            "%d app thread(s) still running at the end of the graceful timeout; exiting", left
+        )
+    return left
+
+
 class _LoopOutput(ResponseOutput):
     __slots__ = ("_exchange", "_loop", "_pending", "_pending_size", "_start")
 
