@@ -210,14 +210,14 @@ def _pipelined(data: bytes, start: int) -> list[bytes] | None:
     Requests are stepped over by their heads and Content-Length; a chunked
     body, a bad Content-Length, a head not whole or without a request line, and
     what follows it are one last piece. After a request that ends the
-    connection the rest is dropped.
+    connection the rest is dropped. Bytes after a request's body that hold no
+    request line (a body longer than its Content-Length, one on a GET) are a
+    bad request of their own: the one before them is answered first.
     """
     size = len(data)
     head_end = data.find(_HEAD_END, start)
     if head_end < 0 or head_end + 4 == size or size - start > SCAN_ALL:
         return None  # one request without a body (the common packet), or a large one
-    if data.find(b" HTTP/1.", head_end + 4) < 0:
-        return None  # no request line after the first head: one request with its body
     pieces: list[bytes] = [data[:start]] if start else []
     at = start
     for _ in range(_PIPELINED_MAX):
