@@ -233,7 +233,8 @@ def build_environ(facts: RequestFacts, options: EnvironOptions) -> dict[str, str
                 environ["CONTENT_TYPE"] = text
             continue
         if key in environ:
-            separator = "; " if key == "HTTP_COOKIE" else ", "
+            # "," as gunicorn, werkzeug and Granian join; cookies as HTTP/2 does (RFC 9113).
+            separator = "; " if key == "HTTP_COOKIE" else ","
             environ[key] += separator + text
         else:
             environ[key] = text

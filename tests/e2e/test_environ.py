@@ -242,8 +242,8 @@ def test_repeated_headers_are_joined(run_server, executor_args):
         ],
     )
     environ = raw_environ(("127.0.0.1", server.port), request)
-    assert environ["HTTP_X_MULTI"] == "a, b, c"
-    assert environ["HTTP_ACCEPT"] == "text/html, application/json"
+    assert environ["HTTP_X_MULTI"] == "a,b,c"  # as gunicorn, werkzeug and Granian join them
+    assert environ["HTTP_ACCEPT"] == "text/html,application/json"
     assert environ["HTTP_COOKIE"] == "a=1; b=2; c=3"
 
 
