@@ -208,7 +208,7 @@ def _uwsgi(s: Settings, app: str, port: int, extra: list[str]) -> tuple[Argv, En
     # --http11-socket: uWSGI's own HTTP with keep-alive (plain --http-socket closes every
     # connection); --master forks and respawns the workers (the app imported in the
     # master first, uWSGI's default, as wsgipool's --preload); --die-on-term: SIGTERM
-    # stops it (uWSGI 2.0 otherwise reloads on SIGTERM); -L: no request log.
+    # stops it (uWSGI 2.0 otherwise reloads on SIGTERM); --disable-logging: no request log.
     argv = [PY, "-c", _UWSGI_MAIN, "--master", "--processes", str(s.workers)]
     argv += ["--threads", str(s.threads), "--http11-socket", f"{HOST}:{port}"]
     argv += ["--module", app, "--pythonpath", ".", "--need-app", "--die-on-term"]
@@ -217,7 +217,8 @@ def _uwsgi(s: Settings, app: str, port: int, extra: list[str]) -> tuple[Argv, En
 
 
 def _uwsgi_memory(mib: int) -> list[str]:
-    # Checked after each request; the worker is then reloaded gracefully.
+    # A graceful reload of the worker; uWSGI looks when a connection ends, so not under
+    # wrk's keep-alive connections (bench/README.md, notes on peers).
     return ["--reload-on-rss", str(mib)]
 
 
