@@ -193,8 +193,9 @@ def build_environ(facts: RequestFacts, options: EnvironOptions) -> dict[str, str
     # neither path nor query): cut before the query is split off.
     target = raw.partition(b"#")[0] if b"#" in raw else raw
     path, _, query = target.partition(b"?")
-    if not path.startswith(b"/"):
-        path = _origin_path(path)
+    authority = b""
+    if not path.startswith(b"/") and path != b"*":
+        path, authority = _origin_form(path)
     path_bytes = unquote_to_bytes(path) if b"%" in path else path
     if path == b"*":  # OPTIONS *: about the server, no path at all
         script_name, path_info = "", ""
@@ -238,6 +239,9 @@ def build_environ(facts: RequestFacts, options: EnvironOptions) -> dict[str, str
             environ[key] += separator + text
         else:
             environ[key] = text
+
+    if authority:  # an absolute-form target's host is the host, not the Host header's
+        environ["HTTP_HOST"] = authority.decode("latin-1")
 
     scheme = options.url_scheme or facts.scheme
     if ("HTTP_X_FORWARDED_FOR" in environ or "HTTP_X_FORWARDED_PROTO" in environ) and (
@@ -295,13 +299,18 @@ def _strip_port(hop: str) -> str:
     return hop
 
 
-def _origin_path(target: bytes) -> bytes:
-    """The path of an absolute-form target (``GET http://host/path``)."""
+def _origin_form(target: bytes) -> tuple[bytes, bytes]:
+    """The path and the authority of an absolute-form target (``GET http://host/path``).
+
+    RFC 9112 (section 3.2.2): the target's authority is the request's host, whatever
+    a Host header says.
+    """
     try:
         parts = urlsplit(target.decode("latin-1"))
     except ValueError:
-        return b"/"
-    return (parts.path or "/").encode("latin-1")
+        return b"/", b""
+    authority = parts.netloc.rpartition("@")[2]  # no userinfo (RFC 9110, 4.2.4)
+    return (parts.path or "/").encode("latin-1"), authority.encode("latin-1")
 
 
 def _split_prefix(prefix: bytes, path: bytes, *, strict: bool) -> tuple[str, str]:

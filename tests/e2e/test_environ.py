@@ -106,6 +106,13 @@ def test_absolute_form_and_odd_targets(run_server, executor_args):
     assert environ["PATH_INFO"] == "/p x/caf\u00c3\u00a9"
     assert environ["QUERY_STRING"] == "x=1"
     assert environ["REQUEST_URI"] == "http://example.com/p%20x/caf%C3%A9?x=1"
+    # The target's authority, not the Host header, is the host (RFC 9112, 3.2.2).
+    assert environ["HTTP_HOST"] == "example.com"
+    environ = raw_environ(
+        address,
+        rawhttp.request_bytes("GET", "http://example.org:8080/x", [("Host", "other.test")]),
+    )
+    assert (environ["HTTP_HOST"], environ["PATH_INFO"]) == ("example.org:8080", "/x")
     environ = raw_environ(address, rawhttp.request_bytes("GET", "/a?b?c=%3F"))
     assert (environ["PATH_INFO"], environ["QUERY_STRING"]) == ("/a", "b?c=%3F")
 
