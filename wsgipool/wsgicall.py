@@ -177,8 +177,10 @@ class _Call:
             raise TypeError(f"headers must be a list, got {type(headers).__name__}")
         length: str | None = None
         for item in headers:
-            if not isinstance(item, tuple) or len(item) != 2:
-                raise TypeError(f"each header must be a (name, value) tuple, got {item!r}")
+            # PEP 3333 says tuples; [name, value] lists work in gunicorn, waitress and
+            # asgiref, and apps written against them send them.
+            if not isinstance(item, tuple | list) or len(item) != 2:
+                raise TypeError(f"each header must be a (name, value) pair, got {item!r}")
             name, value = item
             validate_header(name, value)
             if len(name) == 14 and name.lower() == "content-length":

@@ -264,6 +264,12 @@ def latin1_header(environ, start_response):
     return [b"latin-1 headers"]
 
 
+def list_headers(environ, start_response):
+    """Headers as [name, value] lists, not PEP 3333's tuples: gunicorn and waitress take them."""
+    start_response("200 OK", [["Content-Type", "text/plain"], ["X-Colour", "Blue"]])
+    return [b"list headers"]
+
+
 def no_length(environ, start_response):
     """A whole body (a list) without Content-Length: the server declares it (HEAD too)."""
     start_response("200 OK", TEXT)
@@ -303,6 +309,7 @@ ROUTES = {
     "/no-length": no_length,
     "/own-server-date": own_server_and_date,
     "/latin1-header": latin1_header,
+    "/list-headers": list_headers,
 }
 
 

@@ -148,6 +148,15 @@ def test_header_values_go_out_as_latin1_bytes(run_server, executor_args):
     assert response.body == b"latin-1 headers"
 
 
+def test_headers_as_lists_are_served_as_gunicorn_serves_them(run_server, executor_args):
+    """[name, value] lists instead of tuples: a 200 with the headers, not a 500."""
+    server = run_server("badapps:app", *executor_args)
+    response = get(server, "/list-headers")
+    assert response.status == 200
+    assert response.header("x-colour") == "Blue"
+    assert response.body == b"list headers"
+
+
 def test_app_server_and_date_headers_win(run_server, executor_args):
     server = run_server("badapps:app", *executor_args)
     response = get(server, "/own-server-date")
