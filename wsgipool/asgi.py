@@ -56,6 +56,7 @@ Send = Callable[[Message], Awaitable[None]]
 #: Seconds between looks at the requests in flight (see `_DisconnectWatch`).
 _WATCH_INTERVAL = 0.5
 _REASONS = {
+    400: "Bad Request",
     413: "Payload Too Large",
     500: "Internal Server Error",
     502: "Bad Gateway",
@@ -102,8 +103,19 @@ class WSGIMiddleware:
         url_scheme: str | None = None,
         forwarded_allow_ips: Iterable[str] = ("127.0.0.1", "::1"),
         stderr: IO[str] | None = None,
+        duplicate_header_limit: int | None = 100,
     ) -> None:
         check_keywords(inbuf_overflow, max_request_body_size, url_scheme)
+        if duplicate_header_limit is not None and (
+            isinstance(duplicate_header_limit, bool)
+            or not isinstance(duplicate_header_limit, int)
+            or duplicate_header_limit < 0
+        ):
+            got = repr(duplicate_header_limit)
+            raise ValueError(f"duplicate_header_limit must be an int >= 0 or None, got {got}")
+        # asgiref's keyword and default: more values of one header than this is a 400
+        # (asgiref raises, a 500); 0 or None: no limit.
+        self._duplicate_limit = duplicate_header_limit or 0
         if workers is not None:
             if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
                 raise ValueError(f"workers must be an int >= 1, got {workers!r}")
@@ -195,6 +207,10 @@ class WSGIMiddleware:
         headers = scope.get("headers", ())
         if type(headers) is not list:  # uvicorn and Hypercorn give a list of bytes pairs
             headers = [(bytes(name), bytes(value)) for name, value in headers]
+        limit = self._duplicate_limit
+        if limit and len(headers) > limit and _most_repeated(headers) > limit:
+            await _send_error(send, 400, close=True)
+            return
         declared, chunked = _framing(headers)
         if declared is not None and declared > self._max_body:
             await _send_error(send, 413, close=True)
@@ -432,6 +448,15 @@ def _framing(headers: list[tuple[bytes, bytes]]) -> tuple[int | None, bool]:
         elif size == 17 and name.lower() == b"transfer-encoding":
             chunked = True
     return declared, chunked
+
+
+def _most_repeated(headers: list[tuple[bytes, bytes]]) -> int:
+    """How many times the most repeated header name (in any case) appears."""
+    counts: dict[bytes, int] = {}
+    for name, _value in headers:
+        key = name.lower()
+        counts[key] = counts.get(key, 0) + 1
+    return max(counts.values(), default=0)
 
 
 async def _send_error(

@@ -236,6 +236,21 @@ def test_request_body_over_the_limit_is_413(setup: Setup) -> None:
         assert status == 413
 
 
+def test_more_duplicate_headers_than_asgirefs_limit_is_400(setup: Setup) -> None:
+    """asgiref's `duplicate_header_limit` (100 by default): past it a 400, not the app."""
+
+    def status_with(count: int) -> bytes:
+        names = ("X-Dup", "x-dup")  # one header name, in any case
+        lines = "".join(f"{names[i % 2]}: {i}\r\n" for i in range(count))
+        head = f"GET {setup.prefix}/ok HTTP/1.1\r\nHost: x\r\n{lines}Connection: close\r\n\r\n"
+        with socket.create_connection(("127.0.0.1", setup.server.port), timeout=10) as sock:
+            sock.sendall(head.encode())
+            return sock.recv(100)
+
+    assert status_with(100).startswith(b"HTTP/1.1 200")
+    assert status_with(101).startswith(b"HTTP/1.1 400")
+
+
 # -- process mode: isolation and recycling -----------------------------------------------
 
 

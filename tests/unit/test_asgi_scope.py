@@ -209,6 +209,8 @@ def test_other_scope_types_raise() -> None:
         ({"url_scheme": "ftp"}, "url_scheme"),
         ({"workers": 0}, "workers"),
         ({"workers": 2, "executor": object()}, "either executor or workers"),
+        ({"duplicate_header_limit": -1}, "duplicate_header_limit"),
+        ({"duplicate_header_limit": "100"}, "duplicate_header_limit"),
     ],
 )
 def test_bad_keywords(keywords: dict[str, Any], message: str) -> None:
