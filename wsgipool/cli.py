@@ -84,7 +84,10 @@ def build_parser() -> argparse.ArgumentParser:
             kwargs["metavar"] = meta["metavar"]
             if meta["repeat"]:
                 kwargs["action"] = "append"
-        groups[cls].add_argument("--" + spec.name.replace("_", "-"), **kwargs)  # type: ignore[arg-type]
+        names = ["--" + spec.name.replace("_", "-")]
+        if meta["short"]:
+            names.insert(0, meta["short"])  # gunicorn's -w, -b, -t
+        groups[cls].add_argument(*names, **kwargs)  # type: ignore[arg-type]
     _add_status_command(commands)
     return parser
 

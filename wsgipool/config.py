@@ -343,6 +343,7 @@ def option(
     cli_default_text: str | None = None,
     env_aliases: tuple[str, ...] = (),
     show: Callable[[Any], object] | None = None,
+    short: str | None = None,
 ) -> Any:
     """A dataclass field carrying what the CLI, the other sources and the docs need to know.
 
@@ -350,7 +351,8 @@ def option(
     the keyword's (``serve()`` keeps aiohttp-wsgi's); `env_aliases` are variables
     that users already set for other servers (``WEB_CONCURRENCY``), read when
     ``WSGIPOOL_<NAME>`` is not set; `show` turns a value back into the form users write
-    (permissions in octal) for ``--print-config``.
+    (permissions in octal) for ``--print-config``; `short` is gunicorn's one-letter
+    flag for the same option (``-w``), for hands used to it.
     """
     meta = {
         "parse": parse,
@@ -364,6 +366,7 @@ def option(
         "cli_default_text": cli_default_text,
         "env_aliases": env_aliases,
         "show": show,
+        "short": short,
     }
     return field(default=default, metadata=meta)
 
@@ -409,6 +412,7 @@ class PoolConfig(_Validated):
         _parse_int,
         "Worker processes. 0 runs the app in threads of the main process, like aiohttp-wsgi.",
         metavar="N",
+        short="-w",
         default_text="CPUs available: the cgroup CPU quota, else the CPU affinity",
         env_aliases=("WEB_CONCURRENCY",),
     )
@@ -484,6 +488,7 @@ class PoolConfig(_Validated):
         "A request whose app produces nothing for this long gets 504; "
         "its stack is logged and its worker recycled.",
         metavar="DURATION",
+        short="-t",
     )
     graceful_timeout: float = option(
         30.0,
@@ -601,6 +606,7 @@ class Config(_Validated):
         "Repeat to listen on several. Overrides --host/--port/--unix-socket.",
         metavar="ADDRESS",
         repeat=True,
+        short="-b",
     )
     host: str | None = option(
         None,
@@ -970,12 +976,13 @@ def reference_markdown() -> str:
         ]
         for spec in fields(cls):
             meta = spec.metadata
-            flag = "--" + spec.name.replace("_", "-")
-            if meta["switch"]:
-                flag += "` / `--no-" + spec.name.replace("_", "-")
             flag = flag_name(spec.name)
             if meta["metavar"]:
                 flag += " " + meta["metavar"]
+            if meta["switch"]:
+                flag += "` / `--no-" + spec.name.replace("_", "-")
+            if meta["short"]:
+                flag += f"` / `{meta['short']}" + (f" {meta['metavar']}" if meta["metavar"] else "")
             env = "<br>".join(f"`{v}`" for v in (env_name(spec.name), *meta["env_aliases"]))
             default = meta["default_text"] or _default_text(spec.default)
             if meta["cli_default"] is not SAME:

@@ -176,6 +176,18 @@ def test_switches_have_a_no_form_on_the_command_line():
     assert "preload" not in vars(parser.parse_args(["serve", "m:a"]))  # the declared default
 
 
+def test_gunicorns_short_flags_are_the_long_ones():
+    from wsgipool.cli import build_parser
+
+    parser = build_parser()
+    short = parser.parse_args(["serve", "m:a", "-w", "3", "-b", "127.0.0.1:9", "-t", "30s"])
+    long = parser.parse_args(
+        ["serve", "m:a", "--workers", "3", "--bind", "127.0.0.1:9", "--timeout", "30s"]
+    )
+    assert vars(short) == vars(long)
+    assert (short.workers, short.bind, short.timeout) == ("3", ["127.0.0.1:9"], "30s")
+
+
 def test_send_and_body_deadlines():
     config = Config()
     assert (config.send_timeout, config.body_timeout) == (60.0, 60.0)
