@@ -143,6 +143,18 @@ def _parse_binds(value: object) -> tuple[str, ...]:
     return tuple(items)
 
 
+def _parse_paths(value: object) -> tuple[str, ...]:
+    """Directories, as gunicorn's --pythonpath takes them: comma-separated, or a list."""
+    items = value.split(",") if isinstance(value, str) else list(_iterable(value))
+    paths: list[str] = []
+    for item in items:
+        if not isinstance(item, str):
+            raise ValueError(f"expected directory names, got {item!r}")
+        if item.strip():
+            paths.append(item.strip())
+    return tuple(paths)
+
+
 def _parse_static(value: object) -> tuple[tuple[str, str], ...]:
     out: list[tuple[str, str]] = []
     for item in _iterable(value):
@@ -861,6 +873,13 @@ class Config(_Validated):
         _parse_optional(_parse_str),
         "Change to this directory before importing the app; it is put first on sys.path.",
         metavar="DIR",
+    )
+    pythonpath: tuple[str, ...] = option(
+        (),
+        _parse_paths,
+        "Directories to put first on sys.path before importing the app, comma-separated "
+        "(relative to --chdir), as gunicorn's --pythonpath; the workers inherit them.",
+        metavar="DIRS",
     )
     reload: bool = option(
         False,

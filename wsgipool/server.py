@@ -138,6 +138,7 @@ class Server:
             check_available()
         if config.chdir is not None:
             _enter_directory(config.chdir)
+        _extend_path(config.pythonpath)
         if config.pid is not None:
             check_pid_file(config.pid)
         self.executor: ProcessExecutor | ThreadPoolExecutor | None = None
@@ -678,6 +679,17 @@ def _enter_directory(directory: str) -> None:
     here = os.getcwd()
     if here not in sys.path:
         sys.path.insert(0, here)
+
+
+def _extend_path(directories: tuple[str, ...]) -> None:
+    """--pythonpath: each directory first on sys.path, in the order given (the workers
+    get this process's sys.path); one that is not a directory is a ConfigError."""
+    for directory in reversed(directories):
+        absolute = os.path.abspath(directory)
+        if not os.path.isdir(absolute):
+            raise ConfigError(f"{describe('pythonpath')}: {directory!r} is not a directory")
+        if absolute not in sys.path:
+            sys.path.insert(0, absolute)
 
 
 def _remove_stale_socket(path: str) -> None:

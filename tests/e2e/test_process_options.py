@@ -125,6 +125,28 @@ def test_chdir_to_a_missing_directory_is_one_line(tmp_path):
     assert_one_line_error(stderr, "--chdir", "nowhere")
 
 
+# -- --pythonpath ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("workers", ["1", "0"], ids=["processes", "threads"])
+def test_pythonpath_finds_an_app_outside_the_working_directory(run_server, tmp_path, workers):
+    """gunicorn's --pythonpath: directories put first on sys.path; a worker imports from them."""
+    for name in ("src", "lib"):
+        (tmp_path / name).mkdir()
+    (tmp_path / "src" / "whoami_path.py").write_text(WHOAMI)
+    server = run_server("whoami_path:app", "--workers", workers, "--pythonpath", "lib,src")
+    status, _headers, _body = server.request("GET", "/")
+    assert status == 200, server.log
+
+
+def test_pythonpath_that_is_no_directory_is_one_line(tmp_path):
+    code, _stdout, stderr, _alive = run_cli(
+        wsgipool_cmd("serve", "envapp:app", "--pythonpath", "nowhere"), tmp_path
+    )
+    assert code == 2
+    assert_one_line_error(stderr, "--pythonpath", "nowhere")
+
+
 # -- --user / --group ----------------------------------------------------------------------
 
 
