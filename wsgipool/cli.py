@@ -85,8 +85,7 @@ def build_parser() -> argparse.ArgumentParser:
             if meta["repeat"]:
                 kwargs["action"] = "append"
         names = ["--" + spec.name.replace("_", "-")]
-        if meta["short"]:
-            names.insert(0, meta["short"])  # gunicorn's -w, -b, -t
+        names += meta["gunicorn"]  # gunicorn's names for it: -w, --keep-alive, ...
         groups[cls].add_argument(*names, **kwargs)  # type: ignore[arg-type]
     _add_status_command(commands)
     return parser

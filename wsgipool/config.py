@@ -355,7 +355,7 @@ def option(
     cli_default_text: str | None = None,
     env_aliases: tuple[str, ...] = (),
     show: Callable[[Any], object] | None = None,
-    short: str | None = None,
+    gunicorn: tuple[str, ...] = (),
 ) -> Any:
     """A dataclass field carrying what the CLI, the other sources and the docs need to know.
 
@@ -363,8 +363,8 @@ def option(
     the keyword's (``serve()`` keeps aiohttp-wsgi's); `env_aliases` are variables
     that users already set for other servers (``WEB_CONCURRENCY``), read when
     ``WSGIPOOL_<NAME>`` is not set; `show` turns a value back into the form users write
-    (permissions in octal) for ``--print-config``; `short` is gunicorn's one-letter
-    flag for the same option (``-w``), for hands used to it.
+    (permissions in octal) for ``--print-config``; `gunicorn` are gunicorn's flags for
+    the same option where they differ (``-w``, ``--keep-alive``), for hands used to them.
     """
     meta = {
         "parse": parse,
@@ -378,7 +378,7 @@ def option(
         "cli_default_text": cli_default_text,
         "env_aliases": env_aliases,
         "show": show,
-        "short": short,
+        "gunicorn": gunicorn,
     }
     return field(default=default, metadata=meta)
 
@@ -424,7 +424,7 @@ class PoolConfig(_Validated):
         _parse_int,
         "Worker processes. 0 runs the app in threads of the main process, like aiohttp-wsgi.",
         metavar="N",
-        short="-w",
+        gunicorn=("-w",),
         default_text="CPUs available: the cgroup CPU quota, else the CPU affinity",
         env_aliases=("WEB_CONCURRENCY",),
     )
@@ -500,7 +500,7 @@ class PoolConfig(_Validated):
         "A request whose app produces nothing for this long gets 504; "
         "its stack is logged and its worker recycled.",
         metavar="DURATION",
-        short="-t",
+        gunicorn=("-t",),
     )
     graceful_timeout: float = option(
         30.0,
@@ -517,6 +517,7 @@ class PoolConfig(_Validated):
         "the main process binds its sockets first and stays as started. Needs root.",
         metavar="USER",
         default_text="the user that started wsgipool",
+        gunicorn=("-u",),
     )
     group: str | None = option(
         None,
@@ -524,6 +525,7 @@ class PoolConfig(_Validated):
         "Run the template and the workers with this group (name or gid). Needs root.",
         metavar="GROUP",
         default_text="the --user's group",
+        gunicorn=("-g",),
     )
 
     preload: bool = option(
@@ -618,7 +620,7 @@ class Config(_Validated):
         "Repeat to listen on several. Overrides --host/--port/--unix-socket.",
         metavar="ADDRESS",
         repeat=True,
-        short="-b",
+        gunicorn=("-b",),
     )
     host: str | None = option(
         None,
@@ -764,6 +766,7 @@ class Config(_Validated):
         parse_duration,
         "How long an idle keep-alive connection stays open.",
         metavar="DURATION",
+        gunicorn=("--keep-alive",),
     )
     limit_request_line: int = option(
         8190,
@@ -806,6 +809,7 @@ class Config(_Validated):
         "Access line format with gunicorn's atoms: %(h)s %(t)s %(r)s %(s)s %(b)s %(D)s "
         "%(p)s %(M)s %({Header}i)s ... (docs/operations.md lists them all).",
         metavar="FORMAT",
+        gunicorn=("--access-logformat",),
     )
     error_logfile: str | None = option(
         None,
@@ -814,6 +818,7 @@ class Config(_Validated):
         "('-' for stderr). Reopened on SIGUSR1.",
         metavar="PATH",
         default_text="stderr",
+        gunicorn=("--log-file",),
     )
     log_format: str = option(
         "text",
@@ -854,6 +859,7 @@ class Config(_Validated):
         "OpenSSL cipher list for TLS 1.2 connections.",
         metavar="CIPHERS",
         default_text="Python's defaults",
+        gunicorn=("--ciphers",),
     )
     ssl_min_version: str = option(
         "TLSv1.2",
@@ -867,6 +873,7 @@ class Config(_Validated):
         "Write the main process's PID to this file once its sockets are bound; "
         "the file is removed when it stops.",
         metavar="FILE",
+        gunicorn=("-p",),
     )
     chdir: str | None = option(
         None,
@@ -1000,8 +1007,8 @@ def reference_markdown() -> str:
                 flag += " " + meta["metavar"]
             if meta["switch"]:
                 flag += "` / `--no-" + spec.name.replace("_", "-")
-            if meta["short"]:
-                flag += f"` / `{meta['short']}" + (f" {meta['metavar']}" if meta["metavar"] else "")
+            for other in meta["gunicorn"]:
+                flag += f"` / `{other}" + (f" {meta['metavar']}" if meta["metavar"] else "")
             env = "<br>".join(f"`{v}`" for v in (env_name(spec.name), *meta["env_aliases"]))
             default = meta["default_text"] or _default_text(spec.default)
             if meta["cli_default"] is not SAME:

@@ -176,16 +176,26 @@ def test_switches_have_a_no_form_on_the_command_line():
     assert "preload" not in vars(parser.parse_args(["serve", "m:a"]))  # the declared default
 
 
-def test_gunicorns_short_flags_are_the_long_ones():
+def test_gunicorns_flags_are_the_same_options():
     from wsgipool.cli import build_parser
 
     parser = build_parser()
-    short = parser.parse_args(["serve", "m:a", "-w", "3", "-b", "127.0.0.1:9", "-t", "30s"])
-    long = parser.parse_args(
-        ["serve", "m:a", "--workers", "3", "--bind", "127.0.0.1:9", "--timeout", "30s"]
-    )
-    assert vars(short) == vars(long)
-    assert (short.workers, short.bind, short.timeout) == ("3", ["127.0.0.1:9"], "30s")
+    pairs = [
+        ("-w", "--workers", "3"),
+        ("-b", "--bind", "127.0.0.1:9"),
+        ("-t", "--timeout", "30s"),
+        ("-p", "--pid", "run.pid"),
+        ("-u", "--user", "nobody"),
+        ("-g", "--group", "nogroup"),
+        ("--keep-alive", "--keepalive-timeout", "5"),
+        ("--access-logformat", "--access-log-format", "%(h)s %(r)s"),
+        ("--log-file", "--error-logfile", "-"),
+        ("--ciphers", "--ssl-ciphers", "ECDHE+AESGCM"),
+    ]
+    theirs = parser.parse_args(["serve", "m:a", *[x for g, _, v in pairs for x in (g, v)]])
+    ours = parser.parse_args(["serve", "m:a", *[x for _, o, v in pairs for x in (o, v)]])
+    assert vars(theirs) == vars(ours)
+    assert (theirs.workers, theirs.bind, theirs.keepalive_timeout) == ("3", ["127.0.0.1:9"], "5")
 
 
 def test_send_and_body_deadlines():
