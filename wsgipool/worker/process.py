@@ -8,6 +8,7 @@ supervisor in the main process tells it to stop, and kills it if it must.
 
 from __future__ import annotations
 
+import contextlib
 import faulthandler
 import io
 import itertools
@@ -383,10 +384,8 @@ class Worker:
             if signal.SIGTERM in data:
                 logger.info("worker %d: SIGTERM; asking to be replaced", self.pid)
                 status = p.encode_status(RssProbe().read(), 0, p.FLAG_STOP_ASKED)
-                try:
+                with contextlib.suppress(ChannelClosed, OSError):  # the main process is gone
                     self.channel.send([p.frame(p.STATUS, 0, status)])
-                except (ChannelClosed, OSError):
-                    return
                 return
 
     def _stop(self, grace: float) -> None:
