@@ -255,9 +255,10 @@ def build_environ(facts: RequestFacts, options: EnvironOptions) -> dict[str, str
                 environ["REMOTE_PORT"] = "0"
         proto = environ.get("HTTP_X_FORWARDED_PROTO")
         if proto and options.url_scheme is None:
-            first = proto.split(",")[0].strip().lower()
-            if first in _SCHEMES:
-                scheme = first
+            # The nearest proxy's value: one that appends leaves the client's on the left.
+            nearest = proto.rpartition(",")[2].strip().lower()
+            if nearest in _SCHEMES:
+                scheme = nearest
     environ["wsgi.url_scheme"] = scheme
     return environ
 

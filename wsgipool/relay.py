@@ -186,6 +186,12 @@ async def relay(exchange: ev.Exchange, sink: Sink, event: ev.Event, head_only: b
         body: bytes = value[3]
         size = len(body)
         if length is None:
+            if no_body and not size and status not in (204, 304):
+                # HEAD with an empty body and no length (werkzeug's HEAD of a streamed or
+                # file-object response): GET's length is unknown, so none is announced.
+                await sink.start(Head(status, reason, headers, None, latin1))
+                await sink.finish()
+                return
             length = size
         elif size > length:
             body = body[:length]

@@ -276,6 +276,15 @@ def no_length(environ, start_response):
     return [b"twelve bytes"]
 
 
+def head_empty(environ, start_response):
+    """werkzeug's way with HEAD (Flask's send_file of a file object, streamed views): an
+    empty body and no Content-Length, where GET streams a body of unknown length."""
+    start_response("200 OK", TEXT)
+    if environ["REQUEST_METHOD"] == "HEAD":
+        return Recorded([], _query(environ).get("close"))
+    return Recorded(_head_stream_gen(), _query(environ).get("close"))
+
+
 def conflicting_length(environ, start_response):
     start_response("200 OK", [*TEXT, ("Content-Length", "3"), ("Content-Length", "4")])
     return [b"abcd"]
@@ -307,6 +316,7 @@ ROUTES = {
     "/not-bytes": not_bytes,
     "/conflicting-length": conflicting_length,
     "/no-length": no_length,
+    "/head-empty": head_empty,
     "/own-server-date": own_server_and_date,
     "/latin1-header": latin1_header,
     "/list-headers": list_headers,

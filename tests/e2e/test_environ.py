@@ -440,6 +440,16 @@ def test_forwarded_for_takes_the_rightmost_hop_not_the_clients(run_server, execu
         environ = get_environ(server, "/fwd", headers={"X-Forwarded-For": value})
         assert environ["REMOTE_ADDR"] == "127.0.0.1", value
         assert environ["REMOTE_HOST"] == "127.0.0.1", value
+    # X-Forwarded-Proto likewise: a proxy that appends (HAProxy's add-header, a second
+    # header line) leaves the client's value on the left; the nearest proxy's counts.
+    for value, scheme in (("https, http", "http"), ("http, https", "https"), ("https", "https")):
+        environ = get_environ(server, "/fwd", headers={"X-Forwarded-Proto": value})
+        assert environ["wsgi.url_scheme"] == scheme, value
+    request = (
+        b"GET /fwd HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Forwarded-Proto: https\r\n"
+        b"X-Forwarded-Proto: http\r\nConnection: close\r\n\r\n"
+    )
+    assert raw_environ(("127.0.0.1", server.port), request)["wsgi.url_scheme"] == "http"
 
 
 def _unix_environ(path, headers: bytes) -> dict:

@@ -64,6 +64,9 @@ CASES = [
     Case("HEAD", "/no-length", length="12", closes=False),  # the length GET would have
     Case("HEAD", "/head-body", length="1000"),
     Case("HEAD", "/head-body-stream"),
+    # An empty HEAD body without a length: GET's is unknown, so none is announced
+    # (RFC 9110 section 9.3.2), not "Content-Length: 0".
+    Case("HEAD", "/head-empty"),
     Case("GET", "/status-body?code=204", status=204),
     Case("GET", "/status-body?code=304", status=304),
     Case("GET", "/status-body-stream?code=204", status=204),

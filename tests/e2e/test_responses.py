@@ -269,6 +269,32 @@ def test_no_body_for_head_204_304(run_server, executor_args, tmp_path):
         assert wait_for(lambda record=record: closes(record) == 1), (method, path)
 
 
+def test_head_of_an_unknown_length_announces_none(run_server, executor_args):
+    """werkzeug answers HEAD with an empty body and no Content-Length where GET's length is
+    unknown (a streamed view, send_file of a file object): "Content-Length: 0" would tell
+    the client the resource is empty (RFC 9110 section 9.3.2). One request at a time on a
+    keep-alive connection, so in process mode it takes the fast lane."""
+    server = run_server("badapps:app", *executor_args)
+    connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
+    try:
+        for _ in range(2):
+            connection.request("HEAD", "/head-empty")
+            response = connection.getresponse()
+            assert response.status == 200
+            assert response.getheader("Content-Length") is None, response.getheaders()
+            assert response.read() == b""
+            connection.request("GET", "/head-empty")
+            response = connection.getresponse()
+            assert response.status == 200
+            assert response.getheader("Content-Length") is None, response.getheaders()
+            assert response.read() == b"0123456789" * 100
+        connection.request("HEAD", "/no-length")  # a whole body: its length is known
+        response = connection.getresponse()
+        assert (response.getheader("Content-Length"), response.read()) == ("12", b"")
+    finally:
+        connection.close()
+
+
 # -- application errors ------------------------------------------------------------------
 
 ERRORS_BEFORE_HEADERS = [

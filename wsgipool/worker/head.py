@@ -66,7 +66,10 @@ def serialise(
     """(head, body) of a whole response for a RAW frame, or None when it needs more care.
 
     That is a body shorter than the Content-Length the app declared: the client
-    must see the connection close after it, which the streamed path does.
+    must see the connection close after it, which the streamed path does. And
+    HEAD with an empty body and no Content-Length (werkzeug's HEAD of a streamed
+    or file-object response): GET's length is unknown, so the answer announces
+    none, where a RAW head always has one (relay.py says it).
     """
     code = int(status[:3])
     lines, declared = head_lines(version, status, headers)
@@ -77,6 +80,8 @@ def serialise(
             if len(body) < declared and not head_request:
                 return None
             body = body[:declared]
+        elif head_request and not body:
+            return None
         lines.append(f"Content-Length: {len(body) if declared is None else declared}\r\n")
         if head_request:
             body = b""
