@@ -176,6 +176,7 @@ class _Call:
         if not isinstance(headers, list):
             raise TypeError(f"headers must be a list, got {type(headers).__name__}")
         length: str | None = None
+        padded = False
         for item in headers:
             # PEP 3333 says tuples; [name, value] lists work in gunicorn, waitress and
             # asgiref, and apps written against them send them.
@@ -183,10 +184,16 @@ class _Call:
                 raise TypeError(f"each header must be a (name, value) pair, got {item!r}")
             name, value = item
             validate_header(name, value)
+            if not padded and value.strip(" \t") is not value:
+                padded = True
             if len(name) == 14 and name.lower() == "content-length":
                 if length is not None and value.strip() != length:
                     raise ValueError(f"conflicting Content-Length headers: {length} and {value}")
                 length = value.strip()
+        if padded:
+            # Whitespace around a value is not part of it (RFC 9110 section 5.5): Django
+            # sends each Set-Cookie as " name=value"; it goes out as gunicorn's does.
+            headers = [(name, value.strip(" \t")) for name, value in headers]
         self.status = status
         self.headers = headers
         return self.write

@@ -270,6 +270,15 @@ def list_headers(environ, start_response):
     return [b"list headers"]
 
 
+def padded_headers(environ, start_response):
+    """Values with whitespace around them: Django sends every Set-Cookie as " name=value"."""
+    headers = [*TEXT, ("Set-Cookie", " a=1; Path=/"), ("Set-Cookie", " b=2 "), ("X-Tab", "\tv")]
+    start_response("200 OK", headers)
+    if _query(environ).get("stream"):
+        return iter([b"padded ", b"headers"])
+    return [b"padded headers"]
+
+
 def no_length(environ, start_response):
     """A whole body (a list) without Content-Length: the server declares it (HEAD too)."""
     start_response("200 OK", TEXT)
@@ -320,6 +329,7 @@ ROUTES = {
     "/own-server-date": own_server_and_date,
     "/latin1-header": latin1_header,
     "/list-headers": list_headers,
+    "/padded-headers": padded_headers,
 }
 
 

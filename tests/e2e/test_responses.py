@@ -157,6 +157,27 @@ def test_headers_as_lists_are_served_as_gunicorn_serves_them(run_server, executo
     assert response.body == b"list headers"
 
 
+def test_whitespace_around_header_values_is_not_sent(run_server, executor_args):
+    """RFC 9110 section 5.5: it is not part of the value. Django's Set-Cookie values start
+    with a space; gunicorn strips them too. Whole and streamed, alone (the fast lane in
+    process mode) and pipelined (aiohttp's path)."""
+    server = run_server("badapps:app", *executor_args)
+    wanted = (b"\r\nSet-Cookie: a=1; Path=/\r\n", b"\r\nSet-Cookie: b=2\r\n", b"\r\nX-Tab: v\r\n")
+    for target in ("/padded-headers", "/padded-headers?stream=1"):
+        alone = rawhttp.exchange(
+            ("127.0.0.1", server.port), rawhttp.request_bytes("GET", target, close=True)
+        )
+        pipelined = rawhttp.exchange(
+            ("127.0.0.1", server.port),
+            rawhttp.request_bytes("GET", target, close=False)
+            + rawhttp.request_bytes("GET", target, close=True),
+        )
+        for raw in (alone, pipelined):
+            assert raw.startswith(b"HTTP/1.1 200 "), raw
+            for line in wanted:
+                assert line in raw, (target, raw)
+
+
 def test_app_server_and_date_headers_win(run_server, executor_args):
     server = run_server("badapps:app", *executor_args)
     response = get(server, "/own-server-date")
