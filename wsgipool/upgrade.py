@@ -19,6 +19,9 @@ with a Content-Length (`_Body`: how much of it the parser has had) is not, and
 in a large packet only the first head is (a later head in the same large packet,
 behind a body of more than `SCAN_ALL` bytes, goes unsearched).
 
+An absolute-form target of another scheme than http(s) is refused as well
+(`_refuse_foreign_targets`: 400).
+
 The same search refuses a request line that ends in ``RTSP/1.0``, which llhttp
 takes for HTTP/1.0 (`_refuse_rtsp`: 400).  Both look within one packet: a word
 split over two packets is not seen.
@@ -81,6 +84,13 @@ class UpgradeSafeParser:
         return getattr(self._parser, name)
 
     def feed_data(self, data: bytes) -> tuple[Any, bool, bytes]:
+        result = self._feed_data(data)
+        for message, _payload in result[0]:
+            if type(message) is RawRequestMessage and message.path[:1] != "/":
+                return _refuse_foreign_targets(result)
+        return result
+
+    def _feed_data(self, data: bytes) -> tuple[Any, bool, bytes]:
         if not data:
             return self._parser.feed_data(data)  # type: ignore[no-any-return]
         if self._in_head or self._body_left:
@@ -277,6 +287,31 @@ def _refuse_rtsp(
         if _starts_a_line(data, line + _RTSP):
             exc = BadHttpMessage("RTSP is not HTTP: the request line must end in HTTP/1.x")
             return [*messages[:index], _bad_request(exc)], False, b""
+    return result
+
+
+def _refuse_foreign_targets(result: tuple[Any, bool, bytes]) -> tuple[Any, bool, bytes]:
+    """The parser's result, with a request for another kind of URI made a 400.
+
+    An absolute-form target (``GET http://host/path``) names an HTTP server's
+    resource only with the http or https scheme (RFC 9110, section 4.2):
+    ``ftp://host/`` is refused like any bad request (the requests before it in
+    the packet stand). Userinfo (``http://user@host/``) is accepted, as in
+    gunicorn's corpus of valid requests, and is no part of HTTP_HOST (cgi.py).
+    ``*`` (OPTIONS) and CONNECT's authority-form are left as they are.
+    """
+    messages, _upgraded, _tail = result
+    for index, (message, _payload) in enumerate(messages):
+        if type(message) is not RawRequestMessage or message.method == "CONNECT":
+            continue
+        path: str = message.path
+        if path[:1] == "/" or path == "*":
+            continue
+        scheme, sep, _rest = path.partition("://")
+        if sep and scheme.lower() in ("http", "https"):
+            continue
+        exc = BadHttpMessage("the request target must be a path or an http(s) URI")
+        return [*messages[:index], _bad_request(exc)], False, b""
     return result
 
 

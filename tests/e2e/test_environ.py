@@ -115,6 +115,21 @@ def test_absolute_form_and_odd_targets(run_server, executor_args):
     assert (environ["HTTP_HOST"], environ["PATH_INFO"]) == ("example.org:8080", "/x")
     environ = raw_environ(address, rawhttp.request_bytes("GET", "/a?b?c=%3F"))
     assert (environ["PATH_INFO"], environ["QUERY_STRING"]) == ("/a", "b?c=%3F")
+    environ = raw_environ(address, rawhttp.request_bytes("GET", "HTTPS://example.net/y?a@b"))
+    assert (environ["HTTP_HOST"], environ["PATH_INFO"]) == ("example.net", "/y")
+    # Userinfo is no part of the host (gunicorn's corpus takes the request as valid).
+    environ = raw_environ(address, rawhttp.request_bytes("GET", "http://u:p@example.com:81/z"))
+    assert (environ["HTTP_HOST"], environ["PATH_INFO"]) == ("example.com:81", "/z")
+    # Another scheme than http(s): 400, and the request before it in the packet stands.
+    for target in ("ftp://example.com/x", "ws://example.com/x", "example.com"):
+        raw = rawhttp.exchange(
+            address,
+            rawhttp.request_bytes("GET", "/first", close=False)
+            + rawhttp.request_bytes("GET", target),
+        )
+        first = rawhttp.parse_one(raw)
+        assert first.status == 200, raw
+        assert rawhttp.parse_one(first.rest).status == 400, (target, raw)
 
 
 def test_options_asterisk_gets_a_valid_environ(run_server, executor_args):
