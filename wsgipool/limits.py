@@ -70,7 +70,7 @@ class _GuardedRequestHandler(RequestHandler):
         self.client_fd = fastpath.UNKNOWN
         # Requests pipelined behind an Upgrade that is not granted are not lost.
         # (Duck-typed: it is the parser for everything but how data is fed to it.)
-        self._parser = cast(Any, UpgradeSafeParser(self._parser, self.close))
+        self._parser = cast(Any, UpgradeSafeParser(self._parser))
         # The connection's encoded addresses, kept by wsgipool.environ for its requests.
         self.wsgi_connection: tuple[bytes, ...] | None = None
         # Length of the current head's request line: None while no newline was

@@ -9,9 +9,13 @@ pipelined behind it is never answered.  A WSGI app upgrades nothing, so
 `UpgradeSafeParser` feeds the parser in pieces that end where such a request
 may end: at the end of its head, then after its Content-Length body.  Packets
 without the word "upgrade" in any case (header names are case-insensitive:
-llhttp takes "UpGrade" for "Upgrade") go to the parser whole, as before.  A
-chunked body on such a request ends the connection after its response instead
-(no client sends one).
+llhttp takes "UpGrade" for "Upgrade") go to the parser whole, as before.  Such
+a request with a Transfer-Encoding is a 400 (no client sends one; llhttp reads
+``Transfer-Encoding: gzip`` there as no body, and what follows as requests).
+
+A request with a chunked body is marked to close its connection after its
+response (its message's ``should_close``): aiohttp's C parser keeps the last
+trailer field of a chunked body and adds it to the next request's headers.
 
 Looking for the word costs about 33 µs per 64 KiB of random bytes, so only
 bytes that can hold a head are searched: a packet that is all body of a request
@@ -69,11 +73,10 @@ def _mark(data: bytes, start: int) -> int:
 class UpgradeSafeParser:
     """Wraps aiohttp's request parser; everything but `feed_data` is the parser's."""
 
-    def __init__(self, parser: Any, close: Any) -> None:
+    def __init__(self, parser: Any) -> None:
         self._parser = parser
         # Called once per request (fastpath.py): found here, not through __getattr__.
         self.message_consumed = parser.message_consumed
-        self._close = close  # the protocol's close(): no more requests on this connection
         self._in_head = False  # a head with the mark is not complete yet
         self._carry = b""  # the last bytes of a careful packet (a head end may straddle)
         self._body_left = 0  # body bytes of a non-upgraded upgrade request still to come
@@ -85,10 +88,18 @@ class UpgradeSafeParser:
 
     def feed_data(self, data: bytes) -> tuple[Any, bool, bytes]:
         result = self._feed_data(data)
-        for message, _payload in result[0]:
-            if type(message) is RawRequestMessage and message.path[:1] != "/":
-                return _refuse_foreign_targets(result)
-        return result
+        messages = result[0]
+        foreign = False
+        for index, (message, payload) in enumerate(messages):
+            if type(message) is not RawRequestMessage:
+                continue
+            if message.path[:1] != "/":
+                foreign = True
+            if message.chunked and not message.should_close:
+                # aiohttp's C parser keeps a chunked body's last trailer field and adds it
+                # to the next request's headers on this connection: there is none.
+                messages[index] = (message._replace(should_close=True), payload)
+        return _refuse_foreign_targets(result) if foreign else result
 
     def _feed_data(self, data: bytes) -> tuple[Any, bool, bytes]:
         if not data:
@@ -182,7 +193,10 @@ class UpgradeSafeParser:
                 return messages, True, tail + data[end:]
             if head_done:
                 self._in_head = False
-                self._after_head(new)
+                refused = self._after_head(new)
+                if refused is not None:
+                    messages[-1] = refused
+                    return messages, False, b""  # the connection ends with its 400
             elif self._in_head:
                 self._carry = (self._carry + data[pos:end])[-3:]
             pos = end
@@ -199,19 +213,22 @@ class UpgradeSafeParser:
         found = data.find(_HEAD_END, pos)
         return found + 4 if found >= 0 else -1
 
-    def _after_head(self, new: list[Any]) -> None:
-        """A head with the mark ended: if it asked for an upgrade, mind its body."""
+    def _after_head(self, new: list[Any]) -> tuple[_ErrInfo, Any] | None:
+        """A head with the mark ended: if it asked for an upgrade, mind its body; the
+        400 of one whose body is framed by Transfer-Encoding (llhttp takes "gzip" for no
+        body at all there, and the rest of a chunked one cannot be found cheaply)."""
         if not new:
-            return
+            return None
         message = new[-1][0]
         if not getattr(message, "upgrade", False):
-            return
-        if getattr(message, "chunked", False):
-            self._close()  # its end cannot be found cheaply here: no request after it
-            return
+            return None
+        if "Transfer-Encoding" in message.headers:
+            exc = BadHttpMessage("Transfer-Encoding on a request that asks for an Upgrade")
+            return _bad_request(exc)
         length = message.headers.get("Content-Length", "")
         if length.isdigit():
             self._body_left = int(length)
+        return None
 
 
 def _pipelined(data: bytes, start: int) -> list[bytes] | None:

@@ -2,7 +2,8 @@
 
 - ``/echo``: the request as JSON (method, path, query, protocol, CONTENT_LENGTH
   when present, the body's length); with ``status=S`` the status line is S as
-  given (``200`` or ``200 `` test a status without a reason phrase).
+  given (``200`` or ``200 `` test a status without a reason phrase); with
+  ``headers=1`` also the request's HTTP_ variables.
 - ``/stream?parts=N``: N chunks from a generator, no Content-Length.
 - ``/bare``: a body with no header at all (no Content-Type, no Content-Length).
 - ``/server``: sets its own Server header.
@@ -56,6 +57,8 @@ def app(environ, start_response):
     }
     if "CONTENT_LENGTH" in environ:
         echo["CONTENT_LENGTH"] = environ["CONTENT_LENGTH"]
+    if query.get("headers"):  # the request's header variables, for the trailer test
+        echo["headers"] = {k: v for k, v in environ.items() if k.startswith("HTTP_")}
     data = json.dumps(echo, sort_keys=True).encode()
     status = query.get("status", "200 OK")  # "200+" is "200 ": a space and no reason
     start_response(

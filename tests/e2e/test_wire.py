@@ -106,6 +106,68 @@ def test_rtsp_request_line_is_a_400_not_http_10(run_server, executor_args, route
     assert server.request("GET", "/echo")[0] == 200
 
 
+TRAILED = (
+    b"POST /echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+    b"1\r\nz\r\n0\r\nX-Forwarded-For: 6.6.6.6\r\nCookie: session=attacker\r\n\r\n"
+)
+NEXT_ECHO = b"GET /echo?headers=1 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+
+
+def test_trailer_fields_never_reach_the_next_request(run_server, executor_args):
+    """aiohttp's C parser keeps a chunked body's last trailer field and adds it to the
+    next request's headers on the connection (a Cookie, an X-Forwarded-For, a Host):
+    a chunked request is the connection's last, whether the next one follows in the
+    same packet or later. The same request on a new connection is served as sent."""
+    server = run_server("wireapp:app", *executor_args)
+    addr = address(server)
+    raw = rawhttp.exchange(addr, TRAILED + NEXT_ECHO, timeout=10)
+    first = rawhttp.parse_one(raw)
+    assert first.status == 200 and json.loads(first.body)["body_length"] == 1, raw
+    assert first.header("connection") == "close", raw
+    assert first.rest == b"", raw  # the next request is not served on this connection
+    with rawhttp.connect(addr) as sock:
+        sock.sendall(TRAILED)
+        first = rawhttp.read_response(sock)
+        assert first.status == 200 and first.header("connection") == "close"
+        time.sleep(0.3)
+        try:
+            sock.sendall(NEXT_ECHO)
+            sock.settimeout(5)
+            assert sock.recv(65536) == b""  # closed: nothing answered from that parser
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+    response = one(addr, NEXT_ECHO)
+    assert json.loads(response.body)["headers"] == {"HTTP_CONNECTION": "close", "HTTP_HOST": "x"}
+
+
+@pytest.mark.parametrize("coding", ["chunked", "gzip"])
+def test_upgrade_with_transfer_encoding_is_refused_not_left_hanging(
+    run_server, executor_args, coding
+):
+    """With chunked, the request was never answered and its connection never closed; with
+    gzip, llhttp read no body and served what followed as requests."""
+    server = run_server("wireapp:app", *executor_args)
+    addr = address(server)
+    first = b"GET /echo?x=1 HTTP/1.1\r\nHost: x\r\n\r\n"
+    upgrade = (
+        b"POST /echo HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: h2c\r\n"
+        b"Transfer-Encoding: " + coding.encode() + b"\r\n\r\n"
+    )
+    if coding == "chunked":
+        upgrade += b"3\r\nabc\r\n0\r\n\r\n"
+    smuggled = b"GET /echo?x=smuggled HTTP/1.1\r\nHost: x\r\n\r\n"
+    with rawhttp.connect(addr) as sock:
+        sock.sendall(first)
+        assert rawhttp.read_response(sock).status == 200
+        sock.sendall(upgrade + smuggled)
+        sock.settimeout(10)
+        data = b""
+        while chunk := sock.recv(65536):  # until the server closes (a timeout fails)
+            data += chunk
+    assert_own_answer(rawhttp.parse_one(data), 400)
+    assert b"smuggled" not in data
+
+
 def test_version_attack_under_load_kills_no_worker(run_server):
     """The 30-byte HTTP/2.0 request, 100 times, beside normal clients: no death, no 502."""
     server = run_server("wireapp:app", "--workers", "2", "--threads", "2")
