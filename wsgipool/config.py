@@ -57,7 +57,10 @@ def parse_size(value: object) -> int:
     if isinstance(value, str):
         match = _SIZE_RE.match(value)
         if match:
-            return int(float(match.group(1)) * _SIZE_UNITS[match.group(2).lower()])
+            number, unit = match.group(1), match.group(2).lower()
+            if not unit and "." in number:
+                raise ValueError(f"a size in bytes is a whole number, got {value!r}")
+            return int(float(number) * _SIZE_UNITS[unit])
     raise ValueError(f"invalid size {value!r}; use bytes or a K/M/G suffix, like 512M")
 
 
@@ -68,12 +71,25 @@ def parse_duration(value: object) -> float:
     if isinstance(value, int | float):
         if value < 0:
             raise ValueError(f"a duration cannot be negative: {value}")
-        return float(value)
+        return _bounded(float(value), value)
     if isinstance(value, str):
         match = _DURATION_RE.match(value)
         if match:
-            return float(match.group(1)) * _DURATION_UNITS[match.group(2)]
+            return _bounded(float(match.group(1)) * _DURATION_UNITS[match.group(2)], value)
     raise ValueError(f"invalid duration {value!r}; use seconds or a ms/s/m/h suffix, like 30s")
+
+
+#: The longest duration taken (a year): event-loop timers overflow on far larger ones.
+_DURATION_MAX = 365 * 24 * 3600.0
+
+
+def _bounded(seconds: float, given: object) -> float:
+    """`seconds`, unless it is not a number (TOML's nan) or longer than a year (inf)."""
+    if not 0 <= seconds <= _DURATION_MAX:  # also false for nan
+        raise ValueError(
+            f"invalid duration {given!r}; at most a year (options that can be off take none)"
+        )
+    return seconds
 
 
 def _parse_int(value: object) -> int:
@@ -334,6 +350,9 @@ def parse_bind(text: str) -> BindAddress:
     return BindAddress("tcp", host=host or None, port=port)
 
 
+#: listen(2) takes an int; the kernel caps it at net.core.somaxconn anyway.
+_BACKLOG_MAX = 65535
+
 # -- option declaration ------------------------------------------------------
 
 
@@ -356,6 +375,7 @@ def option(
     env_aliases: tuple[str, ...] = (),
     show: Callable[[Any], object] | None = None,
     gunicorn: tuple[str, ...] = (),
+    octal: bool = False,
 ) -> Any:
     """A dataclass field carrying what the CLI, the other sources and the docs need to know.
 
@@ -364,7 +384,9 @@ def option(
     that users already set for other servers (``WEB_CONCURRENCY``), read when
     ``WSGIPOOL_<NAME>`` is not set; `show` turns a value back into the form users write
     (permissions in octal) for ``--print-config``; `gunicorn` are gunicorn's flags for
-    the same option where they differ (``-w``, ``--keep-alive``), for hands used to them.
+    the same option where they differ (``-w``, ``--keep-alive``), for hands used to them;
+    `octal`: the value is permissions, written in octal (a config file's bare number,
+    decimal in TOML, is refused) and shown so.
     """
     meta = {
         "parse": parse,
@@ -377,10 +399,15 @@ def option(
         "cli_default": cli_default,
         "cli_default_text": cli_default_text,
         "env_aliases": env_aliases,
-        "show": show,
+        "show": _octal_text if octal else show,
         "gunicorn": gunicorn,
+        "octal": octal,
     }
     return field(default=default, metadata=meta)
+
+
+def _octal_text(mode: int | None) -> str | None:
+    return None if mode is None else f"{mode:o}"
 
 
 def env_name(name: str) -> str:
@@ -572,8 +599,9 @@ class PoolConfig(_Validated):
             raise ConfigError(f"{describe('threads')}: must be 1 or more, got {self.threads}")
         if self.queue_size < 0:
             raise ConfigError(f"{describe('queue_size')}: must be 0 or more")
-        if self.max_requests < 0 or self.max_requests_jitter < 0:
-            raise ConfigError(f"{describe('max_requests')}: must be 0 or more")
+        for name in ("max_requests", "max_requests_jitter"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{describe(name)}: must be 0 or more")
         if self.max_rss is not None and self.max_rss_hard is not None:
             if self.max_rss_hard < self.max_rss:
                 raise ConfigError(
@@ -651,7 +679,7 @@ class Config(_Validated):
         "Permissions of the unix socket, in octal; it has them from the moment it exists.",
         metavar="MODE",
         default_text="600",
-        show=lambda mode: f"{mode:o}",
+        octal=True,
     )
     unix_socket_group: str | None = option(
         None,
@@ -667,6 +695,7 @@ class Config(_Validated):
         "Umask of the server and its workers (files they create), in octal, like 027.",
         metavar="MASK",
         default_text="inherited",
+        octal=True,
     )
     backlog: int = option(1024, _parse_int, "Listen backlog of each socket.", metavar="N")
     frontends: int = option(
@@ -917,8 +946,8 @@ class Config(_Validated):
         self._normalise()
         if not 0 <= self.port <= 65535:
             raise ConfigError(f"{describe('port')}: out of range: {self.port}")
-        if self.backlog < 1:
-            raise ConfigError(f"{describe('backlog')}: must be 1 or more")
+        if not 1 <= self.backlog <= _BACKLOG_MAX:
+            raise ConfigError(f"{describe('backlog')}: must be from 1 to {_BACKLOG_MAX}")
         if self.frontends < 1:
             raise ConfigError(f"{describe('frontends')}: must be 1 or more")
         for name in ("limit_request_line", "limit_request_fields", "limit_request_field_size"):
@@ -1036,6 +1065,13 @@ def cross_check(config: Config, pool: PoolConfig) -> None:
                 raise ConfigError(
                     f"{describe(name)}: needs worker processes; use --workers 1 or more"
                 )
+        extra = pool.process_only_options()
+        if extra:
+            rest = [flag_name(name) for name in extra[1:]]
+            also = f", as {', '.join(rest)} {'do' if len(rest) > 1 else 'does'}" if rest else ""
+            raise ConfigError(
+                f"{describe(extra[0])}: needs worker processes{also}; use --workers 1 or more"
+            )
     if config.frontends > 1:
         _check_frontends(config, pool)
     try:

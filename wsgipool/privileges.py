@@ -43,8 +43,21 @@ def parse_group(value: object) -> str | None:
     return text
 
 
+#: Above this no uid or gid exists ((uid_t) -1 means "unchanged" to the system calls).
+_ID_MAX = 2**32 - 2
+
+
+def _number(text: str, kind: str) -> int:
+    number = int(text)
+    if number > _ID_MAX:
+        raise ValueError(f"{kind} {number} is out of range (at most {_ID_MAX})")
+    return number
+
+
 def _uid(text: str) -> tuple[int, int | None, str | None]:
     """(uid, primary gid, name) of a user given by name or number."""
+    if text.isdigit():
+        _number(text, "uid")
     try:
         entry = pwd.getpwuid(int(text)) if text.isdigit() else pwd.getpwnam(text)
     except KeyError:
@@ -56,7 +69,7 @@ def _uid(text: str) -> tuple[int, int | None, str | None]:
 
 def _gid(text: str) -> int:
     if text.isdigit():
-        return int(text)
+        return _number(text, "gid")
     try:
         return grp.getgrnam(text).gr_gid
     except KeyError:

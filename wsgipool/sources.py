@@ -129,9 +129,24 @@ def read_config_file(path: Path) -> dict[str, Raw]:
             raise ConfigError(f"{where}: {key}: unknown option")
         if name in out:
             raise ConfigError(f"{where}: {key}: set twice (as {name} and with dashes)")
-        value = [given] if specs[name][1].metadata["repeat"] and isinstance(given, str) else given
+        metadata = specs[name][1].metadata
+        if metadata["octal"] and type(given) is int and not _octal_literal(lines, line):
+            # TOML reads 660 in decimal (0o1224): refused, not taken for other permissions.
+            raise ConfigError(
+                f'{where}: {key}: write permissions in octal, as 0o{given} or "{given}" '
+                f"(a TOML number is decimal: {given} is 0o{given:o})"
+            )
+        value = [given] if metadata["repeat"] and isinstance(given, str) else given
         out[name] = Raw(value, where, "file")
     return out
+
+
+def _octal_literal(lines: list[str], line: int) -> bool:
+    """Whether the number on config file line `line` (1-based) is written 0o..."""
+    if not line:
+        return False
+    value = lines[line - 1].partition("=")[2].strip()
+    return value.startswith(("0o", "+0o"))
 
 
 def _line_of(lines: list[str], key: str, start: int) -> int:

@@ -34,7 +34,7 @@ def test_sizes(text, expected):
     assert parse_size(text) == expected
 
 
-@pytest.mark.parametrize("text", ["lots", "", "-1", "12X", "1.2.3M", True, 1.5, None])
+@pytest.mark.parametrize("text", ["lots", "", "-1", "12X", "1.2.3M", True, 1.5, None, "1.5"])
 def test_bad_sizes(text):
     with pytest.raises(ValueError, match="size"):
         parse_size(text)
@@ -56,8 +56,11 @@ def test_durations(text, expected):
     assert parse_duration(text) == pytest.approx(expected)
 
 
-@pytest.mark.parametrize("text", ["5parsecs", "", "-2", "s", "1d", False])
+@pytest.mark.parametrize(
+    "text", ["5parsecs", "", "-2", "s", "1d", False, float("nan"), float("inf"), 1e300, "9000h"]
+)
 def test_bad_durations(text):
+    """nan and inf come from TOML files; a timer that long overflows the event loop's."""
     with pytest.raises(ValueError, match="duration"):
         parse_duration(text)
 
@@ -88,6 +91,19 @@ def test_relations_between_options():
         PoolConfig(max_rss="1M")
     assert PoolConfig(max_lifetime="1h").lifetime_jitter == pytest.approx(360.0)
     assert PoolConfig(max_lifetime="1h", max_lifetime_jitter="5m").lifetime_jitter == 300.0
+
+
+def test_each_negative_count_names_its_own_option():
+    with pytest.raises(ConfigError, match=r"^max_requests_jitter \(--max-requests-jitter\): "):
+        PoolConfig(max_requests_jitter=-1)
+    with pytest.raises(ConfigError, match=r"^max_requests \(--max-requests\): "):
+        PoolConfig(max_requests=-1)
+    with pytest.raises(ConfigError, match=r"^backlog \(--backlog\): must be from 1 to 65535"):
+        Config(backlog=10**20)
+    for name in ("group", "unix_socket_group"):
+        owner = PoolConfig if name == "group" else Config
+        with pytest.raises(ConfigError, match="out of range"):
+            owner(**{name: "99999999999999999999"})
 
 
 def test_process_only_options_are_reported():

@@ -120,6 +120,29 @@ def test_check_across_values_names_the_source(tmp_path):
     assert message.startswith("WSGIPOOL_RELOAD: needs worker processes")
 
 
+def test_process_only_options_with_threads_are_a_config_error(tmp_path):
+    """--check-config says it, not only the start: one line naming the first source."""
+    message = error(tmp_path, cli={"workers": "0", "max_rss": "512M", "timeout": "5"})
+    assert message == (
+        "--max-rss: needs worker processes, as --timeout does; use --workers 1 or more"
+    )
+
+
+@pytest.mark.parametrize("key", ["umask", "unix_socket_perms"])
+def test_permissions_as_a_bare_toml_number_are_refused(tmp_path, key):
+    """TOML reads 660 as decimal: taken as is, the socket got mode 0o1224."""
+    message = error(tmp_path, file=f"{key} = 660\n")
+    assert message.endswith(
+        f'wsgipool.toml:1: {key}: write permissions in octal, as 0o660 or "660" '
+        "(a TOML number is decimal: 660 is 0o1224)"
+    )
+    (tmp_path / "wsgipool.toml").unlink()
+    for written in ("0o660", '"660"', "'0660'"):
+        config = settings(tmp_path, file=f"{key} = {written}\n").config
+        assert getattr(config, key) == 0o660, written
+        (tmp_path / "wsgipool.toml").unlink()
+
+
 def test_conventional_variables(tmp_path):
     s = settings(tmp_path, env={"PORT": "5000", "WEB_CONCURRENCY": "3", "FORWARDED_ALLOW_IPS": "*"})
     assert (s.config.host, s.config.port, s.pool.workers) == (None, 5000, 3)
