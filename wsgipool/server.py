@@ -133,6 +133,7 @@ class Server:
         self.sources = sources or {}
         self.reloader: Reloader | None = None
         self._pid_file: str | None = None
+        self._activated = False  # listening on sockets systemd passed (LISTEN_FDS)
         cross_check(config, pool)
         if config.reload:
             check_available()
@@ -162,13 +163,6 @@ class Server:
             # Import before any event loop runs, as other WSGI servers do: an app that
             # touches Django's ORM at import must not find itself inside a loop.
             self.application = load_app(application)
-        if pool.workers == 0:
-            extra = pool.process_only_options()
-            if extra:
-                raise ConfigError(
-                    f"{', '.join('--' + n.replace('_', '-') for n in extra)} need worker "
-                    "processes; use --workers 1 or more"
-                )
 
     def run(self) -> None:
         """Run until stopped; the exit status is the caller's (0 after a clean stop)."""
@@ -203,6 +197,7 @@ class Server:
         # Taken (and removed from the environment) before the app's processes start.
         self.notifier = self.link or systemd.Notifier.from_environ()
         activated = systemd.listen_fds()
+        self._activated = bool(activated)
         if self.config.umask is not None:
             os.umask(self.config.umask)  # before the template starts: the workers inherit it
         pool = self.pool
@@ -222,7 +217,10 @@ class Server:
             await self.runner.setup()
             for address, sock in self.bound_listeners(activated):
                 self.sockets.append(sock)
-                site = web.SockSite(self.runner, sock, ssl_context=self.ssl_context)
+                # aiohttp listens on the socket again: with --backlog, not its own 128.
+                site = web.SockSite(
+                    self.runner, sock, ssl_context=self.ssl_context, backlog=self.config.backlog
+                )
                 await site.start()
                 logger.info(
                     "listening on %s", _describe(address, sock, self.ssl_context is not None)
@@ -250,6 +248,15 @@ class Server:
             else f"{self.pool.threads} threads in the main process"
         )
         logger.info("wsgipool %s serving with %s (%s)", _version(), mode, self._origins())
+        part = self.config.shutdown_timeout
+        if part is not None and part > self.pool.graceful_timeout:
+            logger.warning(
+                "--shutdown-timeout %gs is longer than --graceful-timeout %gs, which bounds "
+                "the whole stop: requests in flight get at most %gs after SIGTERM",
+                part,
+                self.pool.graceful_timeout,
+                self._drain_time(),
+            )
         call_hook(when_ready, "when_ready", self)
         if self.notifier.enabled:
             self._ready_task = loop.create_task(self._ready_when_serving(f"serving with {mode}"))
@@ -319,7 +326,9 @@ class Server:
         def source(name: str) -> str:
             return self.sources.get(name, "default")
 
-        if self.config.bind:
+        if self._activated:
+            where = "sockets from systemd (LISTEN_FDS)"
+        elif self.config.bind:
             where = f"bind from {source('bind')}"
         elif self.config.unix_socket is not None:
             where = f"unix_socket from {source('unix_socket')}"

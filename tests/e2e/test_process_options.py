@@ -125,6 +125,27 @@ def test_chdir_to_a_missing_directory_is_one_line(tmp_path):
     assert_one_line_error(stderr, "--chdir", "nowhere")
 
 
+# -- --backlog ------------------------------------------------------------------------------
+
+
+def _listen_backlog(port: int) -> int:
+    """The backlog of the socket listening on `port` (ss's Send-Q of a listener)."""
+    out = subprocess.run(
+        ["ss", "-ltnH", f"sport = :{port}"], capture_output=True, text=True, check=True
+    ).stdout
+    return int(out.split()[2])
+
+
+@pytest.mark.parametrize("workers", ["1", "0"], ids=["processes", "threads"])
+def test_backlog_is_the_listening_sockets(run_server, workers):
+    """aiohttp's site listened again with its own default (128) over --backlog."""
+    server = run_server("envapp:app", "--workers", workers, "--backlog", "50")
+    assert _listen_backlog(server.port) == 50
+    server = run_server("envapp:app", "--workers", workers)
+    somaxconn = int(Path("/proc/sys/net/core/somaxconn").read_text())
+    assert _listen_backlog(server.port) == min(1024, somaxconn)  # the kernel caps it
+
+
 # -- --pythonpath ---------------------------------------------------------------------------
 
 

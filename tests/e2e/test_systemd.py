@@ -148,6 +148,8 @@ def test_socket_activation_tcp(run_server: Callable[..., ServerProcess]) -> None
     assert "systemd socket activation: fd://3" in server.log
     assert f"listening on http://127.0.0.1:{port}" in server.log
     assert f"listening on http://127.0.0.1:{ignored}" not in server.log
+    assert wait_for(lambda: "(sockets from systemd (LISTEN_FDS); workers from" in server.log, 10)
+    assert "bind from" not in server.log
     with pytest.raises(ConnectionRefusedError):
         socket.create_connection(("127.0.0.1", ignored), timeout=5).close()
     assert get(port, "/whoami")[0] == 200
@@ -180,7 +182,9 @@ def test_unit_files_from_the_docs(
     options = vars(build_parser().parse_args(argv[1:]))
     config = Config(**split_options(options)[0])
     pool = PoolConfig(**split_options(options)[1])
-    assert float(unit["TimeoutStopSec"]) > config.shutdown_timeout + pool.graceful_timeout
+    # --graceful-timeout bounds the whole stop, of which requests get --shutdown-timeout.
+    assert 20 <= config.shutdown_timeout < pool.graceful_timeout
+    assert float(unit["TimeoutStopSec"]) > pool.graceful_timeout
     assert float(unit["WatchdogSec"]) > 0
 
     path = short_tmp / "app.sock"  # for ListenStream=/run/myapp/wsgipool.sock

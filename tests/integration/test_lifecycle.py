@@ -201,8 +201,14 @@ def test_graceful_timeout_bounds_sigterm_and_cuts_the_long_request(run_server, t
         *executor,
         "--graceful-timeout",
         "2s",
+        "--shutdown-timeout",  # longer than the whole stop: it never extends it, and says so
+        "25s",
         env={"FAULTAPP_MARK_DIR": str(marks)},
     )
+    assert (
+        "--shutdown-timeout 25s is longer than --graceful-timeout 2s, which bounds the whole "
+        "stop: requests in flight get at most 2s after SIGTERM"
+    ) in server.log, server.log
     with ThreadPoolExecutor(1) as pool:
         slow = pool.submit(fetch, server.port, "/slow?ms=10000&touch=long", 30)
         assert wait_for((marks / "long").exists, 10), server.log
