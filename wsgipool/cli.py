@@ -22,6 +22,55 @@ from wsgipool.loader import AppImportError
 __all__ = ["build_parser", "main"]
 
 
+_NO_WORKER_CLASS = "wsgipool has one kind of worker, processes of --threads threads: drop it"
+_ENV = "set the variable in the command's environment (or the unit's, the container's)"
+_DAEMON = "wsgipool stays in the foreground: run it under systemd or in a container"
+_NAME = "workers are titled 'wsgipool: worker N [app]' (the proctitle extra): drop it"
+_STATSD = "wsgipool's metrics are Prometheus's: --metrics-bind HOST:PORT serves /metrics"
+_PASTE = "name the app as MODULE:ATTR"
+_PROXY = "the PROXY protocol is not read: use X-Forwarded-For with --forwarded-allow-ips"
+#: gunicorn's flags that have no wsgipool twin, and what to do instead: said in the
+#: error line of a command line written for gunicorn (flags with a twin are accepted).
+GUNICORN_ONLY = {
+    "-k": _NO_WORKER_CLASS,
+    "--worker-class": _NO_WORKER_CLASS,
+    "--worker-connections": "it is for gunicorn's async workers; --threads sets how many "
+    "requests a worker runs at once",
+    "--capture-output": "the app's stdout and stderr are the server's own: drop it",
+    "-e": _ENV,
+    "--env": _ENV,
+    "-D": _DAEMON,
+    "--daemon": _DAEMON,
+    "-n": _NAME,
+    "--name": _NAME,
+    "--statsd-host": _STATSD,
+    "--statsd-prefix": _STATSD,
+    "--worker-tmp-dir": "workers are watched over their channel, not through a file: drop it",
+    "--paste": _PASTE,
+    "--paster": _PASTE,
+    "--log-syslog": "logs go to stderr (journald, the container runtime) or --log-config",
+    "--proxy-protocol": _PROXY,
+    "--proxy-allow-from": _PROXY,
+    "--reload-extra-file": "--reload watches the .py files under the working directory",
+    "--reuse-port": "--frontends N shares each listening socket between N processes",
+}
+
+
+def _unrecognized(command: str, extra: list[str]) -> str:
+    """The error line for flags no option has, with what gunicorn's mean here."""
+    hints: list[str] = []
+    for token in extra:
+        flag = token.partition("=")[0]
+        hint = GUNICORN_ONLY.get(flag)
+        if hint is not None and not any(h.startswith(flag + " ") for h in hints):
+            hints.append(f"{flag} is gunicorn's: {hint}")
+    said = "".join(f"; {hint}" for hint in hints)
+    return (
+        f"wsgipool: error: unrecognized arguments: {' '.join(extra)}{said} "
+        f"(see 'wsgipool {command} --help')\n"
+    )
+
+
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
         self.exit(2, f"wsgipool: error: {message} (see '{self.prog} --help')\n")
@@ -138,7 +187,11 @@ def _default_text(value: object) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = vars(build_parser().parse_args(argv))
+    parser = build_parser()
+    namespace, extra = parser.parse_known_args(argv)
+    if extra:  # said here, where the command is known (argparse names the top level)
+        parser.exit(2, _unrecognized(namespace.command, extra))
+    args = vars(namespace)
     if args.pop("command") == "status":
         return _status(args)
     app = args.pop("app")

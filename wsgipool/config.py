@@ -814,6 +814,7 @@ class Config(_Validated):
         _parse_int,
         "Longest header field in bytes; a longer one gets 431.",
         metavar="BYTES",
+        gunicorn=("--limit-request-field_size",),
     )
     log_level: str = option(
         "info", _parse_log_level, "Log level: debug, info, warning, error.", metavar="LEVEL"

@@ -99,6 +99,11 @@ def find_config_file(cwd: Path, environ: Mapping[str, str]) -> Path | None:
 
 def read_config_file(path: Path) -> dict[str, Raw]:
     """The options set in a TOML file (the [tool.wsgipool] table of a pyproject.toml)."""
+    if path.suffix == ".py":  # -c gunicorn.conf.py, by habit
+        raise ConfigError(
+            f"{path}: a Python file; wsgipool reads TOML: write its settings as "
+            "wsgipool.toml keys (docs/configuration.md)"
+        )
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:

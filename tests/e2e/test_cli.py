@@ -129,6 +129,35 @@ def test_bad_app_exits_2_with_one_line(tmp_path, executor_args, app, needle):
     assert refuses_connections(port)
 
 
+# -- gunicorn's command lines -----------------------------------------------------------------
+
+
+def test_gunicorn_only_flags_say_what_to_do_instead(tmp_path):
+    """A command line written for gunicorn: one line naming each of its flags that has no
+    twin here with what to do instead, and the subcommand's --help (not the top level's)."""
+    argv = ["serve", "-k", "gthread", "envapp:app", "--statsd-host=x:1", "--capture-output"]
+    code, _stdout, stderr, alive = run_cli(wsgipool_cmd(*argv), tmp_path)
+    assert code == 2 and alive == []
+    line = assert_one_line_error(
+        stderr,
+        "unrecognized arguments: -k envapp:app --statsd-host=x:1 --capture-output",
+        "-k is gunicorn's: wsgipool has one kind of worker, processes of --threads threads",
+        "--statsd-host is gunicorn's: wsgipool's metrics are Prometheus's: --metrics-bind",
+        "--capture-output is gunicorn's: ",
+    )
+    assert line.endswith("(see 'wsgipool serve --help')")
+    code, _stdout, stderr, _alive = run_cli(
+        wsgipool_cmd("serve", "envapp:app", "--bogus"), tmp_path
+    )
+    assert code == 2
+    assert_one_line_error(stderr, "unrecognized arguments: --bogus (see 'wsgipool serve --help')")
+    (tmp_path / "gunicorn.conf.py").write_text("workers = 2\n")
+    argv = ["serve", "envapp:app", "-c", "gunicorn.conf.py", "--check-config"]
+    code, _stdout, stderr, _alive = run_cli(wsgipool_cmd(*argv), tmp_path)
+    assert code == 2
+    assert_one_line_error(stderr, "gunicorn.conf.py: a Python file; wsgipool reads TOML")
+
+
 # -- bad option values ------------------------------------------------------------------------
 
 BAD_OPTIONS = [

@@ -207,6 +207,7 @@ def test_gunicorns_flags_are_the_same_options():
         ("--access-logformat", "--access-log-format", "%(h)s %(r)s"),
         ("--log-file", "--error-logfile", "-"),
         ("--ciphers", "--ssl-ciphers", "ECDHE+AESGCM"),
+        ("--limit-request-field_size", "--limit-request-field-size", "4096"),
     ]
     theirs = parser.parse_args(["serve", "m:a", *[x for g, _, v in pairs for x in (g, v)]])
     ours = parser.parse_args(["serve", "m:a", *[x for _, o, v in pairs for x in (o, v)]])
