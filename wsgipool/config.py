@@ -644,8 +644,9 @@ class Config(_Validated):
     bind: tuple[str, ...] = option(
         (),
         _parse_binds,
-        "Listen on HOST:PORT, [IPV6]:PORT, unix:PATH or fd://N (inherited socket). "
-        "Repeat to listen on several. Overrides --host/--port/--unix-socket.",
+        "Listen on HOST:PORT, [IPV6]:PORT, unix:PATH or fd://N (inherited socket); a bare "
+        "PORT (or :PORT) is every interface. Repeat to listen on several. "
+        "Overrides --host/--port/--unix-socket.",
         metavar="ADDRESS",
         repeat=True,
         gunicorn=("-b",),
