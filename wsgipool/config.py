@@ -350,6 +350,41 @@ def parse_bind(text: str) -> BindAddress:
     return BindAddress("tcp", host=host or None, port=port)
 
 
+_NO_WORKER_CLASS = "wsgipool has one kind of worker, processes of --threads threads: drop it"
+_ENV = "set the variable in the command's environment (or the unit's, the container's)"
+_DAEMON = "wsgipool stays in the foreground: run it under systemd or in a container"
+_NAME = "workers are titled 'wsgipool: worker N [app]' (the proctitle extra): drop it"
+_STATSD = "wsgipool's metrics are Prometheus's: --metrics-bind HOST:PORT serves /metrics"
+_PASTE = "name the app as MODULE:ATTR"
+_PROXY = "the PROXY protocol is not read: use X-Forwarded-For with --forwarded-allow-ips"
+#: gunicorn's flags that have no wsgipool twin, and what to do instead: said in the
+#: error line of a command line (cli.py) or a config file key (sources.py) written
+#: for gunicorn (flags with a twin are accepted: `option(gunicorn=...)`).
+GUNICORN_ONLY = {
+    "-k": _NO_WORKER_CLASS,
+    "--worker-class": _NO_WORKER_CLASS,
+    "--worker-connections": "it is for gunicorn's async workers; --threads sets how many "
+    "requests a worker runs at once",
+    "--capture-output": "the app's stdout and stderr are the server's own: drop it",
+    "-e": _ENV,
+    "--env": _ENV,
+    "-D": _DAEMON,
+    "--daemon": _DAEMON,
+    "-n": _NAME,
+    "--name": _NAME,
+    "--statsd-host": _STATSD,
+    "--statsd-prefix": _STATSD,
+    "--worker-tmp-dir": "workers are watched over their channel, not through a file: drop it",
+    "--paste": _PASTE,
+    "--paster": _PASTE,
+    "--log-syslog": "logs go to stderr (journald, the container runtime) or --log-config",
+    "--proxy-protocol": _PROXY,
+    "--proxy-allow-from": _PROXY,
+    "--reload-extra-file": "--reload watches the .py files under the working directory",
+    "--reuse-port": "--frontends N shares each listening socket between N processes",
+}
+
+
 #: listen(2) takes an int; the kernel caps it at net.core.somaxconn anyway.
 _BACKLOG_MAX = 65535
 

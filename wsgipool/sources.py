@@ -23,17 +23,19 @@ value's source for ``--print-config`` and the startup log line.
 
 from __future__ import annotations
 
+import difflib
 import json
 import os
 import re
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import Field, dataclass
 from pathlib import Path
 from typing import Any
 
 from wsgipool.config import (
     ENV_PREFIX,
+    GUNICORN_ONLY,
     SAME,
     Config,
     ConfigError,
@@ -69,6 +71,32 @@ class Raw:
         if self.kind in ("env", "cli"):
             return ConfigError(f"{self.source}: {message}")
         return ConfigError(f"{describe(name)}: {message}")
+
+
+#: gunicorn's setting names (its config file's) for options named otherwise here.
+GUNICORN_SETTINGS = {
+    "accesslog": "access_logfile",
+    "errorlog": "error_logfile",
+    "loglevel": "log_level",
+    "logconfig": "log_config",
+    "keepalive": "keepalive_timeout",
+    "preload_app": "preload",
+    "pidfile": "pid",
+    "ciphers": "ssl_ciphers",
+    "statsd_host": "metrics_bind",
+}
+
+
+def _suggestion(name: str, names: Iterable[str]) -> str:
+    """What an unknown option name most likely meant, as the end of its error line."""
+    known = GUNICORN_SETTINGS.get(name)
+    if known is not None:
+        return f"; gunicorn's {name} is {known} here"
+    hint = GUNICORN_ONLY.get(flag_name(name))
+    if hint is not None:
+        return f"; it is gunicorn's: {hint}"
+    close = difflib.get_close_matches(name, list(names), n=1, cutoff=0.75)
+    return f"; did you mean {close[0]}?" if close else ""
 
 
 def _specs() -> dict[str, tuple[type, Field[Any]]]:
@@ -131,7 +159,7 @@ def read_config_file(path: Path) -> dict[str, Raw]:
         line = _line_of(lines, key, start)
         where = f"{path}:{line}" if line else str(path)
         if name not in specs:
-            raise ConfigError(f"{where}: {key}: unknown option")
+            raise ConfigError(f"{where}: {key}: unknown option{_suggestion(name, specs)}")
         if name in out:
             raise ConfigError(f"{where}: {key}: set twice (as {name} and with dashes)")
         metadata = specs[name][1].metadata
@@ -168,7 +196,13 @@ def read_environ(environ: Mapping[str, str]) -> dict[str, Raw]:
     known = {env_name(name) for name in specs} | {CONFIG_ENV}
     for variable in environ:
         if variable.startswith(ENV_PREFIX) and variable not in known:
-            raise ConfigError(f"{variable}: unknown wsgipool option")
+            name = variable[len(ENV_PREFIX) :].lower()
+            hint = _suggestion(name, specs)
+            if hint.startswith("; did you mean "):  # said as the variable to set
+                hint = f"; did you mean {env_name(hint[15:-1])}?"
+            elif name in GUNICORN_SETTINGS:
+                hint = f"; gunicorn's {name} is {env_name(GUNICORN_SETTINGS[name])} here"
+            raise ConfigError(f"{variable}: unknown wsgipool option{hint}")
     out: dict[str, Raw] = {}
     for name, (_cls, spec) in specs.items():
         for variable in (env_name(name), *spec.metadata["env_aliases"]):

@@ -74,9 +74,32 @@ def test_wsgipool_toml_is_preferred_and_config_env_names_a_file(tmp_path):
 
 def test_unknown_file_key_names_file_and_line(tmp_path):
     message = error(tmp_path, file="workers = 2\n\nwrokers = 3\n")
-    assert message == "wsgipool.toml:3: wrokers: unknown option" or message.endswith(
-        "wsgipool.toml:3: wrokers: unknown option"
-    )
+    assert message.endswith("wsgipool.toml:3: wrokers: unknown option; did you mean workers?")
+
+
+@pytest.mark.parametrize(
+    ("key", "said"),
+    [
+        ("accesslog", "gunicorn's accesslog is access_logfile here"),
+        ("preload_app", "gunicorn's preload_app is preload here"),
+        ("worker_class", "it is gunicorn's: wsgipool has one kind of worker"),
+        ("nothing_like_it", ""),
+    ],
+)
+def test_gunicorn_setting_names_in_the_file_say_ours(tmp_path, key, said):
+    message = error(tmp_path, file=f"{key} = '1'\n")
+    head = f"wsgipool.toml:1: {key}: unknown option"
+    if said:
+        assert f"{head}; {said}" in message, message
+    else:
+        assert message.endswith(head), message
+
+
+def test_gunicorn_settings_name_real_options():
+    from wsgipool.sources import GUNICORN_SETTINGS, _specs
+
+    assert set(GUNICORN_SETTINGS.values()) <= set(_specs())
+    assert not set(GUNICORN_SETTINGS) & set(_specs())
 
 
 def test_bad_file_value_names_file_and_line(tmp_path):
@@ -102,8 +125,12 @@ def test_bad_env_value_names_the_variable(tmp_path):
 
 def test_unknown_wsgipool_variable(tmp_path):
     assert error(tmp_path, env={"WSGIPOOL_WROKERS": "2"}) == (
-        "WSGIPOOL_WROKERS: unknown wsgipool option"
+        "WSGIPOOL_WROKERS: unknown wsgipool option; did you mean WSGIPOOL_WORKERS?"
     )
+    assert error(tmp_path, env={"WSGIPOOL_LOGLEVEL": "debug"}) == (
+        "WSGIPOOL_LOGLEVEL: unknown wsgipool option; gunicorn's loglevel is WSGIPOOL_LOG_LEVEL here"
+    )
+    assert error(tmp_path, env={"WSGIPOOL_ZZZ": "1"}) == "WSGIPOOL_ZZZ: unknown wsgipool option"
 
 
 def test_bad_cli_value_names_the_flag(tmp_path):
