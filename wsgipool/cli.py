@@ -197,7 +197,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             sys.path.insert(0, cwd)
         from wsgipool.server import Server
 
-        Server(app, settings.config, settings.pool, sources=settings.sources).run()
+        try:
+            Server(app, settings.config, settings.pool, sources=settings.sources).run()
+        except ConfigError as exc:  # a file or address the value named: say where it came from
+            raise layers.attributed(exc) from None
     except (ConfigError, AppImportError) as exc:
         print(f"wsgipool: error: {exc}", file=sys.stderr)
         return 2

@@ -474,16 +474,26 @@ class Server:
             try:
                 info = socket.getaddrinfo(host, address.port, type=socket.SOCK_STREAM)[0]
             except socket.gaierror as exc:
-                raise ConfigError(f"bind: cannot resolve {host!r}: {exc.strerror}") from None
+                raise ConfigError(
+                    f"{self._address_option()}: cannot resolve {host!r}: {exc.strerror}"
+                ) from None
             family, sockaddr = info[0], (str(info[4][0]), int(info[4][1]))
         try:
             sock = socket.create_server(sockaddr, family=family, backlog=backlog)
         except OSError as exc:
+            where = host or "0.0.0.0"
             raise ConfigError(
-                f"bind: cannot listen on {host or '0.0.0.0'}:{address.port}: {exc.strerror}"
+                f"{self._address_option()}: cannot listen on {where}:{address.port}: {exc.strerror}"
             ) from None
         sock.setblocking(False)
         return sock
+
+    def _address_option(self) -> str:
+        """The option an address to listen on came from, as messages name it."""
+        config = self.config
+        if config.bind:
+            return describe("bind")
+        return describe("unix_socket" if config.unix_socket is not None else "port")
 
     def _bind_unix(self, path: str, backlog: int) -> socket.socket:
         _remove_stale_socket(path)
@@ -499,7 +509,7 @@ class Server:
         except OSError as exc:
             sock.close()
             raise ConfigError(
-                f"unix_socket (--unix-socket): cannot listen on {path}: {exc.strerror}"
+                f"{self._address_option()}: cannot listen on {path}: {exc.strerror}"
             ) from None
         self._unix_paths.append(path)
         sock.setblocking(False)

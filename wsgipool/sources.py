@@ -277,11 +277,12 @@ class Layers:
             pool_config = PoolConfig(**pool)
             cross_check(config, pool_config)
         except ConfigError as exc:
-            raise self._attributed(exc) from None
+            raise self.attributed(exc) from None
         return Settings(config, pool_config, {n: r.source for n, r in self.raw.items()})
 
-    def _attributed(self, exc: ConfigError) -> ConfigError:
-        """A check across values (max_rss_hard below max_rss) names the source of the first."""
+    def attributed(self, exc: ConfigError) -> ConfigError:
+        """`exc`, which names an option (a check across values, a file the server could not
+        use at start), naming where that option's value came from instead."""
         message = str(exc)
         for name, raw in self.raw.items():
             prefix = describe(name) + ": "

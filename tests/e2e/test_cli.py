@@ -158,6 +158,33 @@ def test_gunicorn_only_flags_say_what_to_do_instead(tmp_path):
     assert_one_line_error(stderr, "gunicorn.conf.py: a Python file; wsgipool reads TOML")
 
 
+# -- start-up errors name the value's source -------------------------------------------------
+
+
+def test_start_up_errors_name_where_the_value_came_from(tmp_path):
+    """A file or address the server cannot use at start: the line names the variable,
+    the file and line, or the flag that gave it (it named the flag every time)."""
+    cases = [
+        ({"WSGIPOOL_PID": "/nonexistent-dir/w.pid"}, [], "", "WSGIPOOL_PID: cannot write"),
+        ({}, [], 'certfile = "/nonexistent.pem"\n', "wsgipool.toml:1: certfile: "),
+        ({}, ["--bind", "unix:/nonexistent-dir/s.sock"], "", "--bind: cannot listen on"),
+    ]
+    for env, args, file, needle in cases:
+        config = tmp_path / "wsgipool.toml"
+        config.unlink(missing_ok=True)
+        if file:
+            config.write_text(file)
+        argv = ["serve", "envapp:app", "--workers", "1", *args]
+        if "--bind" not in args:
+            argv += ["--bind", f"127.0.0.1:{free_port()}"]
+        code, _stdout, stderr, alive = run_cli(wsgipool_cmd(*argv), tmp_path, env=env)
+        assert code == 2 and alive == [], stderr
+        assert "Traceback" not in stderr
+        # The last line (the pid file is written after the workers start and log).
+        line = stderr.strip().splitlines()[-1]
+        assert line.startswith(f"wsgipool: error: {needle}"), stderr
+
+
 # -- bad option values ------------------------------------------------------------------------
 
 BAD_OPTIONS = [

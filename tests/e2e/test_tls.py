@@ -147,13 +147,16 @@ def test_minimum_version_and_ciphers(run_server: Callable[..., ServerProcess], p
 @pytest.mark.parametrize(
     ("args", "expected"),
     [
-        (["--certfile", "/nonexistent/cert.pem"], "certfile (--certfile): cannot read"),
-        (["--certfile", "CERT", "--keyfile", "/nonexistent.key"], "keyfile (--keyfile): cannot"),
+        (["--certfile", "/nonexistent/cert.pem"], "--certfile: cannot read"),
+        (["--certfile", "CERT", "--keyfile", "/nonexistent.key"], "--keyfile: cannot"),
         (["--certfile", "CA_KEY"], "not a PEM certificate"),
         (["--keyfile", "KEY"], "--keyfile: needs --certfile"),
         (["--certfile", "CERT", "--keyfile", "KEY", "--ssl-ciphers", "NOPE"], "no cipher"),
         (["--certfile", "CERT", "--keyfile", "KEY", "--ssl-min-version", "SSLv3"], "TLSv1.2"),
-        (["--certfile", "CERT", "--keyfile", "KEY", "--ca-certs", "/none.pem"], "ca_certs"),
+        (
+            ["--certfile", "CERT", "--keyfile", "KEY", "--ca-certs", "/none.pem"],
+            "--ca-certs: cannot read",
+        ),
     ],
 )
 def test_bad_tls_options_are_one_line_and_exit_2(
