@@ -127,6 +127,12 @@ def _parse_optional(parse: Callable[[object], Any]) -> Callable[[object], Any]:
     return parse_or_none
 
 
+def _parse_off_at_zero(value: object) -> float | None:
+    """A duration where 0 means off, as none does (gunicorn's ``--timeout 0``)."""
+    seconds: float | None = _parse_optional(parse_duration)(value)
+    return None if seconds == 0 else seconds
+
+
 def _parse_str(value: object) -> str:
     if not isinstance(value, str):
         raise ValueError(f"expected a string, got {value!r}")
@@ -558,9 +564,9 @@ class PoolConfig(_Validated):
     )
     timeout: float | None = option(
         None,
-        _parse_optional(parse_duration),
+        _parse_off_at_zero,
         "A request whose app produces nothing for this long gets 504; "
-        "its stack is logged and its worker recycled.",
+        "its stack is logged and its worker recycled. 0 or none: off (gunicorn's 0).",
         metavar="DURATION",
         gunicorn=("-t",),
     )

@@ -106,6 +106,14 @@ def test_each_negative_count_names_its_own_option():
             owner(**{name: "99999999999999999999"})
 
 
+def test_timeout_zero_is_off_as_in_gunicorn():
+    """Cloud Run's documented line is `gunicorn ... --threads 8 --timeout 0`."""
+    for value in (0, "0", "0s", None, "none"):
+        assert PoolConfig(timeout=value).timeout is None, value
+    assert PoolConfig(workers=0, timeout="0").process_only_options() == []
+    assert PoolConfig(timeout="30").timeout == 30.0
+
+
 def test_process_only_options_are_reported():
     assert PoolConfig(workers=0).process_only_options() == []
     assert PoolConfig(workers=0, max_rss="64M", timeout="5s").process_only_options() == [
