@@ -125,6 +125,7 @@ class WSGIMiddleware:
         self._max_body = max_request_body_size
         options = EnvironOptions(url_scheme, tuple(forwarded_allow_ips), "")
         self._own_threads: ThreadPoolExecutor | None = None
+        self._threads_stopped = False  # shut down by a lifespan's end; startup makes anew
         if workers is not None:
             executor = self._own_threads = ThreadPoolExecutor(
                 workers, thread_name_prefix="wsgipool-asgi"
@@ -145,7 +146,16 @@ class WSGIMiddleware:
     # -- lifecycle --------------------------------------------------------------------
 
     async def startup(self) -> None:
-        """Start the process pool, if there is one (its app is imported now)."""
+        """Start the process pool, if there is one (its app is imported now); after a
+        shutdown (a second lifespan: a test client per test), start it again."""
+        threads = self._own_threads
+        if threads is not None and self._threads_stopped:
+            threads = self._own_threads = ThreadPoolExecutor(
+                threads._max_workers, thread_name_prefix="wsgipool-asgi"
+            )
+            self._executor = threads
+            self._backend.executor = threads  # type: ignore[union-attr]
+            self._threads_stopped = False
         start = getattr(self._backend, "start", None)
         if start is not None:
             await start()
@@ -157,6 +167,7 @@ class WSGIMiddleware:
             await stop()
         if self._own_threads is not None:
             self._own_threads.shutdown(wait=False)
+            self._threads_stopped = True
 
     @contextlib.asynccontextmanager
     async def lifespan(self, _app: object = None) -> AsyncIterator[None]:
@@ -389,16 +400,21 @@ def collect_scope(
     """The request facts (protocol.REQUEST_FIELDS) of an ASGI HTTP scope.
 
     The target is ``raw_path`` as received (its bytes read as latin-1 by
-    `cgi.build_environ`), with the query string; ``root_path`` becomes the
-    prefix that SCRIPT_NAME takes, whether the server left it in the path (the
-    ASGI spec, Starlette's Mount) or took it out (then it is put back).
+    `cgi.build_environ`), with the query string, unless an ASGI middleware
+    rewrote ``path`` (then ``path``, as a2wsgi and asgiref take it); ``root_path``
+    becomes the prefix that SCRIPT_NAME takes, whether the server left it in the
+    path (the ASGI spec, Starlette's Mount) or took it out (then it is put back).
     """
-    raw = scope.get("raw_path")
-    if not isinstance(raw, bytes | bytearray):
-        raw = quote(scope.get("path") or "/", safe=_PATH_SAFE).encode("ascii")
-    path = bytes(raw).partition(b"?")[0] or b"/"
     root = str(scope.get("root_path") or "").rstrip("/")
     prefix = root.encode("utf-8")
+    raw = scope.get("raw_path")
+    text = scope.get("path")
+    if isinstance(raw, bytes | bytearray) and isinstance(text, str):
+        if not _agrees(bytes(raw).partition(b"?")[0], text, prefix):
+            raw = None  # a middleware rewrote the path (raw_path stays as received): its path
+    if not isinstance(raw, bytes | bytearray):
+        raw = quote(text or "/", safe=_PATH_SAFE).encode("ascii")
+    path = bytes(raw).partition(b"?")[0] or b"/"
     if prefix:
         decoded = unquote_to_bytes(path) if b"%" in path else path
         size = len(prefix)
@@ -406,9 +422,18 @@ def collect_scope(
             path = quote(root, safe=_PATH_SAFE).encode("ascii") + path
     query = scope.get("query_string") or b""
     target = path + b"?" + bytes(query) if query else path
-    server_name, server_port = _address(scope.get("server"))
-    remote_addr, remote_port = _address(scope.get("client"))
     scheme = b"https" if scope.get("scheme") in ("https", "wss") else b"http"
+    server = scope.get("server")
+    client = scope.get("client")
+    if server is None:  # PEP 3333 requires both; Hypercorn on a unix socket gives none
+        server_name, server_port = b"localhost", b"443" if scheme == b"https" else b"80"
+    else:
+        server_name, server_port = _address(server)
+    remote_addr, remote_port = _address(client)
+    if client is None and (server is None or server_name == b"unix"):
+        # The peer of a unix socket has no address (uvicorn --uds, Hypercorn unix:):
+        # "unix", as wsgipool's own frontend says, which --forwarded-allow-ips can name.
+        remote_addr = b"unix"
     fields = [
         str(scope.get("method", "GET")).encode("latin-1"),
         target,
@@ -422,6 +447,16 @@ def collect_scope(
         b"" if content_length is None else b"%d" % content_length,  # None: no body at all
     ]
     return Collected(fields, headers, True)
+
+
+def _agrees(raw_path: bytes, path: str, prefix: bytes) -> bool:
+    """Whether the scope's ``raw_path`` is its ``path`` as received, with or without the
+    root path (servers differ on whether ``path`` holds it)."""
+    decoded = unquote_to_bytes(raw_path) if b"%" in raw_path else raw_path
+    wanted = path.encode("utf-8", "surrogateescape")
+    if decoded == wanted:
+        return True
+    return bool(prefix) and (prefix + decoded == wanted or decoded == prefix + wanted)
 
 
 def _address(address: object) -> tuple[bytes, bytes]:

@@ -89,12 +89,19 @@ class ProcessExecutor:
     # -- lifecycle ------------------------------------------------------------------
 
     async def start(self) -> None:
-        """Start the template process (it imports the app, or checks it imports) and the workers.
+        """Start the template process (it imports the app, or checks it imports) and the workers;
+        after `shutdown`, a new template and new workers.
 
         Raises AppImportError with a one-line message if the app cannot be imported.
         """
         if self._supervisor is not None:
-            return
+            if not self._stopped:
+                return
+            # Shut down before (a second lifespan, a server started again): a new pool.
+            self._supervisor = None
+            self._starting = None
+            self._stopped = False
+            self._dispatcher = Dispatcher(self.config.queue_size, self.config.queue_timeout)
         if self._starting is None:
             self._starting = asyncio.ensure_future(self._start())
         await asyncio.shield(self._starting)

@@ -213,3 +213,57 @@ def test_both_executors_answer_alike():
     )
     assert processes == threads
     assert [status for status, _, _ in threads] == [200, 404, 200]
+
+
+def test_a_process_executor_starts_again_after_its_shutdown():
+    """A second lifespan (a test client per test, a server started again): a new pool,
+    not a stopped one whose requests wait 30 s for a 503."""
+    from wsgipool.asgi import WSGIMiddleware
+
+    executor = ProcessExecutor(workers=1, threads=1, queue_timeout=5)
+    app = WSGIMiddleware(faultapp.app, executor=executor)
+
+    async def one_request() -> int:
+        sent: list[dict[str, Any]] = []
+        incoming = [{"type": "http.request", "body": b"", "more_body": False}]
+
+        async def receive() -> dict[str, Any]:
+            if incoming:
+                return incoming.pop(0)
+            await asyncio.sleep(3600)
+            raise AssertionError("unreachable")
+
+        async def send(message: dict[str, Any]) -> None:
+            sent.append(message)
+
+        scope = {
+            "type": "http",
+            "method": "GET",
+            "path": "/hello",
+            "raw_path": b"/hello",
+            "query_string": b"",
+            "headers": [],
+            "http_version": "1.1",
+            "scheme": "http",
+            "server": ("127.0.0.1", 80),
+            "client": ("127.0.0.1", 5000),
+        }
+        await asyncio.wait_for(app(scope, receive, send), 30)
+        return int(sent[0]["status"])
+
+    async def cycle() -> tuple[int, set[int]]:
+        await app.startup()
+        try:
+            status = await one_request()
+            pids = {p.pid for p in psutil.Process().children(recursive=True)}
+        finally:
+            await app.shutdown()
+        return status, pids
+
+    try:
+        first, first_pids = asyncio.run(cycle())
+        second, second_pids = asyncio.run(cycle())
+    finally:
+        executor.kill()
+    assert (first, second) == (200, 200)
+    assert first_pids and second_pids and not first_pids & second_pids  # a new pool

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 from typing import Any
+from urllib.parse import unquote_to_bytes
 
 import pytest
 
@@ -33,6 +34,9 @@ def scope(**items: Any) -> dict[str, Any]:
         "client": ("127.0.0.1", 50000),
     }
     base.update(items)
+    if "raw_path" in items and "path" not in items:  # as a server sets it: decoded
+        raw = items["raw_path"].partition(b"?")[0]
+        base["path"] = unquote_to_bytes(raw).decode("utf-8", "surrogateescape")
     return base
 
 
@@ -95,7 +99,7 @@ def test_addresses_scheme_and_version() -> None:
 def test_unix_socket_and_missing_client() -> None:
     env = environ_of(scope(server=("/run/app.sock", None), client=None))
     assert (env["SERVER_NAME"], env["SERVER_PORT"]) == ("unix", "/run/app.sock")
-    assert env["REMOTE_ADDR"] == ""
+    assert env["REMOTE_ADDR"] == "unix"  # as wsgipool's own frontend says for a unix socket
 
 
 # -- the ASGI messages -------------------------------------------------------------------
@@ -176,6 +180,57 @@ def test_client_gone_while_sending_its_body_gets_nothing() -> None:
         {"type": "http.disconnect"},
     ]
     assert asyncio.run(converse(app, scope(method="POST"), pieces)) == []
+
+
+def test_a_middleware_that_rewrites_path_is_followed() -> None:
+    """raw_path stays as received when an ASGI middleware strips a prefix (the spec):
+    the rewritten path counts, as in a2wsgi and asgiref."""
+    env = environ_of(scope(path="/hello", raw_path=b"/v1/hello"))
+    assert env["PATH_INFO"] == "/hello"
+    env = environ_of(scope(root_path="/legacy", path="/legacy/new", raw_path=b"/legacy/old"))
+    assert (env["SCRIPT_NAME"], env["PATH_INFO"]) == ("/legacy", "/new")
+    # raw_path as received (percent-encoded, with or without the root) still wins.
+    env = environ_of(scope(path="/a/b", raw_path=b"/a%2Fb"))
+    assert env["PATH_INFO"] == "/a/b" and env["RAW_URI"] == "/a%2Fb"
+    env = environ_of(scope(root_path="/app", path="/app/x", raw_path=b"/x"))
+    assert (env["SCRIPT_NAME"], env["PATH_INFO"]) == ("/app", "/x")
+
+
+def test_unix_socket_peers_and_a_missing_server() -> None:
+    """uvicorn --uds: server (path, None), client None; Hypercorn unix: both None."""
+    env = environ_of(scope(server=("/run/app.sock", None), client=None))
+    assert (env["REMOTE_ADDR"], env["SERVER_NAME"]) == ("unix", "unix")
+    env = environ_of(scope(server=None, client=None))
+    assert (env["REMOTE_ADDR"], env["SERVER_NAME"], env["SERVER_PORT"]) == (
+        "unix",
+        "localhost",
+        "80",
+    )
+    env = environ_of(scope(server=None, scheme="https"))
+    assert (env["SERVER_NAME"], env["SERVER_PORT"]) == ("localhost", "443")
+    # Trusted as 'unix' by forwarded_allow_ips, as on wsgipool's own frontend.
+    headers = [(b"x-forwarded-for", b"203.0.113.5"), (b"x-forwarded-proto", b"https")]
+    request = scope(server=("/run/app.sock", None), client=None, headers=headers)
+    collected = collect_scope(request, headers, 0)
+    facts = facts_from_fields(collected.fields, collected.headers, collected.keep_alive)
+    env = build_environ(facts, EnvironOptions(forwarded_allow_ips=("unix",)))
+    assert (env["REMOTE_ADDR"], env["wsgi.url_scheme"]) == ("203.0.113.5", "https")
+
+
+def test_a_second_lifespan_starts_own_threads_again() -> None:
+    """A test client per test: startup, requests, shutdown, then all of it again."""
+    app = WSGIMiddleware(hello, workers=2)
+    request = {"type": "http.request", "body": b"", "more_body": False}
+
+    async def cycle() -> list[Any]:
+        await app.startup()  # what lifespan.startup runs, and .shutdown
+        try:
+            return await converse(app, scope(), [request])
+        finally:
+            await app.shutdown()
+
+    for _ in range(2):
+        assert asyncio.run(cycle())[0]["status"] == 200
 
 
 def test_lifespan_without_a_pool() -> None:
