@@ -33,6 +33,16 @@ HEADER_SIZE: Final = HEADER.size
 MAX_PAYLOAD: Final = 16 * 1024 * 1024
 #: Largest DATA payload a worker writes in one frame (keeps flow control fine-grained).
 DATA_CHUNK: Final = 256 * 1024
+#: The least credit a DATA frame (or, in thread mode, a body chunk) spends, however
+#: small: a worker's frames in flight are bounded in number, not only in bytes (the
+#: main process's memory and work per frame are a hundred bytes and more).
+DATA_FRAME_COST: Final = 512
+
+
+def data_cost(size: int) -> int:
+    """The credit a chunk of `size` response bytes spends (worker, guard and relay alike)."""
+    return size if size > DATA_FRAME_COST else DATA_FRAME_COST
+
 
 # Main process -> worker.
 REQUEST: Final = 1
@@ -471,6 +481,8 @@ def decode_raw(payload: bytes | memoryview, head_request: bool) -> tuple[int, in
     for name, value in _RAW_FRAMING.findall(head):
         if len(name) != 14 or name.lower() != b"content-length" or not value.isdigit():
             raise ProtocolError("RAW head has a hop-by-hop or framing header")
+        if len(value) > 19:  # int() refuses 4,300 digits and more with a ValueError
+            raise ProtocolError(f"RAW Content-Length of {len(value)} digits")
         lengths.append(value)
     body_size = len(data) - head_size
     if code in (204, 304):
@@ -576,11 +588,21 @@ def encode_file(offset: int, count: int | None) -> bytes:
     return _FILE.pack(offset, _NO_COUNT if count is None else count)
 
 
+#: The largest offset and count of a FILE frame (2^62: their sum stays a valid off_t).
+FILE_LIMIT: Final = 1 << 62
+
+
 def decode_file(payload: bytes) -> tuple[int, int | None]:
     if len(payload) != _FILE.size:
         raise ProtocolError(f"FILE payload must be {_FILE.size} bytes, got {len(payload)}")
     offset, count = _FILE.unpack(payload)
-    return offset, None if count == _NO_COUNT else count
+    if count == _NO_COUNT:
+        count = None
+    elif count > FILE_LIMIT:
+        raise ProtocolError(f"FILE count {count} past {FILE_LIMIT}")
+    if offset > FILE_LIMIT:  # sendfile(2) takes a signed offset; both together fit it
+        raise ProtocolError(f"FILE offset {offset} past {FILE_LIMIT}")
+    return offset, count
 
 
 def encode_status(rss: int, served: int, flags: int) -> bytes:

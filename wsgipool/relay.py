@@ -33,6 +33,7 @@ from collections.abc import AsyncIterator
 from typing import Protocol
 
 from wsgipool import exchange as ev
+from wsgipool.protocol import data_cost
 from wsgipool.wsgicall import HOP_BY_HOP, SERVER_HEADER
 
 __all__ = ["CREDIT_BATCH", "GONE", "ClientGone", "Head", "Sink", "clean_headers", "relay"]
@@ -230,6 +231,7 @@ async def _stream(exchange: ev.Exchange, sink: Sink, head: Head) -> None:
     while True:
         kind, value = await exchange.next()
         if kind == ev.DATA:
+            cost = data_cost(len(value))  # what the worker spent on it
             if length is not None:
                 room = length - written
                 if room <= 0:
@@ -241,7 +243,7 @@ async def _stream(exchange: ev.Exchange, sink: Sink, head: Head) -> None:
                 started = True
             await sink.write(value)
             written += len(value)
-            owed += len(value)
+            owed += cost
             if owed >= CREDIT_BATCH:  # taken by the client side: the app may send that much more
                 exchange.grant(owed)
                 owed = 0

@@ -503,6 +503,19 @@ class _Sink:
             _abort(request)
             _set_body_sent(response, self.written)
             raise ClientGone from exc
+        except (OSError, OverflowError) as exc:
+            # The worker's descriptor cannot be sent (EINVAL: a /proc file; an offset
+            # the kernel refuses): the response is cut, as for any broken body.
+            self.written += progress.sent
+            logger.warning(
+                "%s: response cut after %d bytes: the worker's file cannot be sent (%s)",
+                _label(request),
+                self.written,
+                escape(getattr(exc, "strerror", None) or type(exc).__name__),
+            )
+            _abort(request)
+            _set_body_sent(response, self.written)
+            raise ClientGone from exc
         except asyncio.CancelledError:  # it left while the file waited for the socket
             self.written += progress.sent
             _set_body_sent(response, self.written)  # for the access line of a request cut short

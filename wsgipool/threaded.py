@@ -22,7 +22,7 @@ from wsgipool.body import Body
 from wsgipool.cgi import EnvironOptions, NotMounted, build_environ, facts_from_fields
 from wsgipool.dispatch import Dispatcher, QueueFull, QueueTimeout, ThreadSlots
 from wsgipool.environ import Collected
-from wsgipool.protocol import validate_status
+from wsgipool.protocol import data_cost, validate_status
 from wsgipool.wsgicall import ResponseOutput, WSGIApp, complete_environ, not_found, run_wsgi
 
 __all__ = ["APP_THREAD_PREFIX", "ThreadBackend", "busy_app_threads"]
@@ -75,7 +75,7 @@ class _LoopOutput(ResponseOutput):
         self._start = (code, reason, list(headers))
 
     def body(self, data: bytes, more: bool) -> None:
-        if not self.take_credit(len(data)):
+        if not self.take_credit(data_cost(len(data))):
             self._pending.clear()
             return
         self._pending.append((ev.DATA, data))

@@ -84,12 +84,18 @@ PAYLOADS: dict[str, Callable[[], bytes]] = {
     "response": lambda: p.encode_response("200 OK", [("Content-Length", "2")], b"hi") + _RSS,
     "raw": lambda: p.encode_raw(_raw_head(b"hi"), b"hi") + _RSS,
     "raw_bad": lambda: p.encode_raw(b"HTTP/2.0 200 OK\r\nContent-Length: 2\r\n\r\n", b"hi") + _RSS,
+    "raw_long_length": lambda: (
+        p.encode_raw(b"HTTP/1.1 200 OK\r\nContent-Length: " + b"0" * 5000 + b"2\r\n\r\n", b"hi")
+        + _RSS
+    ),
     "raw_2m": lambda: p.encode_raw(_raw_head(b"R" * (2 << 20)), b"R" * (2 << 20)) + _RSS,
     "done": lambda: p.encode_done(0, 200, True, 0) + _RSS,
     # A whole write's first PROGRESS on a new connection (nothing written to it yet) of
     # the bytes of `WHOLE`.
     "intent": lambda: p.encode_progress(0, len(WHOLE), 200),
     "file": lambda: p.encode_file(0, None),
+    "file100": lambda: p.encode_file(0, 100),
+    "file_far": lambda: p.encode_file((1 << 63) - 8, 10),
     "text": lambda: b"hostile text\n",
     "status": lambda: p.encode_status(1 << 20, 1, 0),
     "hello": lambda: p.encode_hello(os.getpid(), 4),
@@ -107,6 +113,8 @@ def _descriptors(count: int, kind: str) -> list[int]:
             read, write = os.pipe()
             os.close(write)
             fds.append(read)
+        elif kind == "proc":  # a regular file sendfile(2) refuses (EINVAL)
+            fds.append(os.open("/proc/self/status", os.O_RDONLY))
         else:
             handle, path = tempfile.mkstemp()
             os.write(handle, b"file contents\n")

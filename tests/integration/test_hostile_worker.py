@@ -429,6 +429,30 @@ def test_data_beyond_credit_is_not_buffered_for_a_client_that_reads_nothing(run_
     print(f"\nmain RSS: baseline {baseline / MIB:.1f} MiB, peak {main.max_rss / MIB:.1f} MiB")
 
 
+def test_a_flood_of_one_byte_frames_is_bounded_in_number(run_server, short_tmp):
+    """A million one-byte DATA frames is only 1 MiB, within the byte credit, but each
+    costs the main process an event of a hundred bytes and more: 109 MiB of RSS for one
+    request, and a core for seconds. Each frame spends at least DATA_FRAME_COST of credit,
+    so the worker is killed past 2,048 of them."""
+    server, control = start(run_server, short_tmp)
+    main = Main(server)
+    baseline = main.rss()
+    try:
+        puppet = control.open(server.port or 0, reader=False)
+        flood = [START, frame(p.DATA, "data1", repeat=1 << 20)]
+        puppet.command({"op": "frames", "frames": flood}, reply=False)
+        assert wait_for_death(puppet, 30.0)
+        assert wait_for(lambda: "1 response bytes with 0 of credit left" in server.log, 5)
+        assert main.rss() < baseline + 16 * MIB, (baseline, main.rss())
+        assert puppet.client is not None
+        assert answer(puppet.client) in (200, "closed")
+        puppet.close()
+        heal(server)
+    finally:
+        control.close()
+    print(f"\nmain RSS: baseline {baseline / MIB:.1f} MiB, peak {main.max_rss / MIB:.1f} MiB")
+
+
 def test_descriptors_nobody_claimed_are_not_queued(run_server, short_tmp):
     """One pipe descriptor with each of 200 frames that announce none: the worker is
     killed at the second, and the main process holds none of them."""
@@ -465,6 +489,53 @@ def test_a_file_frame_with_a_pipe_is_refused(run_server, short_tmp):
         assert puppet.client is not None
         assert answer(puppet.client) == 502
         puppet.close()
+    finally:
+        control.close()
+
+
+def test_a_file_frame_the_kernel_refuses_cuts_the_response_without_a_traceback(
+    run_server, short_tmp
+):
+    """A FILE offset past 2^62 is a protocol error (the worker dies); a /proc file passes
+    as a regular file but sendfile(2) refuses it (EINVAL): the response is cut with one
+    line. Both raised a traceback in the main process and left the client waiting."""
+    server, control = start(run_server, short_tmp)
+    try:
+        puppet = control.open(server.port or 0)
+        frames = [START, frame(p.FILE, "file_far")]
+        puppet.command({"op": "frames", "frames": frames, "fds": 1, "fd_kind": "file"}, False)
+        assert wait_for_death(puppet)
+        assert wait_for(lambda: "FILE offset" in server.log, 5)
+        assert puppet.client is not None
+        assert answer(puppet.client) == 502
+        puppet.close()
+        puppet = control.open(server.port or 0)
+        frames = [START, frame(p.FILE, "file100"), frame(p.END, "end")]
+        puppet.command({"op": "frames", "frames": frames, "fds": 1, "fd_kind": "proc"}, False)
+        assert wait_for(lambda: "the worker's file cannot be sent" in server.log, 10)
+        assert puppet.client is not None
+        assert answer(puppet.client) in (200, "closed")  # the head, then the cut
+        puppet.close()
+        assert not any(text in server.log for text in ESCAPES), server.log
+        heal(server)
+    finally:
+        control.close()
+
+
+def test_a_raw_content_length_of_thousands_of_digits_kills_the_worker(run_server, short_tmp):
+    """int() refuses 4,300 digits and more with a ValueError, which escaped the frame
+    handler as a traceback and left the worker serving."""
+    server, control = start(run_server, short_tmp)
+    try:
+        puppet = control.open(server.port or 0)
+        puppet.command({"op": "frames", "frames": [frame(p.RAW, "raw_long_length")]}, False)
+        assert wait_for_death(puppet)
+        assert wait_for(lambda: "RAW Content-Length of 5001 digits" in server.log, 5)
+        assert puppet.client is not None
+        assert answer(puppet.client) == 502
+        puppet.close()
+        assert not any(text in server.log for text in ESCAPES), server.log
+        heal(server)
     finally:
         control.close()
 

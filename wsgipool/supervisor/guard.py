@@ -23,7 +23,9 @@ if its head went out.  So the handler only ever sees a legal sequence:
 Credit: the worker may send DATA only while it has credit left, each frame at
 most `DATA_CHUNK` bytes, so it can overrun what the main process granted by
 less than one chunk (it spends credit a chunk at a time, and checks only that
-some is left).  A whole response's body (RAW, RESPONSE) obeys the same bound.
+some is left). A frame spends at least `DATA_FRAME_COST` (`protocol.data_cost`):
+a flood of one-byte frames is bounded in number as a large body is in bytes.
+A whole response's body (RAW, RESPONSE) obeys the same bound.
 The main process grants credit as it writes to the client, so a client that
 reads nothing holds at most the first window plus one chunk of its response.
 
@@ -133,7 +135,7 @@ class RequestGuard:
                 raise self._out_of_order(kind)
             if self.left <= 0 or not 0 < size <= _CHUNK:
                 raise self._over_credit(size)
-            self.left -= size
+            self.left -= p.data_cost(size)
             return _DATA_EVENT, payload
         # The frames of a whole write (every lane request's), then the rest.
         if kind == _PROGRESS:

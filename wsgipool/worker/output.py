@@ -129,7 +129,7 @@ class FrameOutput(ResponseOutput):
         while offset < size:
             piece = data[offset : offset + p.DATA_CHUNK] if size > p.DATA_CHUNK else data
             offset += len(piece)
-            if not self.take_credit(len(piece)):
+            if not self.take_credit(p.data_cost(len(piece))):
                 self._held.clear()
                 return
             self._held.append(piece)
