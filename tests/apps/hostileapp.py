@@ -174,6 +174,12 @@ def _puppet(environ: dict[str, Any], start_response: StartResponse) -> Iterable[
             if fd >= 0:
                 os.write(fd, command["text"].encode("latin-1"))
             lines.write(json.dumps({"ok": fd >= 0}).encode() + b"\n")
+        elif op == "partial":  # a START whose length lies: it swallows the frames after it
+            with worker.channel._lock:
+                worker.channel.sock.sendall(p.frame_header(p.START, rid, 4000) + b"x" * 10)
+            lines.write(b'{"ok": true}\n')
+        elif op == "exit":
+            os._exit(3)
         elif op == "return":
             start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", "3")])
             return [b"ok\n"]
@@ -183,6 +189,12 @@ def _puppet(environ: dict[str, Any], start_response: StartResponse) -> Iterable[
 
 
 def app(environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
+    if environ.get("PATH_INFO") == "/pid":  # a whole response, written by the worker itself
+        body = str(os.getpid()).encode()
+        start_response(
+            "200 OK", [("Content-Type", "text/plain"), ("Content-Length", str(len(body)))]
+        )
+        return [body]
     if environ.get("PATH_INFO") == "/hello":
         start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", "6")])
         return [b"hello\n"]

@@ -260,7 +260,9 @@ VIOLATIONS = [
 
 def test_each_violation_kills_the_worker_and_answers_its_request_502(run_server, short_tmp):
     """DONE without TAKEOVER, a second START, TAKEOVER not offered, a RAW head that fails
-    the check, ...: the worker is killed and the request that triggered it gets 502."""
+    the check, ...: the worker is killed and the request that triggered it gets 502, or a
+    cut connection when the worker still held its client socket (DONE without PROGRESS
+    says it wrote there: a 502 after its bytes would be a second answer)."""
     server, control = start(run_server, short_tmp)
     try:
         for frames, method, reason in VIOLATIONS:
@@ -269,7 +271,11 @@ def test_each_violation_kills_the_worker_and_answers_its_request_502(run_server,
             assert puppet.command({"op": "frames", "frames": frames}, reply=False)
             assert puppet.client is not None
             status = answer(puppet.client)
-            assert status == 502, (frames, status, server.log[-2000:])
+            # 502, or a cut when the worker still held the client socket: its frames
+            # cannot say whether it wrote there, and a 502 after its bytes would mix.
+            assert status in (502, "closed"), (frames, status, server.log[-2000:])
+            if method == "GET+body":  # no client socket: always answered
+                assert status == 502
             assert wait_for_death(puppet), frames
             assert wait_for(lambda r=reason: r in server.log, 5), (reason, server.log[-2000:])
             puppet.close()
@@ -468,7 +474,9 @@ def test_descriptors_nobody_claimed_are_not_queued(run_server, short_tmp):
         assert wait_for_death(puppet)
         assert wait_for(lambda: "descriptors that no frame claimed" in server.log, 5)
         assert puppet.client is not None
-        assert answer(puppet.client) == 502
+        # The worker held the client socket (a lane GET) and broke the protocol: whether it
+        # wrote there is unknown, so the connection is cut rather than answered 502.
+        assert answer(puppet.client) in (502, "closed")
         puppet.close()
         heal(server)
         assert wait_for_fds(main, before), (before, main.fds())
@@ -532,11 +540,54 @@ def test_a_raw_content_length_of_thousands_of_digits_kills_the_worker(run_server
         assert wait_for_death(puppet)
         assert wait_for(lambda: "RAW Content-Length of 5001 digits" in server.log, 5)
         assert puppet.client is not None
-        assert answer(puppet.client) == 502
+        assert answer(puppet.client) in (502, "closed")  # the socket was the worker's
         puppet.close()
         assert not any(text in server.log for text in ESCAPES), server.log
         heal(server)
     finally:
+        control.close()
+
+
+def test_an_answer_written_behind_an_unfinished_frame_is_cut_not_run_again(run_server, short_tmp):
+    """A frame whose length lies swallows the frames after it, a whole write's PROGRESS
+    among them: when the worker then dies, the main process saw no PROGRESS for a request
+    whose answer its worker had written to the client socket. It ran it again, and the
+    client got two answers, the second read as the next request's. Now a request that
+    held the client socket of a worker whose frames cannot be trusted is cut."""
+    server, control = start(run_server, short_tmp)
+    victim: socket.socket | None = None
+    try:
+        puppet = control.open(server.port or 0)
+        assert puppet.command({"op": "partial"})
+        for _ in range(40):  # until a GET lands on the puppet's worker (2 workers)
+            client = socket.create_connection(("127.0.0.1", server.port or 0), timeout=10)
+            client.sendall(b"GET /pid HTTP/1.1\r\nHost: test\r\n\r\n")
+            data = b""
+            while not data.endswith(b"\r\n\r\n") and b"\r\n\r\n" not in data:
+                data += client.recv(4096)
+            head, _, body = data.partition(b"\r\n\r\n")
+            length = int(head.lower().split(b"content-length: ")[1].split(b"\r\n")[0])
+            while len(body) < length:
+                body += client.recv(4096)
+            if int(body) == puppet.pid:
+                victim = client
+                break
+            client.close()
+        assert victim is not None, "no request reached the puppet's worker"
+        puppet.command({"op": "exit"}, reply=False)
+        assert wait_for_death(puppet)
+        victim.settimeout(10)
+        try:
+            more = victim.recv(65536)
+        except ConnectionResetError:
+            more = b""
+        assert more == b"", more  # cut: no second answer to the one request
+        assert wait_for(lambda: "cut" in server.log, 5), server.log
+        puppet.close()
+        heal(server)
+    finally:
+        if victim is not None:
+            victim.close()
         control.close()
 
 

@@ -356,11 +356,16 @@ class WorkerHandle:
         A request it had sent no frame of a response for is marked as lost to this
         worker, so the handler may run it again (retry.py), unless the worker was
         killed for breaking the protocol: then its requests are suspects, not victims.
+        And if its frames cannot be trusted (that, or a frame left unfinished), a
+        request that carried the client socket is cut, not answered or run again.
         """
         if self.state is WorkerState.STOPPED:
             return
         self.state = WorkerState.STOPPED
         self.death_reason = reason
+        # Frames cannot say what it wrote to client sockets if it broke the protocol, or
+        # left a frame unfinished: a PROGRESS may be lost inside a frame whose length lied.
+        untrusted = not retryable or self.channel.unparsed() > 0
         self.channel.close()
         if self.pidfd >= 0:
             self.loop.remove_reader(self.pidfd)
@@ -370,17 +375,25 @@ class WorkerHandle:
             self.kill_timer.cancel()
             self.kill_timer = None
         inflight = list(self.inflight.values())
-        if retryable:
-            for rid, guard in self.guards.items():
-                exchange = self.inflight[rid]
-                if guard.phase == NEW:
-                    exchange.client_released = guard.client_socket
-                    if not exchange.finished:  # else answered already (a timeout's 504)
-                        exchange.lost_to = self.pid
-                elif exchange.intent is not None and not exchange.finished:
-                    # Died during a whole write: the lane reads from the socket's byte
-                    # count whether it wrote none of it (a retry), all, or a part (a cut).
+        for rid, guard in self.guards.items():
+            exchange = self.inflight[rid]
+            if untrusted and guard.client_socket and not exchange.client_released:
+                # It held the client socket and may have written to it unseen: the
+                # connection is cut (response.py, fastpath.py), never answered again.
+                if not exchange.finished:
+                    exchange.client_written = True
+                    exchange.intent = None
+                continue
+            if not retryable:
+                continue
+            if guard.phase == NEW:
+                exchange.client_released = guard.client_socket
+                if not exchange.finished:  # else answered already (a timeout's 504)
                     exchange.lost_to = self.pid
+            elif exchange.intent is not None and not exchange.finished:
+                # Died during a whole write: the lane reads from the socket's byte
+                # count whether it wrote none of it (a retry), all, or a part (a cut).
+                exchange.lost_to = self.pid
         self.inflight.clear()
         self.guards.clear()
         self.busy = 0
