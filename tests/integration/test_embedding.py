@@ -251,14 +251,16 @@ def test_a_process_executor_starts_again_after_its_shutdown():
         await asyncio.wait_for(app(scope, receive, send), 30)
         return int(sent[0]["status"])
 
+    before = {child.pid for child in psutil.Process().children(recursive=True)}
+
     async def cycle() -> tuple[int, set[int]]:
         await app.startup()
         try:
             status = await one_request()
-            pids = {p.pid for p in psutil.Process().children(recursive=True)}
+            pids = {child.pid for child in psutil.Process().children(recursive=True)}
         finally:
             await app.shutdown()
-        return status, pids
+        return status, pids - before  # this pool's template and workers
 
     try:
         first, first_pids = asyncio.run(cycle())

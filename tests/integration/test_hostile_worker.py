@@ -548,12 +548,13 @@ def test_a_raw_content_length_of_thousands_of_digits_kills_the_worker(run_server
         control.close()
 
 
-def test_an_answer_written_behind_an_unfinished_frame_is_cut_not_run_again(run_server, short_tmp):
+def test_an_answer_hidden_in_a_lying_frame_is_cut_not_answered_again(run_server, short_tmp):
     """A frame whose length lies swallows the frames after it, a whole write's PROGRESS
-    among them: when the worker then dies, the main process saw no PROGRESS for a request
-    whose answer its worker had written to the client socket. It ran it again, and the
-    client got two answers, the second read as the next request's. Now a request that
-    held the client socket of a worker whose frames cannot be trusted is cut."""
+    among them: when the worker is then killed for the garbage, the main process saw no
+    PROGRESS for a request whose answer its worker had written to the client socket, and
+    answered it 502 after the settle grace: the client got two answers, the second read
+    as the next request's. Now a request that held the client socket of a worker that
+    broke the protocol is cut."""
     server, control = start(run_server, short_tmp)
     victim: socket.socket | None = None
     try:
@@ -574,8 +575,11 @@ def test_an_answer_written_behind_an_unfinished_frame_is_cut_not_run_again(run_s
                 break
             client.close()
         assert victim is not None, "no request reached the puppet's worker"
-        puppet.command({"op": "exit"}, reply=False)
+        # Filler that completes the lying frame: a START of garbage, a protocol error.
+        filler = [frame(0, "", repeat=200)]
+        puppet.command({"op": "frames", "frames": filler}, reply=False)
         assert wait_for_death(puppet)
+        assert wait_for(lambda: "protocol error" in server.log, 5), server.log
         victim.settimeout(10)
         try:
             more = victim.recv(65536)

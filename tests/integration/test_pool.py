@@ -181,17 +181,28 @@ def test_a_flood_of_503s_is_logged_as_a_line_and_a_count_not_a_line_each(run_ser
     assert single() < refused // 5, server.log
 
 
+def _status_or_cut(future) -> int | str:
+    try:
+        return int(future.result()[0])
+    except http.client.RemoteDisconnected:
+        return "cut"
+
+
 def test_a_worker_sending_garbage_is_killed_and_only_its_request_fails(run_server):
-    """Bytes that are no frame: that worker is killed, its request gets 502, others carry on."""
+    """Bytes that are no frame: that worker is killed, its request fails (502, or a cut
+    connection since it held the client socket for a whole write), others carry on."""
     server = run_server("faultapp:app", "--workers", "2", "--threads", "2")
     with ThreadPoolExecutor(4) as pool:
         slow = [pool.submit(server.request, "GET", f"/slow?ms=800&n={i}") for i in range(2)]
         time.sleep(0.2)  # the slow ones are running, on both workers
-        bad = server.request("GET", "/garbage")
-        statuses = [future.result()[0] for future in slow]
-    assert bad[0] == 502
-    # A slow request on the killed worker fails too (it was in flight there); one
-    # on the other worker succeeds: at least one 200.
+        try:
+            bad_status = server.request("GET", "/garbage")[0]
+        except http.client.RemoteDisconnected:
+            bad_status = "cut"
+        statuses = [_status_or_cut(future) for future in slow]
+    assert bad_status in (502, "cut")
+    # A slow request on the killed worker fails too (it was in flight there: 502, or a
+    # cut since it held the client socket); one on the other worker succeeds.
     assert 200 in statuses
     assert "protocol error" in server.log and "unsupported protocol version 255" in server.log
     assert server.request("GET", "/hello")[0] == 200

@@ -199,11 +199,6 @@ class AsyncChannel:
         self.close()
         self._on_close(exc)
 
-    def unparsed(self) -> int:
-        """Bytes received that make no whole frame yet (at the worker's death: a frame it
-        never finished, or one whose length lied and swallowed the frames after it)."""
-        return self._decoder.buffered
-
     def close(self) -> None:
         """Stop reading and writing; queued frames are dropped, descriptors closed."""
         if self.closed:

@@ -356,16 +356,15 @@ class WorkerHandle:
         A request it had sent no frame of a response for is marked as lost to this
         worker, so the handler may run it again (retry.py), unless the worker was
         killed for breaking the protocol: then its requests are suspects, not victims.
-        And if its frames cannot be trusted (that, or a frame left unfinished), a
-        request that carried the client socket is cut, not answered or run again.
+        Then a request that carried the client socket is cut, not answered 502: the
+        frames cannot say whether the worker wrote to it. (A frame left unfinished by
+        a worker that was killed is its last: the frames before it are whole, and the
+        retry rule holds.)
         """
         if self.state is WorkerState.STOPPED:
             return
         self.state = WorkerState.STOPPED
         self.death_reason = reason
-        # Frames cannot say what it wrote to client sockets if it broke the protocol, or
-        # left a frame unfinished: a PROGRESS may be lost inside a frame whose length lied.
-        untrusted = not retryable or self.channel.unparsed() > 0
         self.channel.close()
         if self.pidfd >= 0:
             self.loop.remove_reader(self.pidfd)
@@ -377,9 +376,10 @@ class WorkerHandle:
         inflight = list(self.inflight.values())
         for rid, guard in self.guards.items():
             exchange = self.inflight[rid]
-            if untrusted and guard.client_socket and not exchange.client_released:
-                # It held the client socket and may have written to it unseen: the
-                # connection is cut (response.py, fastpath.py), never answered again.
+            if not retryable and guard.client_socket and not exchange.client_released:
+                # It broke the protocol: its frames cannot say what it wrote to a client
+                # socket it held (a PROGRESS may be lost inside a frame whose length
+                # lied). The connection is cut (response.py, fastpath.py), not answered.
                 if not exchange.finished:
                     exchange.client_written = True
                     exchange.intent = None
