@@ -126,10 +126,9 @@ class WSGIMiddleware:
         options = EnvironOptions(url_scheme, tuple(forwarded_allow_ips), "")
         self._own_threads: ThreadPoolExecutor | None = None
         self._threads_stopped = False  # shut down by a lifespan's end; startup makes anew
+        self._workers = workers or 0  # own threads' count, for a pool made anew
         if workers is not None:
-            executor = self._own_threads = ThreadPoolExecutor(
-                workers, thread_name_prefix="wsgipool-asgi"
-            )
+            executor = self._own_threads = _own_pool(workers)
         self._executor = executor
         self._unavailable_log = RateLimitedLog(logger, logging.WARNING)
         placement = place(application, executor, options, inbuf_overflow, stderr)
@@ -148,11 +147,8 @@ class WSGIMiddleware:
     async def startup(self) -> None:
         """Start the process pool, if there is one (its app is imported now); after a
         shutdown (a second lifespan: a test client per test), start it again."""
-        threads = self._own_threads
-        if threads is not None and self._threads_stopped:
-            threads = self._own_threads = ThreadPoolExecutor(
-                threads._max_workers, thread_name_prefix="wsgipool-asgi"
-            )
+        if self._own_threads is not None and self._threads_stopped:
+            threads = self._own_threads = _own_pool(self._workers)
             self._executor = threads
             self._backend.executor = threads  # type: ignore[union-attr]
             self._threads_stopped = False
@@ -447,6 +443,11 @@ def collect_scope(
         b"" if content_length is None else b"%d" % content_length,  # None: no body at all
     ]
     return Collected(fields, headers, True)
+
+
+def _own_pool(workers: int) -> ThreadPoolExecutor:
+    """`workers=N`: the adapter's own threads."""
+    return ThreadPoolExecutor(workers, thread_name_prefix="wsgipool-asgi")
 
 
 def _agrees(raw_path: bytes, path: str, prefix: bytes) -> bool:

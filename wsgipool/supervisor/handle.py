@@ -376,15 +376,13 @@ class WorkerHandle:
         inflight = list(self.inflight.values())
         for rid, guard in self.guards.items():
             exchange = self.inflight[rid]
-            if not retryable and guard.client_socket and not exchange.client_released:
-                # It broke the protocol: its frames cannot say what it wrote to a client
-                # socket it held (a PROGRESS may be lost inside a frame whose length
-                # lied). The connection is cut (response.py, fastpath.py), not answered.
-                if not exchange.finished:
+            if not retryable:
+                if guard.client_socket and not exchange.client_released and not exchange.finished:
+                    # It broke the protocol: its frames cannot say what it wrote to a client
+                    # socket it held (a PROGRESS may be lost inside a frame whose length
+                    # lied). The connection is cut (response.py, fastpath.py), not answered.
                     exchange.client_written = True
                     exchange.intent = None
-                continue
-            if not retryable:
                 continue
             if guard.phase == NEW:
                 exchange.client_released = guard.client_socket
