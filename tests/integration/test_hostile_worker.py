@@ -484,19 +484,29 @@ def test_descriptors_nobody_claimed_are_not_queued(run_server, short_tmp):
         control.close()
 
 
+def refused(
+    server: ServerProcess, control: Control, frames: list[Any], logged: str, **command: Any
+) -> int | str:
+    """A puppet that sends `frames` (and `command`'s descriptors): the worker dies, the
+    log names `logged`; what the puppet's client got (a status, or "closed")."""
+    puppet = control.open(server.port or 0)
+    puppet.command({"op": "frames", "frames": frames, **command}, False)
+    assert wait_for_death(puppet)
+    assert wait_for(lambda: logged in server.log, 5), (logged, server.log[-2000:])
+    assert puppet.client is not None
+    status = answer(puppet.client)
+    puppet.close()
+    return status
+
+
 def test_a_file_frame_with_a_pipe_is_refused(run_server, short_tmp):
     """FILE must carry a readable regular file: a pipe (a descriptor the main process
     would wait on for ever, or fail to sendfile) kills the worker; the client gets an answer."""
     server, control = start(run_server, short_tmp)
     try:
-        puppet = control.open(server.port or 0)
         frames = [START, frame(p.FILE, "file")]
-        puppet.command({"op": "frames", "frames": frames, "fds": 1, "fd_kind": "pipe"}, False)
-        assert wait_for_death(puppet)
-        assert wait_for(lambda: "not a readable file" in server.log, 5)
-        assert puppet.client is not None
-        assert answer(puppet.client) == 502
-        puppet.close()
+        status = refused(server, control, frames, "not a readable file", fds=1, fd_kind="pipe")
+        assert status == 502
     finally:
         control.close()
 
@@ -509,14 +519,8 @@ def test_a_file_frame_the_kernel_refuses_cuts_the_response_without_a_traceback(
     line. Both raised a traceback in the main process and left the client waiting."""
     server, control = start(run_server, short_tmp)
     try:
-        puppet = control.open(server.port or 0)
         frames = [START, frame(p.FILE, "file_far")]
-        puppet.command({"op": "frames", "frames": frames, "fds": 1, "fd_kind": "file"}, False)
-        assert wait_for_death(puppet)
-        assert wait_for(lambda: "FILE offset" in server.log, 5)
-        assert puppet.client is not None
-        assert answer(puppet.client) == 502
-        puppet.close()
+        assert refused(server, control, frames, "FILE offset", fds=1, fd_kind="file") == 502
         puppet = control.open(server.port or 0)
         frames = [START, frame(p.FILE, "file100"), frame(p.END, "end")]
         puppet.command({"op": "frames", "frames": frames, "fds": 1, "fd_kind": "proc"}, False)
@@ -535,13 +539,9 @@ def test_a_raw_content_length_of_thousands_of_digits_kills_the_worker(run_server
     handler as a traceback and left the worker serving."""
     server, control = start(run_server, short_tmp)
     try:
-        puppet = control.open(server.port or 0)
-        puppet.command({"op": "frames", "frames": [frame(p.RAW, "raw_long_length")]}, False)
-        assert wait_for_death(puppet)
-        assert wait_for(lambda: "RAW Content-Length of 5001 digits" in server.log, 5)
-        assert puppet.client is not None
-        assert answer(puppet.client) in (502, "closed")  # the socket was the worker's
-        puppet.close()
+        frames = [frame(p.RAW, "raw_long_length")]
+        status = refused(server, control, frames, "RAW Content-Length of 5001 digits")
+        assert status in (502, "closed")  # the socket was the worker's
         assert not any(text in server.log for text in ESCAPES), server.log
         heal(server)
     finally:
